@@ -1,0 +1,1 @@
+//! `blkfront`: under construction.

@@ -1,0 +1,1 @@
+//! `evtchn`: under construction.

@@ -1,0 +1,1 @@
+//! `gnttab`: under construction.

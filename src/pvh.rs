@@ -1,0 +1,1 @@
+//! `pvh`: the real-Xen platform for PVH guests. Under construction.

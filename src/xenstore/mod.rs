@@ -1,0 +1,1 @@
+//! `xenstore`: under construction.

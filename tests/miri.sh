@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Miri subset: ring, grants and simulator-driven tests (issue 2/5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MIRIFLAGS="${MIRIFLAGS:--Zmiri-permissive-provenance}"
+cargo +nightly miri test --features sim --lib ring::
+

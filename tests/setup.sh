@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything `make test` and `make run` need on a fresh Debian 12
+# machine. Idempotent: each step checks before it installs, so a warm machine
+# pays a few seconds.
+set -euo pipefail
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+APT_PKGS=(libxen-dev)
+if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]]; then
+    # The real-Xen lab: hypervisor, dom0 kernel, the outer emulator (bookworm's
+    # own QEMU 7.2, not backports: see docs/LAB.md), and the dom0 root builder.
+    APT_PKGS+=(xen-hypervisor-4.17-amd64 linux-image-amd64 qemu-system-x86
+               debootstrap cpio busybox-static)
+fi
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # bookworm's QEMU 7.2: QEMU 10 from backports breaks nested SVM for PVH guests.
+    apt-get install -y -qq -t bookworm "${missing[@]}" >/dev/null 2>&1 \
+        || apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! test -c /dev/null; then
+    say "repairing /dev/null (it is not a character device)"
+    rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+fi
+
+say "checking Rust toolchains and components"
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup target list --installed | grep -q '^x86_64-unknown-none$' || rustup target add x86_64-unknown-none
+if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+fi
+have_nightly_component() { rustup component list --installed --toolchain nightly 2>/dev/null | grep -q "^$1"; }
+have_nightly_component miri || rustup component add miri --toolchain nightly
+have_nightly_component rust-src || rustup component add rust-src --toolchain nightly
+say "done"
