@@ -26,6 +26,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs, clippy::undocumented_unsafe_blocks)]
 #![warn(rust_2018_idioms)]
 
+#[allow(unused_extern_crates)] // used by blkfront and xenstore
 extern crate alloc;
 
 pub mod abi;

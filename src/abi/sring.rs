@@ -6,7 +6,7 @@ use core::sync::atomic::AtomicU32;
 /// free-running indices, then 48 bytes of padding (`__pad`, used by some
 /// protocols, e.g. netif's `pvt`). Slots start at offset 64.
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SringHeader {
     /// Request producer index (written by the front end).
     pub req_prod: AtomicU32,
