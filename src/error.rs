@@ -205,7 +205,10 @@ impl fmt::Display for Error {
             Error::GrantRefsExhausted => f.write_str("no free grant reference"),
             Error::InvalidGrantRef(r) => write!(f, "invalid grant reference {r}"),
             Error::GrantInUse(r) => {
-                write!(f, "grant {r} is still mapped by the other domain; page quarantined")
+                write!(
+                    f,
+                    "grant {r} is still mapped by the other domain; page quarantined"
+                )
             }
             Error::InvalidPort(p) => write!(f, "invalid event-channel port {p}"),
             Error::RingFull => f.write_str("shared ring is full"),
@@ -222,7 +225,10 @@ impl fmt::Display for Error {
             Error::MalformedKey(k) => write!(f, "key '{k}' has a malformed value"),
             Error::UnexpectedState(s) => write!(f, "unexpected xenbus state {s:?}"),
             Error::StateTimeout { wanted, seen } => {
-                write!(f, "other end never reached {wanted:?}; last seen in {seen:?}")
+                write!(
+                    f,
+                    "other end never reached {wanted:?}; last seen in {seen:?}"
+                )
             }
             Error::NoDevice => f.write_str("no such device"),
             Error::NotConnected => f.write_str("device not connected"),

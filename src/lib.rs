@@ -23,7 +23,11 @@
 //!
 //! Everything above `hal` is generic and runs in host tests against `sim`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
-#![deny(unsafe_op_in_unsafe_fn, missing_docs, clippy::undocumented_unsafe_blocks)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    clippy::undocumented_unsafe_blocks
+)]
 #![warn(rust_2018_idioms)]
 
 #[allow(unused_extern_crates)] // used by blkfront and xenstore

@@ -1,1 +1,5 @@
-//! `blkfront`: under construction.
+//! The block frontend driver.
+
+pub mod info;
+
+pub use info::{BackendInfo, BackendKind, DirectIoSafe, StallCause, StallReport};
