@@ -31,5 +31,14 @@ layout: setup
 miri: setup
 	bash tests/miri.sh
 
-test: fmt clippy doc unit layout miri
+# The real-Xen lab (tests/lab/, docs/LAB.md): Xen 4.17 + a Debian dom0 with
+# blkback and QEMU qdisk under bookworm's QEMU 7.2 (TCG), the example
+# unikernel as a PVH domU per disk configuration, checked against xenstore.
+run: setup
+	bash tests/lab/lab.sh run
+
+lab: setup
+	bash tests/lab/lab.sh matrix
+
+test: fmt clippy doc unit layout miri lab
 	@echo "make test: all stages passed"
