@@ -107,6 +107,7 @@ run_config() {
         done
     fi
     echo "LAB domU $dom finished state=${st:-?} status=$status after $(since "$tw") s"
+    tf=$(now)
     sleep 1  # let xenconsoled drain the console ring into its log
     xl list >"$WORK/xl-list" 2>&1
     section xl-list "$NAME" "$WORK/xl-list"
@@ -132,7 +133,11 @@ run_config() {
     dmesg -c >"$WORK/dmesg" 2>&1
     tail -n 60 "$WORK/dmesg" >"$WORK/dmesg.tail"
     section dom0-dmesg "$NAME" "$WORK/dmesg.tail"
-    [ -n "$domid" ] && xl destroy "$dom" >/dev/null 2>&1
+    if [ -n "$domid" ]; then
+        td=$(now)
+        xl destroy "$dom" >/dev/null 2>&1
+        echo "LAB domU $dom destroyed in $(since "$td") s (the dumps before took $(awk -v a="$tf" -v b="$td" 'BEGIN { printf "%.1f", b - a }') s)"
+    fi
     # A guest that shut down without its closing line did not finish.
     if [ "$status" = shutdown ]; then
         if [ -n "$(closing_line "$log")" ]; then
