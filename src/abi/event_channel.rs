@@ -5,6 +5,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use crate::hal::{DomId, Port};
+
 // ----- enum event_channel_op ---------------------------------------------------------
 
 /// `EVTCHNOP_bind_interdomain`: connect to a port another domain offered.
@@ -78,6 +80,49 @@ pub struct EvtchnUnmask {
     pub port: u32,
 }
 
+impl EvtchnAllocUnbound {
+    /// The argument for a new port of this domain that `remote` may bind.
+    pub fn new(remote: DomId) -> Self {
+        EvtchnAllocUnbound {
+            dom: DomId::SELF.0,
+            remote_dom: remote.0,
+            port: 0,
+        }
+    }
+}
+
+impl EvtchnBindInterdomain {
+    /// The argument for binding `remote_port` of domain `remote`.
+    pub fn new(remote: DomId, remote_port: Port) -> Self {
+        EvtchnBindInterdomain {
+            remote_dom: remote.0,
+            remote_port: remote_port.0,
+            local_port: 0,
+        }
+    }
+}
+
+impl EvtchnClose {
+    /// The argument for closing `port`.
+    pub fn new(port: Port) -> Self {
+        EvtchnClose { port: port.0 }
+    }
+}
+
+impl EvtchnSend {
+    /// The argument for notifying the remote end of `port`.
+    pub fn new(port: Port) -> Self {
+        EvtchnSend { port: port.0 }
+    }
+}
+
+impl EvtchnUnmask {
+    /// The argument for unmasking `port`.
+    pub fn new(port: Port) -> Self {
+        EvtchnUnmask { port: port.0 }
+    }
+}
+
 // ----- layout (x86_64) ---------------------------------------------------------------
 
 const _: () = assert!(size_of::<EvtchnAllocUnbound>() == 8);
@@ -96,3 +141,19 @@ const _: () = assert!(size_of::<EvtchnSend>() == 4);
 const _: () = assert!(offset_of!(EvtchnSend, port) == 0);
 const _: () = assert!(size_of::<EvtchnUnmask>() == 4);
 const _: () = assert!(offset_of!(EvtchnUnmask, port) == 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_fill_in_domid_self_and_ports() {
+        let a = EvtchnAllocUnbound::new(DomId(3));
+        assert_eq!((a.dom, a.remote_dom, a.port), (0x7ff0, 3, 0));
+        let b = EvtchnBindInterdomain::new(DomId(0), Port(17));
+        assert_eq!((b.remote_dom, b.remote_port, b.local_port), (0, 17, 0));
+        assert_eq!(EvtchnClose::new(Port(5)).port, 5);
+        assert_eq!(EvtchnSend::new(Port(6)).port, 6);
+        assert_eq!(EvtchnUnmask::new(Port(7)).port, 7);
+    }
+}

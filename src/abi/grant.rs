@@ -117,6 +117,16 @@ pub struct GnttabSetupTable {
     pub frame_list: *mut u64,
 }
 
+impl GnttabQuerySize {
+    /// The argument for querying this domain's grant-table size.
+    pub fn new() -> Self {
+        GnttabQuerySize {
+            dom: crate::hal::DomId::SELF.0,
+            ..Default::default()
+        }
+    }
+}
+
 // ----- layout (x86_64) ---------------------------------------------------------------
 
 // `hal::GrantEntry` is `struct grant_entry_v1`.
@@ -138,3 +148,18 @@ const _: () = assert!(offset_of!(GnttabSetupTable, dom) == 0);
 const _: () = assert!(offset_of!(GnttabSetupTable, nr_frames) == 4);
 const _: () = assert!(offset_of!(GnttabSetupTable, status) == 8);
 const _: () = assert!(offset_of!(GnttabSetupTable, frame_list) == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_bits_are_distinct_from_the_type() {
+        for f in [GTF_readonly, GTF_reading, GTF_writing] {
+            assert_eq!(f & GTF_type_mask, 0);
+            assert!(f.is_power_of_two());
+        }
+        assert_eq!(GTF_permit_access & GTF_type_mask, GTF_permit_access);
+        assert_eq!(GnttabQuerySize::new().dom, 0x7ff0);
+    }
+}

@@ -5,6 +5,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use crate::hal::DomId;
+
 // ----- hvm/hvm_op.h -------------------------------------------------------------------
 
 /// `HVMOP_set_param`: `__HYPERVISOR_hvm_op` command taking a [`XenHvmParam`].
@@ -127,6 +129,42 @@ pub struct HvmMemmapTableEntry {
     pub reserved: u32,
 }
 
+impl XenHvmParam {
+    /// The argument for reading this domain's parameter `index`
+    /// (`HVM_PARAM_*`) with `HVMOP_get_param`.
+    pub fn get(index: u32) -> Self {
+        XenHvmParam {
+            domid: DomId::SELF.0,
+            pad: 0,
+            index,
+            value: 0,
+        }
+    }
+
+    /// The argument for setting this domain's parameter `index` to `value`
+    /// with `HVMOP_set_param`.
+    pub fn set(index: u32, value: u64) -> Self {
+        XenHvmParam {
+            value,
+            ..XenHvmParam::get(index)
+        }
+    }
+}
+
+impl HvmStartInfo {
+    /// Whether `magic` is [`XEN_HVM_START_MAGIC_VALUE`].
+    pub fn is_valid(&self) -> bool {
+        self.magic == XEN_HVM_START_MAGIC_VALUE
+    }
+
+    /// Physical address and entry count of the memory map, if the structure
+    /// is version 1 or later and has one.
+    pub fn memmap(&self) -> Option<(u64, u32)> {
+        (self.version >= 1 && self.memmap_entries != 0 && self.memmap_paddr != 0)
+            .then_some((self.memmap_paddr, self.memmap_entries))
+    }
+}
+
 /// Size of a version-0 [`HvmStartInfo`] (up to, without, `memmap_paddr`).
 pub const HVM_START_INFO_V0_SIZE: usize = offset_of!(HvmStartInfo, memmap_paddr);
 
@@ -161,3 +199,39 @@ const _: () = assert!(offset_of!(HvmMemmapTableEntry, addr) == 0);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, size) == 8);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, ty) == 16);
 const _: () = assert!(offset_of!(HvmMemmapTableEntry, reserved) == 20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_arguments() {
+        let g = XenHvmParam::get(HVM_PARAM_STORE_PFN);
+        assert_eq!((g.domid, g.pad, g.index, g.value), (0x7ff0, 0, 1, 0));
+        let s = XenHvmParam::set(
+            HVM_PARAM_CALLBACK_IRQ,
+            (HVM_PARAM_CALLBACK_TYPE_VECTOR << 56) | 0xf3,
+        );
+        assert_eq!(s.index, 0);
+        assert_eq!(s.value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK, 2 << 56);
+    }
+
+    #[test]
+    fn memmap_needs_version_1_and_entries() {
+        let mut si = HvmStartInfo {
+            magic: XEN_HVM_START_MAGIC_VALUE,
+            version: 0,
+            memmap_paddr: 0x9000,
+            memmap_entries: 4,
+            ..Default::default()
+        };
+        assert!(si.is_valid());
+        assert_eq!(si.memmap(), None);
+        si.version = 1;
+        assert_eq!(si.memmap(), Some((0x9000, 4)));
+        si.memmap_entries = 0;
+        assert_eq!(si.memmap(), None);
+        si.magic = 0;
+        assert!(!si.is_valid());
+    }
+}

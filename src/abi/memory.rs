@@ -4,6 +4,8 @@
 
 use core::mem::{offset_of, size_of};
 
+use crate::hal::{DomId, Gfn};
+
 /// `XENMEM_add_to_physmap`: `__HYPERVISOR_memory_op` command taking a
 /// [`XenAddToPhysmap`].
 pub const XENMEM_add_to_physmap: u32 = 7;
@@ -41,6 +43,20 @@ pub struct XenAddToPhysmap {
     pub gpfn: u64,
 }
 
+impl XenAddToPhysmap {
+    /// The argument for placing page `idx` of `space` (`XENMAPSPACE_*`) of
+    /// this domain at guest frame `gpfn`.
+    pub fn new(space: u32, idx: u64, gpfn: Gfn) -> Self {
+        XenAddToPhysmap {
+            domid: DomId::SELF.0,
+            size: 0,
+            space,
+            idx,
+            gpfn: gpfn.0,
+        }
+    }
+}
+
 // ----- layout (x86_64) ---------------------------------------------------------------
 
 const _: () = assert!(size_of::<XenAddToPhysmap>() == 24);
@@ -49,3 +65,15 @@ const _: () = assert!(offset_of!(XenAddToPhysmap, size) == 2);
 const _: () = assert!(offset_of!(XenAddToPhysmap, space) == 4);
 const _: () = assert!(offset_of!(XenAddToPhysmap, idx) == 8);
 const _: () = assert!(offset_of!(XenAddToPhysmap, gpfn) == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_to_physmap_for_self() {
+        let a = XenAddToPhysmap::new(XENMAPSPACE_grant_table, 2, Gfn(0x1234));
+        assert_eq!(a.domid, 0x7ff0);
+        assert_eq!((a.size, a.space, a.idx, a.gpfn), (0, 1, 2, 0x1234));
+    }
+}

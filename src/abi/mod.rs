@@ -11,19 +11,17 @@
 //! | [`blkif`] | `io/blkif.h` |
 //! | [`sring`] | `io/ring.h` |
 //! | [`xs_wire`] | `io/xs_wire.h` |
-//! | [`console`] | `io/console.h` |
 //! | [`grant`] | `grant_table.h` |
 //! | [`event_channel`] | `event_channel.h` |
 //! | [`sched`] | `sched.h` |
 //! | [`memory`] | `memory.h` |
 //! | [`hvm`] | `hvm/hvm_op.h`, `hvm/params.h`, `arch-x86/hvm/start_info.h` |
-//! | [`shared_info`] | `xen.h` (`shared_info`, `vcpu_info`) |
+//! | [`shared_info`] | `xen.h` (`shared_info`, `vcpu_info`), `io/console.h` |
 //! | [`xen`] | `xen.h` (hypercall numbers, domain ids) |
 //!
 //! xenbus states (`io/xenbus.h`) are [`crate::xenbus::XenbusState`].
 
 pub mod blkif;
-pub mod console;
 pub mod event_channel;
 pub mod grant;
 pub mod hvm;

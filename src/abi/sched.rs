@@ -59,6 +59,29 @@ pub struct SchedPoll {
     pub timeout: u64,
 }
 
+impl SchedShutdown {
+    /// The argument for shutting down with `reason` (`SHUTDOWN_*`).
+    pub fn new(reason: u32) -> Self {
+        SchedShutdown { reason }
+    }
+}
+
+impl SchedPoll {
+    /// The argument for waiting on `ports` until `timeout` (absolute system
+    /// time in ns, 0 for none). `None` if there are more than `u32::MAX`
+    /// ports.
+    ///
+    /// The value borrows `ports` through a raw pointer without a lifetime:
+    /// pass it to the hypervisor only while `ports` is alive and unmoved.
+    pub fn new(ports: &[u32], timeout: u64) -> Option<Self> {
+        Some(SchedPoll {
+            ports: ports.as_ptr(),
+            nr_ports: u32::try_from(ports.len()).ok()?,
+            timeout,
+        })
+    }
+}
+
 // ----- layout (x86_64) ---------------------------------------------------------------
 
 const _: () = assert!(size_of::<SchedShutdown>() == 4);
@@ -68,3 +91,20 @@ const _: () = assert!(size_of::<SchedPoll>() == 24);
 const _: () = assert!(offset_of!(SchedPoll, ports) == 0);
 const _: () = assert!(offset_of!(SchedPoll, nr_ports) == 8);
 const _: () = assert!(offset_of!(SchedPoll, timeout) == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_points_at_the_ports() {
+        let ports = [3u32, 9, 12];
+        let p = SchedPoll::new(&ports, 1_000).unwrap();
+        assert_eq!(p.ports, ports.as_ptr());
+        assert_eq!(p.nr_ports, 3);
+        assert_eq!(p.timeout, 1_000);
+        let none = SchedPoll::new(&[], 0).unwrap();
+        assert_eq!(none.nr_ports, 0);
+        assert_eq!(SchedShutdown::new(SHUTDOWN_crash).reason, 3);
+    }
+}

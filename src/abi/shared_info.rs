@@ -1,6 +1,8 @@
 //! `xen.h` (with `arch-x86/xen.h`, `arch-x86/xen-x86_64.h`): the shared-info
 //! page on x86_64, as far as a guest uses it: per-vCPU upcall flags and time,
 //! and the 2-level event-channel `evtchn_pending` / `evtchn_mask` bitmaps.
+//! Also `io/console.h`: the PV console ring page (`HVM_PARAM_CONSOLE_PFN`),
+//! the other page a guest shares with a daemon from boot.
 //!
 //! Every field is an atomic because the hypervisor writes this page while the
 //! guest reads it; a `&SharedInfo` over the real page is therefore sound.
@@ -12,8 +14,6 @@ use core::sync::atomic::{AtomicI8, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::abi::event_channel::EVTCHN_2L_NR_CHANNELS;
 use crate::hal::Port;
-
-pub use crate::abi::console::XenconsInterface;
 
 /// `XEN_LEGACY_MAX_VCPUS` (x86): `vcpu_info` slots in the shared-info page.
 pub const XEN_LEGACY_MAX_VCPUS: usize = 32;
@@ -196,6 +196,34 @@ impl SharedInfo {
     }
 }
 
+// ----- io/console.h ------------------------------------------------------------------
+
+/// Size of the input ring (`in[]`, console to guest).
+pub const XENCONS_IN_SIZE: usize = 1024;
+/// Size of the output ring (`out[]`, guest to console).
+pub const XENCONS_OUT_SIZE: usize = 2048;
+
+/// `struct xencons_interface`. The byte rings are plain arrays (access them
+/// with volatile copies through a raw pointer); the free-running
+/// `XENCONS_RING_IDX` indices are atomics. Index `i` of a ring is
+/// `i % size` (`MASK_XENCONS_IDX`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct XenconsInterface {
+    /// Input from the console daemon.
+    pub in_: [u8; XENCONS_IN_SIZE],
+    /// Output to the console daemon.
+    pub out: [u8; XENCONS_OUT_SIZE],
+    /// Input consumer (guest).
+    pub in_cons: AtomicU32,
+    /// Input producer (daemon).
+    pub in_prod: AtomicU32,
+    /// Output consumer (daemon).
+    pub out_cons: AtomicU32,
+    /// Output producer (guest).
+    pub out_prod: AtomicU32,
+}
+
 // ----- layout (x86_64) ---------------------------------------------------------------
 
 const _: () = assert!(size_of::<VcpuTimeInfo>() == 32);
@@ -238,6 +266,14 @@ const _: () = assert!(offset_of!(SharedInfo, wc_nsec) == 3080);
 const _: () = assert!(offset_of!(SharedInfo, wc_sec_hi) == 3084);
 const _: () = assert!(offset_of!(SharedInfo, arch) == 3088);
 const _: () = assert!(EVTCHN_WORDS * BITS_PER_WORD == EVTCHN_2L_NR_CHANNELS);
+
+const _: () = assert!(size_of::<XenconsInterface>() == 3088);
+const _: () = assert!(offset_of!(XenconsInterface, in_) == 0);
+const _: () = assert!(offset_of!(XenconsInterface, out) == 1024);
+const _: () = assert!(offset_of!(XenconsInterface, in_cons) == 3072);
+const _: () = assert!(offset_of!(XenconsInterface, in_prod) == 3076);
+const _: () = assert!(offset_of!(XenconsInterface, out_cons) == 3080);
+const _: () = assert!(offset_of!(XenconsInterface, out_prod) == 3084);
 
 #[cfg(test)]
 mod tests {
