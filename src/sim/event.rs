@@ -237,3 +237,102 @@ impl SimXen {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::Hal;
+    use crate::sim::SimConfig;
+
+    const A: DomId = DomId(1);
+    const B: DomId = DomId(2);
+    const C: DomId = DomId(3);
+
+    #[test]
+    fn binding_follows_xen_rules() {
+        let xen = SimXen::new();
+        let pa = xen.alloc_unbound(A, B).unwrap();
+        assert_ne!(pa, Port(0), "port 0 is never handed out");
+        assert_eq!(xen.port_info(A, pa), Some(PortInfo::Unbound { remote: B }));
+        assert_eq!(
+            xen.bind_interdomain(C, A, pa),
+            Err(Error::Hypercall(-EINVAL)),
+            "allocated for B, not C"
+        );
+        assert_eq!(
+            xen.bind_interdomain(B, A, Port(0)),
+            Err(Error::InvalidPort(0))
+        );
+        assert_eq!(
+            xen.bind_interdomain(B, A, Port(999)),
+            Err(Error::InvalidPort(999))
+        );
+
+        let pb = xen.bind_interdomain(B, A, pa).unwrap();
+        assert!(xen.is_pending(B, pb), "bind sets the local port pending");
+        assert_eq!(
+            xen.port_info(A, pa),
+            Some(PortInfo::Interdomain {
+                remote_dom: B,
+                remote_port: pb
+            })
+        );
+        assert_eq!(
+            xen.bind_interdomain(B, A, pa),
+            Err(Error::Hypercall(-EINVAL))
+        );
+    }
+
+    #[test]
+    fn send_close_and_counters() {
+        let xen = SimXen::new();
+        let pa = xen.alloc_unbound(A, B).unwrap();
+        xen.send(A, pa).unwrap(); // unbound: dropped, not an error
+        let pb = xen.bind_interdomain(B, A, pa).unwrap();
+        xen.consume(B, pb);
+        for _ in 0..3 {
+            xen.send(A, pa).unwrap();
+        }
+        assert_eq!(xen.notify_count(A, pa), 4);
+        assert_eq!(xen.notify_count(B, pb), 0);
+        assert!(xen.consume(B, pb));
+        assert!(!xen.consume(B, pb), "events coalesce into one pending flag");
+        assert!(!xen.is_pending(A, pa));
+
+        xen.close_port(B, pb).unwrap();
+        assert_eq!(xen.port_info(A, pa), Some(PortInfo::Unbound { remote: B }));
+        assert_eq!(xen.send(B, pb), Err(Error::InvalidPort(pb.0)));
+        assert_eq!(xen.close_port(B, pb), Err(Error::InvalidPort(pb.0)));
+        xen.send(A, pa).unwrap();
+        assert!(!xen.consume(B, pb));
+        xen.close_port(A, pa).unwrap();
+        assert_eq!(xen.accounting(A).ports_open, 0);
+        assert_eq!(xen.accounting(B).ports_open, 0);
+    }
+
+    #[test]
+    fn injected_events_and_port_exhaustion() {
+        let config = SimConfig {
+            max_ports: 3,
+            ..SimConfig::default()
+        };
+        let xen = SimXen::with_config(config, false);
+        let hal = xen.hal(A);
+        let p1 = hal.evtchn_alloc_unbound(B).unwrap();
+        let p2 = hal.evtchn_alloc_unbound(B).unwrap();
+        assert_eq!(hal.evtchn_alloc_unbound(B), Err(Error::Hypercall(-ENOSPC)));
+        assert_eq!(xen.inject_event(A, Port(7)), Err(Error::InvalidPort(7)));
+        xen.inject_event(A, p2).unwrap();
+        assert_eq!(hal.evtchn_wait(&[p1, p2], None), Ok(()));
+        assert!(!hal.evtchn_consume(p1));
+        assert!(hal.evtchn_consume(p2));
+        hal.evtchn_close(p1).unwrap();
+        assert_eq!(
+            hal.evtchn_alloc_unbound(C),
+            Ok(p1),
+            "lowest free port reused"
+        );
+        hal.evtchn_close(p1).unwrap();
+        hal.evtchn_close(p2).unwrap();
+    }
+}

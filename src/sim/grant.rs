@@ -421,3 +421,192 @@ impl SimXen {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::{Hal, Pages};
+    use crate::sim::SimHal;
+
+    const FRONT: DomId = DomId(1);
+    const BACK: DomId = DomId::DOM0;
+    const OTHER: DomId = DomId(2);
+    const G: GrantRef = GrantRef(10);
+
+    fn grant(hal: &SimHal, gref: GrantRef, to: DomId, gfn: Gfn, flags: u16) {
+        let e = &hal.grant_table()[gref.0 as usize];
+        e.domid.store(to.0, Ordering::Relaxed);
+        e.frame.store(gfn.0 as u32, Ordering::Relaxed);
+        e.flags.store(flags, Ordering::Release);
+    }
+
+    fn flags(hal: &SimHal, gref: GrantRef) -> u16 {
+        hal.grant_table()[gref.0 as usize]
+            .flags
+            .load(Ordering::Acquire)
+    }
+
+    fn teardown(xen: &SimXen, hal: &SimHal, pages: Pages) {
+        for e in hal.grant_table() {
+            e.flags.store(0, Ordering::Release);
+        }
+        // SAFETY: every grant was just cleared and nothing maps the pages.
+        unsafe { hal.free_pages(pages) };
+        assert_eq!(xen.accounting(FRONT).bad_frees, 0);
+    }
+
+    #[test]
+    fn invalid_maps_are_refused_like_xen() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let pages = hal.alloc_pages(1).unwrap();
+        let len = hal.grant_table().len() as u32;
+        let refused = |gref, ro| {
+            xen.map_grant(BACK, FRONT, gref, ro)
+                .map(|_| ())
+                .unwrap_err()
+        };
+
+        assert_eq!(refused(GrantRef(len), true), Error::Hypercall(-EINVAL));
+        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "never granted");
+
+        grant(&hal, G, OTHER, pages.gfn(), GTF_PERMIT_ACCESS);
+        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "other domain");
+
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_READONLY);
+        assert_eq!(refused(G, false), Error::Hypercall(-EROFS));
+        assert_eq!(
+            flags(&hal, G),
+            GTF_PERMIT_ACCESS | GTF_READONLY,
+            "untouched"
+        );
+
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_SUB_PAGE);
+        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "sub-page");
+
+        grant(&hal, G, BACK, Gfn(0x42), GTF_PERMIT_ACCESS);
+        assert_eq!(refused(G, true), Error::Hypercall(-EINVAL), "not its frame");
+        assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS, "bits undone");
+
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS);
+        hal.grant_table()[G.0 as usize]
+            .flags
+            .store(0, Ordering::Release);
+        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "revoked");
+        assert_eq!(xen.accounting(BACK).mappings_held, 0);
+        teardown(&xen, &hal, pages);
+    }
+
+    #[test]
+    fn mappings_set_and_clear_reading_and_writing() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let pages = hal.alloc_pages(1).unwrap();
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS);
+
+        let ro = xen.map_grant(BACK, FRONT, G, true).unwrap();
+        assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS | GTF_READING);
+        let rw = xen.map_grant(BACK, FRONT, G, false).unwrap();
+        assert_eq!(
+            flags(&hal, G),
+            GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING
+        );
+        assert_eq!(
+            xen.map_grant(OTHER, FRONT, G, true).unwrap_err(),
+            Error::Hypercall(-EPERM),
+            "pinned by another domain"
+        );
+        let acct = xen.accounting(FRONT);
+        assert_eq!((acct.grants_active, acct.grants_mapped_by_others), (1, 1));
+        assert_eq!(xen.accounting(BACK).mappings_held, 2);
+        assert_eq!(xen.pages_mapped_by_others(FRONT), 1);
+
+        rw.unmap();
+        assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS | GTF_READING);
+        drop(ro);
+        assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS);
+        assert_eq!(xen.accounting(FRONT).grants_mapped_by_others, 0);
+        assert_eq!(xen.accounting(BACK).mappings_held, 0);
+        teardown(&xen, &hal, pages);
+    }
+
+    #[test]
+    fn mapped_bytes_are_the_granted_page() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let pages = hal.alloc_pages(2).unwrap();
+        let gfn1 = pages.page_gfn(1).unwrap();
+        grant(&hal, G, BACK, gfn1, GTF_PERMIT_ACCESS);
+        let map = xen.map_grant(BACK, FRONT, G, false).unwrap();
+        assert_eq!((map.owner(), map.gref(), map.gfn()), (FRONT, Some(G), gfn1));
+
+        map.write(4090, b"hello!").unwrap();
+        let mut seen = [0u8; 6];
+        // SAFETY: page 1 of our own live pages, bytes 4090..4096.
+        unsafe {
+            std::ptr::copy_nonoverlapping(pages.as_ptr().add(4096 + 4090), seen.as_mut_ptr(), 6)
+        };
+        assert_eq!(&seen, b"hello!");
+
+        let mut back = [0u8; 6];
+        map.read(4090, &mut back).unwrap();
+        assert_eq!(&back, b"hello!");
+        assert_eq!(map.read(4091, &mut back), Err(Error::Hypercall(-EINVAL)));
+        assert_eq!(map.write(usize::MAX, b"x"), Err(Error::Hypercall(-EINVAL)));
+        drop(map);
+
+        let ro = xen.map_grant(BACK, FRONT, G, true).unwrap();
+        assert_eq!(ro.write(0, b"x"), Err(Error::Hypercall(-EROFS)));
+        drop(ro);
+        teardown(&xen, &hal, pages);
+    }
+
+    #[test]
+    fn grant_copy_moves_bytes_without_a_lasting_pin() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let pages = hal.alloc_pages(1).unwrap();
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS);
+
+        xen.grant_copy_to(BACK, FRONT, G, 100, b"sector").unwrap();
+        let mut buf = [0u8; 6];
+        xen.grant_copy_from(BACK, FRONT, G, 100, &mut buf).unwrap();
+        assert_eq!(&buf, b"sector");
+        assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS, "no pin left behind");
+        assert_eq!(
+            xen.grant_copy_from(BACK, FRONT, G, 4095, &mut buf),
+            Err(Error::Hypercall(-EINVAL)),
+            "crosses the frame"
+        );
+        assert_eq!(
+            xen.grant_copy_from(OTHER, FRONT, G, 0, &mut buf),
+            Err(Error::Hypercall(-EPERM))
+        );
+
+        grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_READONLY);
+        assert_eq!(
+            xen.grant_copy_to(BACK, FRONT, G, 0, b"x"),
+            Err(Error::Hypercall(-EROFS))
+        );
+        xen.grant_copy_from(BACK, FRONT, G, 100, &mut buf).unwrap();
+        assert_eq!(xen.accounting(FRONT).grants_mapped_by_others, 0);
+        teardown(&xen, &hal, pages);
+    }
+
+    #[test]
+    fn foreign_mappings_pin_the_page() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let pages = hal.alloc_pages(1).unwrap();
+        assert!(xen.map_foreign(BACK, OTHER, pages.gfn(), false).is_err());
+        let map = xen.map_foreign(BACK, FRONT, pages.gfn(), false).unwrap();
+        assert_eq!((map.gref(), map.owner()), (None, FRONT));
+        map.write(0, &[7]).unwrap();
+        // SAFETY: our own live page.
+        assert_eq!(unsafe { *pages.as_ptr() }, 7);
+        assert_eq!(xen.pages_mapped_by_others(FRONT), 1);
+        drop(map);
+        assert_eq!(xen.pages_mapped_by_others(FRONT), 0);
+        teardown(&xen, &hal, pages);
+    }
+}

@@ -615,3 +615,226 @@ fn run_devices(weak: Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::{GrantRef, Hal, Port};
+    use crate::sim::{SimDevice, SimHal};
+
+    const FRONT: DomId = DomId(1);
+    const BACK: DomId = DomId::DOM0;
+
+    /// A backend that answers every event on its port with one event back,
+    /// `delay_ns` after it arrived.
+    struct Echo {
+        port: Port,
+        delay_ns: u64,
+        due: Option<u64>,
+        answered: u32,
+    }
+
+    impl SimDevice for Echo {
+        fn step(&mut self, xen: &SimXen) -> bool {
+            if xen.consume(BACK, self.port) {
+                self.due = Some(xen.now_ns() + self.delay_ns);
+                return true;
+            }
+            match self.due {
+                Some(t) if t <= xen.now_ns() => {
+                    self.due = None;
+                    self.answered += 1;
+                    xen.send(BACK, self.port).is_ok()
+                }
+                _ => false,
+            }
+        }
+        fn name(&self) -> &str {
+            "echo"
+        }
+        fn next_wakeup_ns(&self) -> Option<u64> {
+            self.due
+        }
+    }
+
+    fn pair(xen: &SimXen) -> (SimHal, Port, Port) {
+        let hal = xen.hal(FRONT);
+        let front = hal.evtchn_alloc_unbound(BACK).unwrap();
+        let back = xen.bind_interdomain(BACK, FRONT, front).unwrap();
+        assert!(xen.consume(BACK, back), "bind leaves the new port pending");
+        (hal, front, back)
+    }
+
+    #[test]
+    fn pages_are_zeroed_aligned_and_have_contiguous_gfns() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let a = hal.alloc_pages(3).unwrap();
+        let b = hal.alloc_pages(1).unwrap();
+        assert_eq!(a.as_ptr().addr() % PAGE_SIZE, 0);
+        // SAFETY: our own live pages, `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(a.as_ptr(), a.len()) };
+        assert!(bytes.iter().all(|&x| x == 0));
+        assert_eq!(b.gfn().0, a.gfn().0 + 3, "gfns come from one counter");
+
+        // SAFETY: in bounds of `a`.
+        let inside = unsafe { a.as_ptr().add(PAGE_SIZE + 5) };
+        assert_eq!(hal.gfn_of(inside), a.page_gfn(1));
+        assert_eq!(xen.hal(BACK).gfn_of(inside), None, "not BACK's memory");
+        assert_eq!(hal.gfn_of(&0u8), None);
+        assert_eq!(xen.accounting(FRONT).pages, 4);
+
+        let a_ptr = a.as_ptr();
+        // SAFETY: no grants, no further use.
+        unsafe { hal.free_pages(a) };
+        assert_eq!(hal.gfn_of(a_ptr), None);
+        // SAFETY: as above.
+        unsafe { hal.free_pages(b) };
+        assert_eq!(xen.accounting(FRONT), Accounting::default());
+    }
+
+    #[test]
+    fn page_limit_makes_allocation_fail() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        xen.set_page_limit(FRONT, Some(2));
+        assert_eq!(hal.alloc_pages(3).unwrap_err(), Error::OutOfMemory);
+        assert_eq!(hal.alloc_pages(0).unwrap_err(), Error::OutOfMemory);
+        let p = hal.alloc_pages(2).unwrap();
+        // SAFETY: no grants, no further use.
+        unsafe { hal.free_pages(p) };
+    }
+
+    #[test]
+    fn freeing_granted_or_mapped_pages_is_caught_and_leaked() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let granted = hal.alloc_pages(1).unwrap();
+        let mapped = hal.alloc_pages(1).unwrap();
+        let e = &hal.grant_table()[9];
+        e.domid.store(BACK.0, Ordering::Relaxed);
+        e.frame.store(mapped.gfn().0 as u32, Ordering::Relaxed);
+        e.flags.store(grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        let map = xen.map_grant(BACK, FRONT, GrantRef(9), false).unwrap();
+        let e8 = &hal.grant_table()[8];
+        e8.frame.store(granted.gfn().0 as u32, Ordering::Relaxed);
+        e8.flags.store(grant::GTF_PERMIT_ACCESS, Ordering::Release);
+
+        // SAFETY (of the test): both frees are the bugs the simulator must
+        // survive; the memory stays allocated, so nothing dangles.
+        unsafe { hal.free_pages(granted) };
+        e8.flags.store(0, Ordering::Release);
+        e.flags
+            .fetch_and(!grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        // SAFETY: as above.
+        unsafe { hal.free_pages(mapped) };
+        let acct = xen.accounting(FRONT);
+        assert_eq!((acct.pages, acct.bad_frees, acct.leaked_pages), (0, 2, 2));
+
+        // The backend's mapping still works on the leaked page.
+        map.write(0, b"ok").unwrap();
+        drop(map);
+
+        // Pages another domain made are not ours to free.
+        let theirs = xen.hal(BACK).alloc_pages(1).unwrap();
+        // SAFETY: refused by the simulator, so the memory stays valid.
+        unsafe { hal.free_pages(theirs) };
+        assert_eq!(xen.accounting(FRONT).bad_frees, 3);
+        assert_eq!(xen.accounting(BACK).pages, 1, "still BACK's");
+        // Leak check under Miri: BACK's page is still live, free it properly.
+        let again = xen.hal(BACK).alloc_pages(1).unwrap();
+        // SAFETY: no grants.
+        unsafe { xen.hal(BACK).free_pages(again) };
+    }
+
+    #[test]
+    fn step_mode_runs_devices_and_moves_virtual_time() {
+        let xen = SimXen::new();
+        let (hal, front, back) = pair(&xen);
+        let echo = xen.add_device(Echo {
+            port: back,
+            delay_ns: 5_000,
+            due: None,
+            answered: 0,
+        });
+        assert_eq!(xen.devices(), vec![(echo.id(), "echo".to_string())]);
+
+        hal.evtchn_notify(front).unwrap();
+        assert_eq!(hal.evtchn_wait(&[front], Some(1_000_000)), Ok(()));
+        assert_eq!(
+            xen.now_ns(),
+            5_000,
+            "clock moved to the device's wake-up only"
+        );
+        assert!(hal.evtchn_consume(front));
+        assert_eq!(echo.lock().answered, 1);
+
+        // Nothing pending, nothing runnable: the deadline is reached exactly.
+        assert_eq!(hal.evtchn_wait(&[front], Some(50_000)), Err(Error::Timeout));
+        assert_eq!(xen.now_ns(), 50_000);
+        // Without a deadline a deadlock ends in a timeout, not a hang.
+        assert_eq!(hal.evtchn_wait(&[front], None), Err(Error::Timeout));
+        assert_eq!(xen.now_ns(), 50_000);
+
+        // A slow device past the deadline: timeout at the deadline.
+        echo.lock().delay_ns = 1_000_000;
+        hal.evtchn_notify(front).unwrap();
+        assert_eq!(hal.evtchn_wait(&[front], Some(60_000)), Err(Error::Timeout));
+        assert_eq!(xen.now_ns(), 60_000);
+        assert_eq!(hal.evtchn_wait(&[front], None), Ok(()));
+        assert_eq!(xen.now_ns(), 1_050_000);
+
+        assert!(xen.remove_device(echo.id()));
+        assert!(!xen.remove_device(echo.id()));
+        assert!(!xen.step());
+    }
+
+    #[test]
+    fn a_locked_device_is_skipped_not_deadlocked() {
+        let xen = SimXen::new();
+        let (hal, front, back) = pair(&xen);
+        let echo = xen.add_device(Echo {
+            port: back,
+            delay_ns: 0,
+            due: None,
+            answered: 0,
+        });
+        hal.evtchn_notify(front).unwrap();
+        {
+            let _held = echo.lock();
+            assert_eq!(hal.evtchn_wait(&[front], Some(10)), Err(Error::Timeout));
+        }
+        assert_eq!(hal.evtchn_wait(&[front], Some(20)), Ok(()));
+        assert_eq!(xen.run_until_idle(), 0);
+    }
+
+    #[test]
+    fn a_livelocked_device_is_cut_off() {
+        struct Busy;
+        impl SimDevice for Busy {
+            fn step(&mut self, _: &SimXen) -> bool {
+                true
+            }
+            fn name(&self) -> &str {
+                "busy"
+            }
+        }
+        let config = SimConfig {
+            max_steps_per_wait: 50,
+            ..SimConfig::default()
+        };
+        let xen = SimXen::with_config(config, false);
+        xen.add_device(Box::new(Busy) as Box<dyn SimDevice>);
+        assert_eq!(xen.wait_until(None, || false), Err(Error::Timeout));
+        assert_eq!(xen.run_until_idle(), 50);
+    }
+
+    #[test]
+    fn advance_clock_moves_only_virtual_time() {
+        let xen = SimXen::new();
+        xen.advance_clock(7);
+        assert_eq!(xen.now_ns(), 7);
+        assert_eq!(xen.hal(FRONT).now_ns(), 7);
+        assert!(!xen.is_threaded());
+    }
+}
