@@ -426,13 +426,18 @@ impl Drop for Quarantine {
 #[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
-    use crate::sim::{SimHal, SimXen};
+    use crate::sim::{SimConfig, SimHal, SimXen};
 
     const FRONT: DomId = DomId(1);
     const BACK: DomId = DomId::DOM0;
 
     fn setup() -> (SimXen, SimHal) {
-        let xen = SimXen::new();
+        // One grant frame (504 usable references) keeps the Miri run short.
+        let config = SimConfig {
+            grant_frames: 1,
+            ..SimConfig::default()
+        };
+        let xen = SimXen::with_config(config, false);
         let hal = xen.hal(FRONT);
         (xen, hal)
     }
