@@ -27,14 +27,15 @@ use core::sync::atomic::Ordering;
 
 use spin::Mutex;
 
+use crate::abi::grant;
 use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, Hal, Pages, GNTTAB_RESERVED};
 use crate::{Error, Result};
 
 // grant_table.h, "Type of grant entry" and "Subflags for GTF_permit_access".
-const GTF_PERMIT_ACCESS: u16 = 1;
-const GTF_READONLY: u16 = 1 << 2;
-const GTF_READING: u16 = 1 << 3;
-const GTF_WRITING: u16 = 1 << 4;
+const GTF_PERMIT_ACCESS: u16 = grant::GTF_permit_access;
+const GTF_READONLY: u16 = grant::GTF_readonly;
+const GTF_READING: u16 = grant::GTF_reading;
+const GTF_WRITING: u16 = grant::GTF_writing;
 
 /// Xen's `EINVAL`, returned for a frame that a v1 entry cannot hold.
 const EINVAL: i32 = 22;

@@ -18,17 +18,18 @@ use std::sync::atomic::Ordering;
 use super::errno::{EAGAIN, EINVAL, EPERM, EROFS};
 use super::xen::State;
 use super::SimXen;
+use crate::abi::grant as abi;
 use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, PAGE_SIZE};
 use crate::{Error, Result};
 
 // `GTF_*` of grant_table.h ("Type of grant entry", "Subflags for
 // GTF_permit_access").
-pub(super) const GTF_PERMIT_ACCESS: u16 = 1;
-pub(super) const GTF_TYPE_MASK: u16 = 3;
-const GTF_READONLY: u16 = 1 << 2;
-const GTF_READING: u16 = 1 << 3;
-const GTF_WRITING: u16 = 1 << 4;
-const GTF_SUB_PAGE: u16 = 1 << 8;
+pub(super) const GTF_PERMIT_ACCESS: u16 = abi::GTF_permit_access;
+pub(super) const GTF_TYPE_MASK: u16 = abi::GTF_type_mask;
+const GTF_READONLY: u16 = abi::GTF_readonly;
+const GTF_READING: u16 = abi::GTF_reading;
+const GTF_WRITING: u16 = abi::GTF_writing;
+const GTF_SUB_PAGE: u16 = abi::GTF_sub_page;
 
 /// Xen gives up on an entry whose flags keep changing under its
 /// compare-exchange after this many tries ("Shared grant entry is unstable").

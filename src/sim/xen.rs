@@ -17,6 +17,7 @@ use super::device::DeviceTable;
 use super::event::PortSlot;
 use super::grant::{self, Active};
 use super::hal::SimHal;
+use crate::abi::event_channel::EVTCHN_2L_NR_CHANNELS;
 use crate::hal::{DomId, Gfn, GrantEntry, Pages, GNTTAB_RESERVED, PAGE_SIZE};
 use crate::{Error, Result};
 
@@ -46,7 +47,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             grant_frames: 4,
-            max_ports: 4096,
+            max_ports: EVTCHN_2L_NR_CHANNELS as u32,
             unbounded_wait_ns: 30_000_000_000,
             max_steps_per_wait: 1_000_000,
         }
