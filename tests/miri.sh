@@ -6,4 +6,4 @@ export MIRIFLAGS="${MIRIFLAGS:--Zmiri-permissive-provenance}"
 cargo +nightly miri test --features sim --lib ring::
 # Grant tables and the simulated hypervisor (not its threaded-mode tests,
 # which need real time).
-cargo +nightly miri test --features sim --lib -- gnttab:: evtchn:: sim::xen:: sim::grant:: sim::event::
+cargo +nightly miri test --features sim --lib -- gnttab:: evtchn:: sim::xen:: sim::grant:: sim::event:: sim::hal::

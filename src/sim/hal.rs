@@ -88,3 +88,49 @@ unsafe impl Hal for SimHal {
         self.xen.now_ns()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    const FRONT: DomId = DomId(1);
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn simhal_is_shareable_across_threads() {
+        assert_send_sync::<SimHal>();
+        assert_send_sync::<SimXen>();
+        assert_send_sync::<super::super::GrantMapping>();
+    }
+
+    #[test]
+    fn clones_and_new_hals_share_one_grant_table() {
+        let xen = SimXen::new();
+        let a = xen.hal(FRONT);
+        let b = a.clone();
+        let c = xen.hal(FRONT);
+        let other = xen.hal(DomId(2));
+        assert_eq!(a.grant_table().as_ptr(), b.grant_table().as_ptr());
+        assert_eq!(a.grant_table().as_ptr(), c.grant_table().as_ptr());
+        assert_ne!(a.grant_table().as_ptr(), other.grant_table().as_ptr());
+        assert_eq!(a.grant_table().len(), 4 * 512, "default: 4 frames");
+        assert_eq!((a.domid(), other.domid()), (FRONT, DomId(2)));
+        assert_eq!(a.xen().now_ns(), 0);
+    }
+
+    #[test]
+    fn waiting_on_ports_that_are_not_open_times_out() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        assert_eq!(
+            hal.evtchn_wait(&[Port(0), Port(5)], Some(10)),
+            Err(Error::Timeout)
+        );
+        assert_eq!(hal.evtchn_wait(&[], None), Err(Error::Timeout));
+        assert!(!hal.evtchn_consume(Port(5)));
+        assert_eq!(hal.evtchn_close(Port(5)), Err(Error::InvalidPort(5)));
+        assert_eq!(hal.now_ns(), 10);
+    }
+}

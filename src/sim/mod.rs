@@ -41,16 +41,54 @@
 //! any [`SimXen`] method. A device that is locked by a test is skipped by the
 //! runner until it is released.
 //!
+//! # Example: a guest, a backend device, and a grant
+//!
 //! ```
-//! use xenblk::hal::{DomId, Hal};
-//! use xenblk::sim::SimXen;
+//! use xenblk::hal::{DomId, GrantRef, Hal, Port};
+//! use xenblk::gnttab::GrantTable;
+//! use xenblk::sim::{SimDevice, SimXen};
+//!
+//! const GUEST: DomId = DomId(1);
+//!
+//! /// A toy backend: on each event, writes "pong" into the granted page and
+//! /// signals back.
+//! struct Pong { port: Port, gref: GrantRef }
+//!
+//! impl SimDevice for Pong {
+//!     fn step(&mut self, xen: &SimXen) -> bool {
+//!         if !xen.consume(DomId::DOM0, self.port) {
+//!             return false;
+//!         }
+//!         let page = xen.map_grant(DomId::DOM0, GUEST, self.gref, false).unwrap();
+//!         page.write(0, b"pong").unwrap();
+//!         page.unmap();
+//!         xen.send(DomId::DOM0, self.port).is_ok()
+//!     }
+//!     fn name(&self) -> &str { "pong" }
+//! }
 //!
 //! let xen = SimXen::new();
-//! let guest = xen.hal(DomId(1));
+//! let guest = xen.hal(GUEST);
+//! let grants = GrantTable::new(&guest).unwrap();
+//! let page = guest.alloc_pages(1).unwrap();
+//! let gref = grants.grant_access(DomId::DOM0, page.gfn(), false).unwrap();
 //! let port = guest.evtchn_alloc_unbound(DomId::DOM0).unwrap();
-//! let back = xen.bind_interdomain(DomId::DOM0, DomId(1), port).unwrap();
-//! xen.send(DomId::DOM0, back).unwrap();
+//! let back = xen.bind_interdomain(DomId::DOM0, GUEST, port).unwrap();
+//! let pong = xen.add_device(Pong { port: back, gref });
+//!
+//! guest.evtchn_notify(port).unwrap();
+//! guest.evtchn_wait(&[port], Some(1_000_000)).unwrap(); // steps `Pong`
 //! assert!(guest.evtchn_consume(port));
+//! // SAFETY: our own live page; the backend unmapped it.
+//! assert_eq!(unsafe { core::slice::from_raw_parts(page.as_ptr(), 4) }, b"pong");
+//!
+//! xen.remove_device(pong.id());
+//! grants.end_access_and_free(gref).unwrap();
+//! // SAFETY: the grant ended; nothing uses the page afterwards.
+//! unsafe { guest.free_pages(page) };
+//! guest.evtchn_close(port).unwrap();
+//! let left = xen.accounting(GUEST);
+//! assert_eq!((left.pages, left.grants_active, left.ports_open), (0, 0, 0));
 //! ```
 
 mod device;
