@@ -1,5 +1,6 @@
 //! The block frontend driver.
 
 pub mod info;
+pub mod wire;
 
 pub use info::{BackendInfo, BackendKind, DirectIoSafe, StallCause, StallReport};
