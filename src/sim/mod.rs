@@ -96,6 +96,7 @@ mod event;
 mod grant;
 mod hal;
 mod xen;
+pub mod xenstored;
 
 pub use device::{DeviceHandle, DeviceId, SimDevice};
 pub use event::PortInfo;

@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn directory_replies() {
         assert_eq!(parse_directory(b"").unwrap(), Vec::<String>::new());
-        assert_eq!(parse_directory(b"768\05632\0").unwrap(), ["768", "5632"]);
+        assert_eq!(parse_directory(b"768\x005632\0").unwrap(), ["768", "5632"]);
         for bad in [&b"a\0\0"[..], b"a/b\0", b"\0"] {
             assert_eq!(
                 parse_directory(bad),
