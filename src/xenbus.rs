@@ -563,9 +563,8 @@ mod tests {
 mod sim_tests {
     use super::*;
     use crate::hal::Hal;
-    use crate::sim::xenstored::{Access, Perm, XenStored};
+    use crate::sim::xenstored::{Access, Perm, SimXsTransport, XenStored};
     use crate::sim::{SimDevice, SimHal, SimXen};
-    use crate::xenstore::RingTransport;
 
     const G: DomId = DomId(4);
     const FE: &str = "/local/domain/4/device/vbd";
@@ -606,7 +605,7 @@ mod sim_tests {
         (xsd, hal)
     }
 
-    fn client<'h>(xsd: &XenStored, hal: &'h SimHal) -> XenStore<RingTransport<'h, SimHal>> {
+    fn client<'h>(xsd: &XenStored, hal: &'h SimHal) -> XenStore<SimXsTransport<'h>> {
         let mut xs = XenStore::new(xsd.connect(hal).unwrap());
         xs.set_timeout_ns(1_000_000_000);
         xs
@@ -767,7 +766,7 @@ mod sim_tests {
         xen.remove_device(dev.id());
 
         // Closing while waiting for Connected is an unexpected state.
-        xen.add_device(Backend {
+        let dev = xen.add_device(Backend {
             xsd: xsd.clone(),
             key: format!("{be}/state"),
             script: vec!["5"],
@@ -786,5 +785,6 @@ mod sim_tests {
         };
         assert_eq!(s, Err(want));
         unwatch_state(&mut xs, &be, "be").unwrap();
+        xen.remove_device(dev.id());
     }
 }

@@ -5,9 +5,9 @@
 
 use xenblk::error::{XsErrno, XsMalformed};
 use xenblk::hal::{DomId, Hal};
-use xenblk::sim::xenstored::{Access, Perm, XenStored};
+use xenblk::sim::xenstored::{Access, Perm, SimXsTransport, XenStored};
 use xenblk::sim::{SimHal, SimXen};
-use xenblk::xenstore::{RingTransport, TxId, WatchEvent, XenStore};
+use xenblk::xenstore::{TxId, WatchEvent, XenStore};
 use xenblk::Error;
 
 const G1: DomId = DomId(1);
@@ -29,7 +29,7 @@ fn ev(path: &str, token: &str) -> WatchEvent {
     }
 }
 
-type Xs<'h> = XenStore<RingTransport<'h, SimHal>>;
+type Xs<'h> = XenStore<SimXsTransport<'h>>;
 
 fn client<'h>(xsd: &XenStored, hal: &'h SimHal) -> Xs<'h> {
     let mut xs = XenStore::new(xsd.connect(hal).unwrap());
@@ -463,4 +463,23 @@ fn works_in_threaded_mode() {
         seen += 1;
     }
     xen.stop_threads();
+}
+
+#[test]
+fn the_page_and_ports_go_back_when_both_ends_are_gone() {
+    let xen = SimXen::new();
+    let hal = xen.hal(G1);
+    {
+        let xsd = XenStored::new(&xen);
+        let mut xs = client(&xsd, &hal);
+        assert_eq!(xs.read("domid").unwrap(), "1");
+        assert_eq!(xen.accounting(G1).pages, 1);
+        drop(xsd);
+        // The guest's transport still holds its page.
+        assert_eq!(xen.accounting(G1).pages, 1);
+        xs.set_timeout_ns(1_000_000);
+        assert_eq!(xs.read("domid"), Err(Error::Timeout), "nobody serves it");
+    }
+    let left = xen.accounting(G1);
+    assert_eq!((left.pages, left.ports_open), (0, 0));
 }

@@ -10,7 +10,8 @@
 //! - [`XenStored`]: a [`SimDevice`] that serves each guest's
 //!   `xenstore_domain_interface` page over its event channel
 //!   (`docs/misc/xenstore-ring.txt`), exactly as the real daemon would, so
-//!   the guest side uses the same [`RingTransport`] it uses on real Xen.
+//!   the guest side uses the same [`RingTransport`] it uses on real Xen
+//!   (wrapped in a [`SimXsTransport`] that also owns the page).
 //!
 //! Simulated backends live "in dom0" and use the store directly
 //! ([`XenStored::read`], [`XenStored::write`], [`XenStored::watch`] with
@@ -41,14 +42,14 @@ mod protocol;
 mod ring;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 pub use engine::{ConnId, Store};
 pub use perms::{Access, Perm};
 
 use super::{DeviceId, SimDevice, SimHal, SimXen};
 use crate::abi::xs_wire::XenstoreDomainInterface;
-use crate::hal::{DomId, Hal, Pages, Port};
+use crate::hal::{DomId, Hal, Pages, Port, XsTransport};
 use crate::xenstore::wire::{Decoder, WatchEvent};
 use crate::xenstore::RingTransport;
 use crate::Result;
@@ -56,6 +57,64 @@ use ring::DaemonRing;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A guest's xenstore page. The daemon's ring record and the guest's
+/// transport both hold it; the last one to go gives the page back.
+struct PageOwner {
+    xen: SimXen,
+    dom: DomId,
+    page: Option<Pages>,
+    guest_port: Port,
+}
+
+impl Drop for PageOwner {
+    fn drop(&mut self) {
+        if let Some(p) = self.page.take() {
+            // The daemon's mapping is gone (it is dropped before its
+            // `PageOwner`), and the transport, which holds the other
+            // reference, is being dropped or gone.
+            self.xen.free_pages(self.dom, p);
+        }
+        let _ = self.xen.close_port(self.dom, self.guest_port);
+    }
+}
+
+/// The guest's end of a simulated xenstore connection: a [`RingTransport`]
+/// over the guest's page, which it keeps alive.
+pub struct SimXsTransport<'h> {
+    ring: RingTransport<'h, SimHal>,
+    _page: Arc<PageOwner>,
+}
+
+impl std::fmt::Debug for SimXsTransport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimXsTransport")
+            .field("port", &self.ring.port())
+            .finish()
+    }
+}
+
+impl SimXsTransport<'_> {
+    /// The guest's event-channel port.
+    pub fn port(&self) -> Port {
+        self.ring.port()
+    }
+}
+
+impl XsTransport for SimXsTransport<'_> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
+        self.ring.send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.ring.recv(buf)
+    }
+    fn wait(&mut self, deadline: Option<u64>) -> Result<()> {
+        self.ring.wait(deadline)
+    }
+    fn now_ns(&self) -> u64 {
+        self.ring.now_ns()
+    }
 }
 
 /// One guest's ring as the daemon sees it.
@@ -68,9 +127,14 @@ struct GuestRing {
     out: VecDeque<u8>,
     garbage: VecDeque<Vec<u8>>,
     dead: bool,
-    /// The guest's page; it belongs to the guest for its whole life (as the
-    /// toolstack-built xenstore page does) and is never freed.
-    _page: Pages,
+    /// Declared after `ring` so the mapping goes first.
+    page: Arc<PageOwner>,
+}
+
+impl Drop for GuestRing {
+    fn drop(&mut self) {
+        let _ = self.page.xen.close_port(DomId::DOM0, self.port);
+    }
 }
 
 struct Shared {
@@ -79,7 +143,8 @@ struct Shared {
 }
 
 /// The simulated xenstored: a handle to the store and the ring device.
-/// Cheap to clone; clones share everything.
+/// Cheap to clone; clones share everything. The daemon stops serving rings
+/// when the last handle is dropped, so keep one while guests use it.
 #[derive(Clone)]
 pub struct XenStored {
     xen: SimXen,
@@ -95,14 +160,20 @@ impl std::fmt::Debug for XenStored {
     }
 }
 
+/// The device the simulator steps. It holds the shared state weakly: the
+/// guests' page mappings inside it hold the simulator, and a strong link
+/// back would be a reference cycle.
 struct Device {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
 }
 
 impl SimDevice for Device {
     fn step(&mut self, xen: &SimXen) -> bool {
-        let mut rings = lock(&self.shared.rings);
-        let mut store = lock(&self.shared.store);
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let mut rings = lock(&shared.rings);
+        let mut store = lock(&shared.store);
         let mut progress = false;
         for r in rings.iter_mut() {
             progress |= r.service(xen, &mut store);
@@ -123,7 +194,7 @@ impl XenStored {
             store: Mutex::new(Store::new()),
         });
         let handle = xen.add_device(Device {
-            shared: Arc::clone(&shared),
+            shared: Arc::downgrade(&shared),
         });
         XenStored {
             xen: xen.clone(),
@@ -149,14 +220,34 @@ impl XenStored {
     ///
     /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) or a simulated
     /// hypercall error.
-    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<RingTransport<'h, SimHal>> {
+    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<SimXsTransport<'h>> {
         let dom = hal.domid();
         let page = hal.alloc_pages(1)?;
-        let guest_port = hal.evtchn_alloc_unbound(DomId::DOM0)?;
-        let port = self.xen.bind_interdomain(DomId::DOM0, dom, guest_port)?;
-        let mapping = self.xen.map_foreign(DomId::DOM0, dom, page.gfn(), false)?;
-        let ring = DaemonRing::new(mapping);
+        let gfn = page.gfn();
         let iface = page.as_non_null().cast::<XenstoreDomainInterface>();
+        let guest_port = match hal.evtchn_alloc_unbound(DomId::DOM0) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: our fresh page, never shared.
+                unsafe { hal.free_pages(page) };
+                return Err(e);
+            }
+        };
+        let owner = Arc::new(PageOwner {
+            xen: self.xen.clone(),
+            dom,
+            page: Some(page),
+            guest_port,
+        });
+        let port = self.xen.bind_interdomain(DomId::DOM0, dom, guest_port)?;
+        let mapping = match self.xen.map_foreign(DomId::DOM0, dom, gfn, false) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.xen.close_port(DomId::DOM0, port);
+                return Err(e);
+            }
+        };
+        let ring = DaemonRing::new(mapping);
         let conn = {
             let mut store = lock(&self.shared.store);
             if !store.is_introduced(dom) {
@@ -173,16 +264,16 @@ impl XenStored {
             out: VecDeque::new(),
             garbage: VecDeque::new(),
             dead: false,
-            _page: page,
+            page: Arc::clone(&owner),
         });
         self.xen.wake();
-        // SAFETY: `iface` is the start of a zeroed, page-aligned page owned by
-        // the guest that is never freed (kept in the ring record) and stays
-        // allocated while the simulator lives, which `hal` (borrowed for 'h)
-        // keeps alive; only the daemon ring, through the xenstore-ring.txt
-        // protocol, and the returned transport access it; `guest_port` is the
-        // guest's port bound to the daemon.
-        Ok(unsafe { RingTransport::new(hal, iface, guest_port) })
+        // SAFETY: `iface` is the start of a zeroed, page-aligned guest page
+        // that the returned value keeps allocated (through `owner`) for as
+        // long as it holds the transport; only the daemon ring, through the
+        // xenstore-ring.txt protocol, and the transport access it;
+        // `guest_port` is the guest's port bound to the daemon.
+        let ring = unsafe { RingTransport::new(hal, iface, guest_port) };
+        Ok(SimXsTransport { ring, _page: owner })
     }
 
     /// Locks the store for direct use. Do not wait for guest progress while
