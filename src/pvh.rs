@@ -28,21 +28,42 @@
 pub mod hypercall;
 
 mod console;
-mod wire;
 
 use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
+use crate::abi::event_channel::{
+    EVTCHNOP_alloc_unbound, EVTCHNOP_close, EVTCHNOP_send, EvtchnAllocUnbound, EvtchnClose,
+    EvtchnSend, EVTCHN_2L_NR_CHANNELS,
+};
+use crate::abi::grant::{GNTST_okay, GNTTABOP_query_size, GnttabQuerySize};
+use crate::abi::hvm::{
+    HVMOP_get_param, XenHvmParam, HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN,
+    HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN,
+};
+use crate::abi::memory::{
+    XENMAPSPACE_grant_table, XENMAPSPACE_shared_info, XENMEM_add_to_physmap, XenAddToPhysmap,
+};
+use crate::abi::sched::{
+    SCHEDOP_poll, SCHEDOP_shutdown, SHUTDOWN_crash, SHUTDOWN_poweroff, SchedPoll, SchedShutdown,
+};
+use crate::abi::shared_info::{SharedInfo, XenconsInterface};
+use crate::abi::xen::{
+    __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op, __HYPERVISOR_hvm_op,
+    __HYPERVISOR_memory_op, __HYPERVISOR_sched_op,
+};
 use crate::abi::xs_wire::XenstoreDomainInterface;
 use crate::hal::{DomId, Gfn, GrantEntry, Hal, Pages, Port, PAGE_SIZE};
 use crate::{Error, Result};
 
 use console::ConsoleRing;
-pub use hypercall::{detect, XenCpuid, XEN_CPUID_SIGNATURE};
 use hypercall::{check, hypercall3, op_with_arg};
-use wire::*;
+pub use hypercall::{detect, XenCpuid, XEN_CPUID_SIGNATURE};
+
+/// Ports of the 2-level event-channel ABI, as a `u32` like [`Port`]'s value.
+const NR_PORTS: u32 = EVTCHN_2L_NR_CHANNELS as u32;
 
 /// At most this many grant-table frames are mapped (512 version-1 entries
 /// each). The toolstack's default limit (`max_grant_frames`) is 32 too.
@@ -120,12 +141,10 @@ pub fn shutdown_early(reason: ShutdownReason) {
     if !HYPERCALLS_READY.load(Ordering::Acquire) {
         return;
     }
-    let mut arg = SchedShutdown {
-        reason: match reason {
-            ShutdownReason::Poweroff => SHUTDOWN_poweroff,
-            ShutdownReason::Crash => SHUTDOWN_crash,
-        },
-    };
+    let mut arg = SchedShutdown::new(match reason {
+        ShutdownReason::Poweroff => SHUTDOWN_poweroff,
+        ShutdownReason::Crash => SHUTDOWN_crash,
+    });
     for _ in 0..3 {
         // SAFETY: the hypercall page is set up; `arg` is the struct
         // SCHEDOP_shutdown takes. It does not return on success.
@@ -135,8 +154,8 @@ pub fn shutdown_early(reason: ShutdownReason) {
 
 /// Allocates `count` zeroed pages from the global allocator, never freed.
 fn leak_pages(count: usize) -> Result<NonNull<u8>> {
-    let layout = Layout::from_size_align(count * PAGE_SIZE, PAGE_SIZE)
-        .map_err(|_| Error::OutOfMemory)?;
+    let layout =
+        Layout::from_size_align(count * PAGE_SIZE, PAGE_SIZE).map_err(|_| Error::OutOfMemory)?;
     // SAFETY: `layout` has a non-zero size (callers pass count >= 1).
     NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(Error::OutOfMemory)
 }
@@ -148,13 +167,7 @@ fn leak_pages(count: usize) -> Result<NonNull<u8>> {
 /// The hypercall page is set up, and `gfn` is a frame we own whose previous
 /// content nobody uses any more (Xen replaces it).
 unsafe fn add_to_physmap(space: u32, idx: u64, gfn: u64) -> Result<()> {
-    let mut arg = XenAddToPhysmap {
-        domid: DOMID_SELF,
-        size: 0,
-        space,
-        idx,
-        gpfn: gfn,
-    };
+    let mut arg = XenAddToPhysmap::new(space, idx, Gfn(gfn));
     // SAFETY: forwarded; `arg` is the struct XENMEM_add_to_physmap takes.
     unsafe { op_with_arg(__HYPERVISOR_memory_op, XENMEM_add_to_physmap, &mut arg) }.map(drop)
 }
@@ -165,12 +178,7 @@ unsafe fn add_to_physmap(space: u32, idx: u64, gfn: u64) -> Result<()> {
 ///
 /// The hypercall page is set up.
 unsafe fn hvm_param(index: u32) -> Result<u64> {
-    let mut arg = XenHvmParam {
-        domid: DOMID_SELF,
-        pad: 0,
-        index,
-        value: 0,
-    };
+    let mut arg = XenHvmParam::get(index);
     // SAFETY: forwarded; `arg` is the struct HVMOP_get_param takes.
     unsafe { op_with_arg(__HYPERVISOR_hvm_op, HVMOP_get_param, &mut arg) }?;
     Ok(arg.value)
@@ -183,10 +191,7 @@ unsafe fn hvm_param(index: u32) -> Result<u64> {
 ///
 /// The hypercall page is set up; memory is identity-mapped.
 unsafe fn map_grant_table() -> Result<(NonNull<GrantEntry>, u32)> {
-    let mut q = GnttabQuerySize {
-        dom: DOMID_SELF,
-        ..Default::default()
-    };
+    let mut q = GnttabQuerySize::new();
     // SAFETY: `q` is the struct GNTTABOP_query_size takes; count 1.
     check(unsafe {
         hypercall3(
@@ -199,7 +204,10 @@ unsafe fn map_grant_table() -> Result<(NonNull<GrantEntry>, u32)> {
     if q.status != GNTST_okay {
         return Err(Error::Hypercall(q.status.into()));
     }
-    let frames = q.max_nr_frames.clamp(1, MAX_GRANT_FRAMES).max(q.nr_frames.min(MAX_GRANT_FRAMES));
+    let frames = q
+        .max_nr_frames
+        .clamp(1, MAX_GRANT_FRAMES)
+        .max(q.nr_frames.min(MAX_GRANT_FRAMES));
     let base = leak_pages(frames as usize)?;
     let gfn0 = base.as_ptr() as u64 >> 12;
     let mut mapped = 0;
@@ -252,7 +260,9 @@ impl Xen {
         let si = unsafe { shared.as_ref() };
         // No upcalls ever (`xen.h`, `vcpu_info.evtchn_upcall_mask`), and every
         // port masked: events only set pending bits and wake SCHEDOP_poll.
-        si.vcpu_info[0].evtchn_upcall_mask.store(1, Ordering::SeqCst);
+        si.vcpu_info[0]
+            .evtchn_upcall_mask
+            .store(1, Ordering::SeqCst);
         for word in &si.evtchn_mask {
             word.store(u64::MAX, Ordering::SeqCst);
         }
@@ -261,15 +271,30 @@ impl Xen {
         let (grant_table, grant_frames) = unsafe { map_grant_table() }?;
 
         // SAFETY: hypercall page set up.
-        let store = match unsafe { (hvm_param(HVM_PARAM_STORE_PFN), hvm_param(HVM_PARAM_STORE_EVTCHN)) } {
-            (Ok(pfn), Ok(port)) if pfn != 0 && pfn < IDENTITY_MAPPED_FRAMES && port < u64::from(EVTCHN_2L_NR_CHANNELS) => {
-                NonNull::new((pfn << 12) as *mut XenstoreDomainInterface).map(|p| (p, Port(port as u32)))
+        let store = match unsafe {
+            (
+                hvm_param(HVM_PARAM_STORE_PFN),
+                hvm_param(HVM_PARAM_STORE_EVTCHN),
+            )
+        } {
+            (Ok(pfn), Ok(port))
+                if pfn != 0 && pfn < IDENTITY_MAPPED_FRAMES && port < u64::from(NR_PORTS) =>
+            {
+                NonNull::new((pfn << 12) as *mut XenstoreDomainInterface)
+                    .map(|p| (p, Port(port as u32)))
             }
             _ => None,
         };
         // SAFETY: hypercall page set up.
-        let console = match unsafe { (hvm_param(HVM_PARAM_CONSOLE_PFN), hvm_param(HVM_PARAM_CONSOLE_EVTCHN)) } {
-            (Ok(pfn), Ok(port)) if pfn != 0 && pfn < IDENTITY_MAPPED_FRAMES && port < u64::from(EVTCHN_2L_NR_CHANNELS) => {
+        let console = match unsafe {
+            (
+                hvm_param(HVM_PARAM_CONSOLE_PFN),
+                hvm_param(HVM_PARAM_CONSOLE_EVTCHN),
+            )
+        } {
+            (Ok(pfn), Ok(port))
+                if pfn != 0 && pfn < IDENTITY_MAPPED_FRAMES && port < u64::from(NR_PORTS) =>
+            {
                 NonNull::new((pfn << 12) as *mut XenconsInterface)
                     .map(|p| ConsoleRing::new(p, Port(port as u32)))
             }
@@ -278,7 +303,11 @@ impl Xen {
 
         Ok(XEN.call_once(|| Xen {
             cpuid,
-            version: XenVersion { major, minor, extra },
+            version: XenVersion {
+                major,
+                minor,
+                extra,
+            },
             shared,
             grant_table,
             grant_frames,
@@ -356,7 +385,7 @@ impl Xen {
             let stamp = t.tsc_timestamp.load(Ordering::Relaxed);
             let system = t.system_time.load(Ordering::Relaxed);
             let mul = t.tsc_to_system_mul.load(Ordering::Relaxed);
-            let shift = t.shift_flags.load(Ordering::Relaxed) as u8 as i8;
+            let shift = t.tsc_shift.load(Ordering::Relaxed);
             let tsc = rdtsc();
             fence(Ordering::Acquire);
             let v2 = t.version.load(Ordering::Relaxed);
@@ -377,27 +406,18 @@ impl Xen {
     }
 
     fn check_port(port: Port) -> Result<()> {
-        if port.0 < EVTCHN_2L_NR_CHANNELS {
+        if port.0 < NR_PORTS {
             Ok(())
         } else {
             Err(Error::InvalidPort(port.0))
         }
     }
 
-    fn pending(&self, port: Port) -> bool {
-        let (word, bit) = ((port.0 / 64) as usize, port.0 % 64);
-        self.shared()
-            .evtchn_pending
-            .get(word)
-            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << bit) != 0)
-    }
-
-    /// `EVTCHNOP_send`/`EVTCHNOP_close` on one port.
-    fn port_op(&self, cmd: u32, port: Port) -> Result<()> {
+    /// `EVTCHNOP_send` / `EVTCHNOP_close` with `arg` for `port`.
+    fn port_op<T>(&self, cmd: u32, port: Port, mut arg: T) -> Result<()> {
         Self::check_port(port)?;
-        let mut arg = EvtchnPort { port: port.0 };
-        // SAFETY: hypercall page set up; `arg` is `struct evtchn_send` /
-        // `struct evtchn_close`.
+        // SAFETY: hypercall page set up; callers pass `struct evtchn_send`
+        // for EVTCHNOP_send and `struct evtchn_close` for EVTCHNOP_close.
         match unsafe { op_with_arg(__HYPERVISOR_event_channel_op, cmd, &mut arg) } {
             Ok(_) => Ok(()),
             Err(Error::Hypercall(-22)) => Err(Error::InvalidPort(port.0)), // -EINVAL
@@ -408,10 +428,8 @@ impl Xen {
     /// `SCHEDOP_poll` on `ports` until `timeout` (absolute Xen system time,
     /// 0 = none). Returns when a port is pending, at the timeout, or early.
     fn poll(&self, ports: &[u32], timeout: u64) -> Result<()> {
-        let mut arg = SchedPoll {
-            ports: ports.as_ptr(),
-            nr_ports: ports.len() as u32,
-            timeout,
+        let Some(mut arg) = SchedPoll::new(ports, timeout) else {
+            return Err(Error::InvalidPort(u32::MAX));
         };
         // SAFETY: hypercall page set up; `arg` is `struct sched_poll` and
         // its handle points at `ports`, valid for the call.
@@ -467,13 +485,15 @@ unsafe impl Hal for Xen {
     }
 
     fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port> {
-        let mut arg = EvtchnAllocUnbound {
-            dom: DOMID_SELF,
-            remote_dom: remote.0,
-            port: 0,
-        };
+        let mut arg = EvtchnAllocUnbound::new(remote);
         // SAFETY: hypercall page set up; `arg` is `struct evtchn_alloc_unbound`.
-        unsafe { op_with_arg(__HYPERVISOR_event_channel_op, EVTCHNOP_alloc_unbound, &mut arg) }?;
+        unsafe {
+            op_with_arg(
+                __HYPERVISOR_event_channel_op,
+                EVTCHNOP_alloc_unbound,
+                &mut arg,
+            )
+        }?;
         let port = Port(arg.port);
         // Masked like every port (it already is: `init` masked all 4096).
         Self::check_port(port)?;
@@ -481,19 +501,15 @@ unsafe impl Hal for Xen {
     }
 
     fn evtchn_notify(&self, port: Port) -> Result<()> {
-        self.port_op(EVTCHNOP_send, port)
+        self.port_op(EVTCHNOP_send, port, EvtchnSend::new(port))
     }
 
     fn evtchn_close(&self, port: Port) -> Result<()> {
-        self.port_op(EVTCHNOP_close, port)
+        self.port_op(EVTCHNOP_close, port, EvtchnClose::new(port))
     }
 
     fn evtchn_consume(&self, port: Port) -> bool {
-        let (word, bit) = ((port.0 / 64) as usize, port.0 % 64);
-        self.shared()
-            .evtchn_pending
-            .get(word)
-            .is_some_and(|w| w.fetch_and(!(1 << bit), Ordering::AcqRel) & (1 << bit) != 0)
+        self.shared().test_and_clear_pending(port)
     }
 
     fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<()> {
@@ -505,7 +521,7 @@ unsafe impl Hal for Xen {
             *slot = p.0;
         }
         let n = ports.len().min(POLL_MAX_PORTS);
-        let any_pending = || ports.iter().any(|&p| self.pending(p));
+        let any_pending = || ports.iter().any(|&p| self.shared().is_pending(p));
         if any_pending() {
             return Ok(());
         }
@@ -519,7 +535,11 @@ unsafe impl Hal for Xen {
         if ports.len() > POLL_MAX_PORTS {
             // Ports past the 128th cannot wake the poll: wake up often.
             let soon = now.saturating_add(1_000_000);
-            timeout = if timeout == 0 { soon } else { timeout.min(soon) };
+            timeout = if timeout == 0 {
+                soon
+            } else {
+                timeout.min(soon)
+            };
         }
         self.poll(&list[..n], timeout)?;
         if any_pending() {

@@ -12,9 +12,12 @@
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::wire::{XenconsInterface, XENCONS_OUT_SIZE};
 use super::Xen;
+use crate::abi::shared_info::{XenconsInterface, XENCONS_OUT_SIZE as OUT_SIZE};
 use crate::hal::{Hal, Port};
+
+/// The output ring's size as a ring index.
+const XENCONS_OUT_SIZE: u32 = OUT_SIZE as u32;
 
 /// How long one write waits for xenconsoled to make room.
 pub const WRITE_PATIENCE_NS: u64 = 1_000_000_000;

@@ -49,8 +49,15 @@
 
 use core::arch::{asm, global_asm, x86_64::__cpuid};
 
-use super::wire::{self, XENVER_extraversion, XENVER_version};
+use crate::abi::xen::__HYPERVISOR_xen_version;
 use crate::{Error, Result};
+
+/// `XENVER_version` (`version.h`): returns `major << 16 | minor`.
+#[allow(non_upper_case_globals)]
+const XENVER_version: u32 = 0;
+/// `XENVER_extraversion` (`version.h`): fills a 16-byte `xen_extraversion_t`.
+#[allow(non_upper_case_globals)]
+const XENVER_extraversion: u32 = 1;
 
 // The hypercall page (`XEN_ELFNOTE_HYPERCALL_PAGE` is for PV guests; an
 // HVM/PVH guest asks for it through the MSR). `int3` until Xen fills it.
@@ -119,7 +126,7 @@ pub fn detect() -> core::result::Result<XenCpuid, [u8; 12]> {
     Err(hypervisor_leaf(0x4000_0000).0)
 }
 
-/// Asks Xen to fill [`HYPERCALL_PAGE`]: CPUID leaf `base + 2` gives the
+/// Asks Xen to fill `HYPERCALL_PAGE`: CPUID leaf `base + 2` gives the
 /// number of hypercall pages in `eax` and the MSR in `ebx`; writing the
 /// page's guest-physical address to the MSR makes Xen write its stubs
 /// (`vmcall`/`vmmcall`) into it.
@@ -138,8 +145,7 @@ pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<()> {
     if leaf.eax == 0 {
         return Err(Error::Hypercall(-38));
     }
-    // SAFETY: taking the address of the extern static only.
-    let gpa = unsafe { core::ptr::addr_of!(HYPERCALL_PAGE) } as u64;
+    let gpa = core::ptr::addr_of!(HYPERCALL_PAGE) as u64;
     // SAFETY: the caller promises identity mapping, so `gpa` is the page's
     // guest-physical address; the page is ours, 4 KiB aligned, and holds
     // nothing but the `int3` filler Xen overwrites. WRMSR to Xen's
@@ -199,7 +205,7 @@ pub fn check(rc: i64) -> Result<u64> {
 /// The hypercall page is set up.
 pub unsafe fn xen_version() -> (u16, u16) {
     // SAFETY: XENVER_version takes no argument buffer.
-    let v = unsafe { hypercall2(wire::__HYPERVISOR_xen_version, XENVER_version.into(), 0) };
+    let v = unsafe { hypercall2(__HYPERVISOR_xen_version, XENVER_version.into(), 0) };
     ((v >> 16) as u16, v as u16)
 }
 
@@ -214,7 +220,7 @@ pub unsafe fn xen_extraversion() -> [u8; 16] {
     // `buf`, which lives on our identity-mapped stack.
     let rc = unsafe {
         hypercall2(
-            wire::__HYPERVISOR_xen_version,
+            __HYPERVISOR_xen_version,
             XENVER_extraversion.into(),
             buf.as_mut_ptr() as u64,
         )

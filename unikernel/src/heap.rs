@@ -28,8 +28,7 @@ pub fn arena_size() -> usize {
 }
 
 fn bounds() -> (*mut u8, *mut u8) {
-    // SAFETY: only the addresses of the linker-defined symbols are taken.
-    unsafe { (addr_of_mut!(__heap_start), addr_of_mut!(__heap_end)) }
+    (addr_of_mut!(__heap_start), addr_of_mut!(__heap_end))
 }
 
 /// Hands the arena to the allocator.

@@ -51,6 +51,12 @@ extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
     let start = unsafe { start_info::StartInfo::read(start_info_paddr) };
     let cmdline = start.as_ref().map_or("", |s| s.cmdline.as_str());
     let command = modes::Command::parse(cmdline);
+    if let Some(start) = &start {
+        log::debug!("hvm_start_info version {}", start.version);
+    }
+    if let Some(what) = command.arg("selftest") {
+        selftest(&command, what);
+    }
 
     let cpuid = match pvh::detect() {
         Ok(cpuid) => cpuid,
@@ -85,7 +91,11 @@ extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
         xen,
         command: &command,
     });
-    out!("xenblk: {} passed, {} failed", outcome.passed, outcome.failed);
+    out!(
+        "xenblk: {} passed, {} failed",
+        outcome.passed,
+        outcome.failed
+    );
     xen.shutdown(ShutdownReason::Poweroff)
 }
 
@@ -103,7 +113,11 @@ fn no_xen(command: &modes::Command, signature: &[u8; 12]) -> ! {
     banner(command);
     let mut sig = [0u8; 12];
     for (s, &b) in sig.iter_mut().zip(signature) {
-        *s = if b.is_ascii_graphic() || b == b' ' { b } else { b'.' };
+        *s = if b.is_ascii_graphic() || b == b' ' {
+            b
+        } else {
+            b'.'
+        };
     }
     out!(
         "xenblk-unikernel: no Xen hypervisor found (CPUID 0x40000000 leaf signature \"{}\")",
@@ -127,6 +141,21 @@ fn halt() -> ! {
     }
 }
 
+/// `selftest=panic` / `selftest=exception`: proves that a panic and a CPU
+/// exception end in a `xenblk-panic` line and a crash exit (QEMU exit 35,
+/// or `SHUTDOWN_crash` under Xen).
+fn selftest(command: &modes::Command, what: &str) {
+    banner(command);
+    match what {
+        "panic" => panic!("selftest: deliberate panic"),
+        "exception" => {
+            // SAFETY: UD2 raises #UD on purpose; the handler never returns.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) }
+        }
+        other => log::warn!("unknown selftest {other:?} ignored"),
+    }
+}
+
 /// Called by the exception stubs of `boot`.
 #[no_mangle]
 extern "C" fn xenblk_exception(frame: &boot::ExceptionFrame) -> ! {
@@ -139,7 +168,12 @@ extern "C" fn xenblk_exception(frame: &boot::ExceptionFrame) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     match info.location() {
-        Some(l) => out!("xenblk-panic: {} at {}:{}", info.message(), l.file(), l.line()),
+        Some(l) => out!(
+            "xenblk-panic: {} at {}:{}",
+            info.message(),
+            l.file(),
+            l.line()
+        ),
         None => out!("xenblk-panic: {}", info.message()),
     }
     if let Some(xen) = Xen::get() {

@@ -1,32 +1,19 @@
 //! The PVH start-of-day structure (`arch-x86/hvm/start_info.h`, `struct
-//! hvm_start_info`): only the command line is used.
+//! hvm_start_info`, [`HvmStartInfo`]): only the command line is used.
 
 use alloc::string::String;
 
-/// `XEN_HVM_START_MAGIC_VALUE`.
-const START_MAGIC: u32 = 0x336e_c578;
+use xenblk::abi::hvm::{HvmStartInfo, HVM_START_INFO_V0_SIZE};
+
 /// Longest command line read (Xen's own limit is 1024 bytes).
 const CMDLINE_MAX: usize = 4096;
-
-/// The head of `struct hvm_start_info` (version 0 fields).
-#[repr(C)]
-struct HvmStartInfo {
-    magic: u32,
-    version: u32,
-    flags: u32,
-    nr_modules: u32,
-    modlist_paddr: u64,
-    cmdline_paddr: u64,
-    rsdp_paddr: u64,
-}
-const _: () = assert!(core::mem::size_of::<HvmStartInfo>() == 40);
 
 /// What the loader told us.
 #[derive(Debug)]
 pub struct StartInfo {
     /// `version` of the structure.
     pub version: u32,
-    /// The command line (non-printable bytes shown as `?`).
+    /// The command line (non-printable bytes shown as `?`), trimmed.
     pub cmdline: String,
 }
 
@@ -42,10 +29,18 @@ impl StartInfo {
         if paddr == 0 {
             return None;
         }
-        // SAFETY: the loader put the structure at `paddr` (caller); volatile
-        // because nothing in Rust wrote it.
-        let si = unsafe { core::ptr::read_volatile(paddr as usize as *const HvmStartInfo) };
-        if si.magic != START_MAGIC {
+        // Only the version-0 head is read: a version-0 structure may end there.
+        let mut si = HvmStartInfo::default();
+        // SAFETY: the loader put at least a version-0 structure at `paddr`
+        // (caller); it is plain old data, copied bytewise into `si`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                paddr as usize as *const u8,
+                (&mut si as *mut HvmStartInfo).cast::<u8>(),
+                HVM_START_INFO_V0_SIZE,
+            );
+        }
+        if !si.is_valid() {
             return None;
         }
         let mut cmdline = String::new();
@@ -58,10 +53,13 @@ impl StartInfo {
                 if b == 0 {
                     break;
                 }
-                cmdline.push(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' });
+                cmdline.push(if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '?'
+                });
             }
         }
-        let _ = (si.flags, si.nr_modules, si.modlist_paddr, si.rsdp_paddr);
         Some(StartInfo {
             version: si.version,
             cmdline: String::from(cmdline.trim()),

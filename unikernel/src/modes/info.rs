@@ -83,7 +83,8 @@ fn describe(xs: &mut RawXs, vdev: &str) -> bool {
     let front_state = xs
         .read(&alloc::format!("{front}/state"))
         .unwrap_or_else(|_| String::from("-"));
-    let mut line = alloc::format!("xenblk-vbd vdev={vdev} backend={backend} frontend-state={front_state}");
+    let mut line =
+        alloc::format!("xenblk-vbd vdev={vdev} backend={backend} frontend-state={front_state}");
     for key in BACKEND_KEYS {
         match xs.read(&alloc::format!("{backend}/{key}")) {
             Ok(v) => line.push_str(&alloc::format!(" {key}={}", v.replace(' ', "_"))),

@@ -21,6 +21,15 @@ use xenblk::{Error, Result};
 const REQUEST_TIMEOUT_NS: u64 = 5_000_000_000;
 const RING: u32 = XENSTORE_RING_SIZE as u32;
 
+/// The indices of `struct xenstore_domain_interface`.
+#[derive(Clone, Copy)]
+enum Index {
+    ReqCons,
+    ReqProd,
+    RspCons,
+    RspProd,
+}
+
 /// One connection to xenstored.
 pub struct RawXs {
     xen: &'static Xen,
@@ -45,9 +54,19 @@ impl RawXs {
         })
     }
 
-    fn idx(&self, f: fn(*mut XenstoreDomainInterface) -> *const AtomicU32) -> &AtomicU32 {
-        // SAFETY: the page lives for the run; the field is an atomic.
-        unsafe { &*f(self.intf.as_ptr()) }
+    /// One of the four ring indices (atomics in the shared page).
+    fn index(&self, which: Index) -> &AtomicU32 {
+        let p = self.intf.as_ptr();
+        // SAFETY: the page lives for the run; only a reference to the
+        // atomic field is formed, never to the byte rings.
+        unsafe {
+            match which {
+                Index::ReqCons => &(*p).req_cons,
+                Index::ReqProd => &(*p).req_prod,
+                Index::RspCons => &(*p).rsp_cons,
+                Index::RspProd => &(*p).rsp_prod,
+            }
+        }
     }
 
     fn wait(&self, deadline: u64) -> Result<()> {
@@ -56,9 +75,7 @@ impl RawXs {
     }
 
     fn send(&mut self, mut bytes: &[u8], deadline: u64) -> Result<()> {
-        // SAFETY (both closures): only raw field addresses are formed.
-        let cons = self.idx(|p| unsafe { addr_of!((*p).req_cons) });
-        let prod = self.idx(|p| unsafe { addr_of!((*p).req_prod) });
+        let (cons, prod) = (self.index(Index::ReqCons), self.index(Index::ReqProd));
         // SAFETY: a raw pointer to the request ring, written volatile below.
         let ring = unsafe { addr_of_mut!((*self.intf.as_ptr()).req) }.cast::<u8>();
         while !bytes.is_empty() {
@@ -86,9 +103,7 @@ impl RawXs {
     }
 
     fn recv(&mut self, out: &mut [u8], deadline: u64) -> Result<()> {
-        // SAFETY (both closures): only raw field addresses are formed.
-        let cons = self.idx(|p| unsafe { addr_of!((*p).rsp_cons) });
-        let prod = self.idx(|p| unsafe { addr_of!((*p).rsp_prod) });
+        let (cons, prod) = (self.index(Index::RspCons), self.index(Index::RspProd));
         // SAFETY: a raw pointer to the response ring, read volatile below.
         let ring = unsafe { addr_of!((*self.intf.as_ptr()).rsp) }.cast::<u8>();
         let mut got = 0;
@@ -124,7 +139,8 @@ impl RawXs {
         let deadline = self.xen.now_ns() + REQUEST_TIMEOUT_NS;
         let hdr = [ty, self.req_id, 0, payload.len() as u32];
         let mut msg = Vec::with_capacity(XSD_SOCKMSG_SIZE + payload.len());
-        hdr.iter().for_each(|w| msg.extend_from_slice(&w.to_le_bytes()));
+        hdr.iter()
+            .for_each(|w| msg.extend_from_slice(&w.to_le_bytes()));
         msg.extend_from_slice(payload);
         self.send(&msg, deadline)?;
         loop {
@@ -146,7 +162,9 @@ impl RawXs {
                 continue; // not ours (no watches are set; be lenient)
             }
             if reply.ty == msg_type::XS_ERROR {
-                let name = core::str::from_utf8(&body).unwrap_or("").trim_end_matches('\0');
+                let name = core::str::from_utf8(&body)
+                    .unwrap_or("")
+                    .trim_end_matches('\0');
                 return Err(Error::XenStore(XsErrno::from_name(name)));
             }
             return Ok(body);
