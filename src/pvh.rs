@@ -35,8 +35,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 use crate::abi::event_channel::{
-    EVTCHNOP_alloc_unbound, EVTCHNOP_close, EVTCHNOP_send, EvtchnAllocUnbound, EvtchnClose,
-    EvtchnSend, EVTCHN_2L_NR_CHANNELS,
+    EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain, EVTCHNOP_close, EVTCHNOP_send,
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnClose, EvtchnSend, EVTCHN_2L_NR_CHANNELS,
 };
 use crate::abi::grant::{GNTST_okay, GNTTABOP_query_size, GnttabQuerySize};
 use crate::abi::hvm::{
@@ -134,12 +134,24 @@ static XEN: spin::Once<Xen> = spin::Once::new();
 static HYPERCALLS_READY: AtomicBool = AtomicBool::new(false);
 
 /// `SCHEDOP_shutdown` without a [`Xen`] (a bring-up that failed half-way,
-/// or a panic before it). Does not return if the hypercall page is set up;
-/// returns otherwise (no Xen, or too early), and the caller must find
-/// another way out.
-pub fn shutdown_early(reason: ShutdownReason) {
+/// or a panic before it): sets up the hypercall page first if Xen is there
+/// and it is not set up yet. Does not return under Xen; returns without Xen,
+/// and the caller must find another way out.
+///
+/// # Safety
+///
+/// As for [`Xen::init`]: a PVH guest with memory identity-mapped.
+pub unsafe fn shutdown_early(reason: ShutdownReason) {
     if !HYPERCALLS_READY.load(Ordering::Acquire) {
-        return;
+        let Ok(cpuid) = detect() else {
+            return;
+        };
+        // SAFETY: the caller's promise; a second fill of the page (after a
+        // half-done `init`) writes the same stubs.
+        if unsafe { hypercall::init_hypercall_page(cpuid) }.is_err() {
+            return;
+        }
+        HYPERCALLS_READY.store(true, Ordering::Release);
     }
     let mut arg = SchedShutdown::new(match reason {
         ShutdownReason::Poweroff => SHUTDOWN_poweroff,
@@ -362,11 +374,41 @@ impl Xen {
     /// xenconsoled logs everything.
     pub fn shutdown(&self, reason: ShutdownReason) -> ! {
         self.console_flush(2_000_000_000);
-        shutdown_early(reason);
+        // SAFETY: a `Xen` exists, so `init`'s promises hold.
+        unsafe { shutdown_early(reason) };
         loop {
             // SAFETY: halting with interrupts off only stops this vCPU.
             unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
         }
+    }
+
+    /// `EVTCHNOP_bind_interdomain`: a local port connected to `remote_port`
+    /// of domain `remote` (which `remote` allocated unbound for us). With
+    /// [`DomId::SELF`] and a port from [`Hal::evtchn_alloc_unbound`]`(SELF)`
+    /// this makes a loopback pair, which the `platform` check of the example
+    /// unikernel uses. Like every port here, the new one stays masked.
+    /// Xen marks the new port pending right away (`event_channel.c`:
+    /// notifications sent to the unbound remote port may have been lost), so
+    /// expect one event at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Hypercall`] with Xen's errno (e.g. `-EINVAL` for a remote
+    /// port that is not unbound for us).
+    pub fn evtchn_bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port> {
+        let mut arg = EvtchnBindInterdomain::new(remote, remote_port);
+        // SAFETY: hypercall page set up; `arg` is `struct
+        // evtchn_bind_interdomain`.
+        unsafe {
+            op_with_arg(
+                __HYPERVISOR_event_channel_op,
+                EVTCHNOP_bind_interdomain,
+                &mut arg,
+            )
+        }?;
+        let port = Port(arg.local_port);
+        Self::check_port(port)?;
+        Ok(port)
     }
 
     fn shared(&self) -> &SharedInfo {

@@ -54,10 +54,6 @@ extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
     if let Some(start) = &start {
         log::debug!("hvm_start_info version {}", start.version);
     }
-    if let Some(what) = command.arg("selftest") {
-        selftest(&command, what);
-    }
-
     let cpuid = match pvh::detect() {
         Ok(cpuid) => cpuid,
         Err(signature) => no_xen(&command, &signature),
@@ -70,7 +66,8 @@ extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
             banner(&command);
             out!("xenblk-unikernel: error: Xen platform bring-up failed: {e}");
             out!("xenblk: 0 passed, 1 failed");
-            pvh::shutdown_early(ShutdownReason::Poweroff);
+            // SAFETY: as for `Xen::init` above.
+            unsafe { pvh::shutdown_early(ShutdownReason::Poweroff) };
             halt();
         }
     };
@@ -87,6 +84,9 @@ extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
         if xen.has_console() { "yes" } else { "no" },
         heap::arena_size() >> 20,
     );
+    if let Some(what) = command.arg("selftest") {
+        selftest(what);
+    }
     let outcome = modes::run(&modes::Context {
         xen,
         command: &command,
@@ -111,6 +111,9 @@ fn banner(command: &modes::Command) {
 /// `isa-debug-exit`, else halt.
 fn no_xen(command: &modes::Command, signature: &[u8; 12]) -> ! {
     banner(command);
+    if let Some(what) = command.arg("selftest") {
+        selftest(what);
+    }
     let mut sig = [0u8; 12];
     for (s, &b) in sig.iter_mut().zip(signature) {
         *s = if b.is_ascii_graphic() || b == b' ' {
@@ -144,8 +147,7 @@ fn halt() -> ! {
 /// `selftest=panic` / `selftest=exception`: proves that a panic and a CPU
 /// exception end in a `xenblk-panic` line and a crash exit (QEMU exit 35,
 /// or `SHUTDOWN_crash` under Xen).
-fn selftest(command: &modes::Command, what: &str) {
-    banner(command);
+fn selftest(what: &str) {
     match what {
         "panic" => panic!("selftest: deliberate panic"),
         "exception" => {
@@ -179,6 +181,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if let Some(xen) = Xen::get() {
         xen.shutdown(ShutdownReason::Crash);
     }
-    pvh::shutdown_early(ShutdownReason::Crash);
+    // SAFETY: the boot code identity-mapped memory before any Rust ran.
+    unsafe { pvh::shutdown_early(ShutdownReason::Crash) };
     qemu_exit(QEMU_EXIT_PANIC)
 }

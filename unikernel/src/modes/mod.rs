@@ -1,11 +1,13 @@
 //! What the unikernel runs, chosen by the first word of its command line.
 //!
-//! `info` (the default) lists the disks; `verify` and `bench` are stubs
-//! until the block driver is wired in. Adding a mode: a module here with a
+//! `info` (the default) lists the disks; `platform` checks the Xen platform
+//! itself; `verify` and `bench` are stubs until the block driver is wired
+//! in. Adding a mode: a module here with a
 //! `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
 //! [`Mode::parse`] and [`run`].
 
 mod info;
+mod platform;
 mod xs_raw;
 
 use alloc::string::{String, ToString};
@@ -22,6 +24,8 @@ pub enum Mode {
     Verify,
     /// Measure throughput.
     Bench,
+    /// Check the platform (`xenblk::pvh`) against the real hypervisor.
+    Platform,
 }
 
 impl Mode {
@@ -31,6 +35,7 @@ impl Mode {
             "info" => Some(Mode::Info),
             "verify" => Some(Mode::Verify),
             "bench" => Some(Mode::Bench),
+            "platform" => Some(Mode::Platform),
             _ => None,
         }
     }
@@ -112,9 +117,10 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         Some(Mode::Info) => info::run(ctx),
         Some(Mode::Verify) => not_yet("verify"),
         Some(Mode::Bench) => not_yet("bench"),
+        Some(Mode::Platform) => platform::run(ctx),
         None => {
             crate::out!(
-                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, bench)",
+                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, bench, platform)",
                 ctx.command.mode_name
             );
             Outcome {
