@@ -1,0 +1,5 @@
+//! A simulated block backend (wip).
+
+pub mod config;
+mod disk;
+mod request;
