@@ -390,7 +390,7 @@ pub fn connected_keys(cfg: &BackendConfig, disk_bytes: u64) -> Keys {
 const _: () = assert!(PAGE_SIZE == 4096);
 
 /// Largest ring order any backend offers (Linux and QEMU: 4).
-pub(crate) const MAX_RING_ORDER: u32 = 4;
+pub(crate) use crate::ring::MAX_RING_ORDER;
 
 #[cfg(test)]
 mod tests {
