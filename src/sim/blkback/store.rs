@@ -61,6 +61,17 @@ pub trait BackendStore: Send + Sync {
     fn set_perms(&self, path: &str, owner: DomId, others: Perm, acl: &[(DomId, Perm)]) -> Result<()>;
 }
 
+/// The permissions of a node, as [`BackendStore::set_perms`] set them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePerms {
+    /// The owner (full access).
+    pub owner: DomId,
+    /// Access of domains not listed.
+    pub others: Perm,
+    /// Access of the listed domains.
+    pub acl: Vec<(DomId, Perm)>,
+}
+
 /// One node of a [`MemStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
@@ -103,11 +114,13 @@ impl MemStore {
             .collect()
     }
 
-    /// The permissions of `path`: owner, default for others, and the list.
-    pub fn perms(&self, path: &str) -> Option<(DomId, Perm, Vec<(DomId, Perm)>)> {
-        self.lock()
-            .get(path)
-            .map(|n| (n.owner, n.others, n.acl.clone()))
+    /// The permissions of `path`.
+    pub fn perms(&self, path: &str) -> Option<NodePerms> {
+        self.lock().get(path).map(|n| NodePerms {
+            owner: n.owner,
+            others: n.others,
+            acl: n.acl.clone(),
+        })
     }
 }
 
@@ -185,7 +198,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             s.perms("/a/b"),
-            Some((DomId(3), Perm::None, vec![(DomId(0), Perm::Read)]))
+            Some(NodePerms {
+                owner: DomId(3),
+                others: Perm::None,
+                acl: vec![(DomId(0), Perm::Read)]
+            })
         );
         s.rm("/a/b").unwrap();
         assert_eq!(s.read("/a/b/c"), None);
