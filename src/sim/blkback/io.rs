@@ -12,8 +12,8 @@ use super::config::Personality;
 use super::request::{self, Grants, Kind, Use};
 use super::{BadId, SimBlkBack};
 use crate::abi::blkif::{
-    BlkifResponse, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BlkifResponse, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use crate::blkfront::wire::{Decoded, RequestSlot};
 use crate::hal::{DomId, GrantRef, Port};
@@ -111,14 +111,19 @@ impl Grants for DevGrants<'_> {
         let Some((cache, max)) = &mut self.cache else {
             // Linux maps read-only unless the backend writes into the frame.
             let ro = how != Use::ToGuest;
-            let m = self.xen.map_grant(DomId::DOM0, self.fe, GrantRef(gref), ro)?;
+            let m = self
+                .xen
+                .map_grant(DomId::DOM0, self.fe, GrantRef(gref), ro)?;
             return Ok(Frame::Mapped(Arc::new(m)));
         };
         if let Some(m) = cache.get(&gref) {
             return Ok(Frame::Mapped(Arc::clone(m)));
         }
         // Persistent grants are always mapped writable (blkif.h note 8).
-        let m = Arc::new(self.xen.map_grant(DomId::DOM0, self.fe, GrantRef(gref), false)?);
+        let m = Arc::new(
+            self.xen
+                .map_grant(DomId::DOM0, self.fe, GrantRef(gref), false)?,
+        );
         if cache.len() < *max {
             cache.insert(gref, Arc::clone(&m));
         }
@@ -128,9 +133,10 @@ impl Grants for DevGrants<'_> {
     fn read(&mut self, f: &Frame, off: usize, buf: &mut [u8]) -> Result<()> {
         match f {
             Frame::Mapped(m) => m.read(off, buf),
-            Frame::Copy(g) => self
-                .xen
-                .grant_copy_from(DomId::DOM0, self.fe, GrantRef(*g), off, buf),
+            Frame::Copy(g) => {
+                self.xen
+                    .grant_copy_from(DomId::DOM0, self.fe, GrantRef(*g), off, buf)
+            }
         }
     }
 
@@ -237,7 +243,10 @@ impl SimBlkBack {
     }
 
     fn halt(&mut self, q: &mut Queue) {
-        log::warn!("sim blkback {}: frontend broke the ring; halting it", self.name);
+        log::warn!(
+            "sim blkback {}: frontend broke the ring; halting it",
+            self.name
+        );
         self.stats.protocol_errors += 1;
         q.halted = true;
     }
@@ -385,4 +394,3 @@ impl SimBlkBack {
             .min()
     }
 }
-

@@ -58,7 +58,13 @@ pub trait BackendStore: Send + Sync {
     /// # Errors
     ///
     /// [`Error::XenStore`] with `ENOENT` when `path` does not exist.
-    fn set_perms(&self, path: &str, owner: DomId, others: Perm, acl: &[(DomId, Perm)]) -> Result<()>;
+    fn set_perms(
+        &self,
+        path: &str,
+        owner: DomId,
+        others: Perm,
+        acl: &[(DomId, Perm)],
+    ) -> Result<()>;
 }
 
 /// The permissions of a node, as [`BackendStore::set_perms`] set them.
@@ -169,7 +175,13 @@ impl BackendStore for MemStore {
         Ok(())
     }
 
-    fn set_perms(&self, path: &str, owner: DomId, others: Perm, acl: &[(DomId, Perm)]) -> Result<()> {
+    fn set_perms(
+        &self,
+        path: &str,
+        owner: DomId,
+        others: Perm,
+        acl: &[(DomId, Perm)],
+    ) -> Result<()> {
         let mut nodes = self.lock();
         let n = nodes
             .get_mut(path)
