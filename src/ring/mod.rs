@@ -296,13 +296,7 @@ impl TestPages {
         assert!(off + N <= self.layout.size());
         // SAFETY: bounds checked above; the memory is live and initialised
         // (zeroed at allocation, then written only with initialised values).
-        unsafe {
-            self.ptr
-                .as_ptr()
-                .add(off)
-                .cast::<[u8; N]>()
-                .read_unaligned()
-        }
+        unsafe { self.ptr.as_ptr().add(off).cast::<[u8; N]>().read_unaligned() }
     }
 }
 
