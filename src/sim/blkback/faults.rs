@@ -38,9 +38,9 @@ pub struct Faults {
     /// Answer each request this many nanoseconds (on the simulator's clock)
     /// after taking it. Barriers still wait for everything before them.
     pub delay_ns: u64,
-    /// After this many more requests have been taken, go Closing with that
-    /// request and every later or delayed one left unanswered (0: at once,
-    /// before taking anything).
+    /// Go Closing when the this-many-th request from now is taken, leaving
+    /// it, every later one and every delayed response unanswered (`Some(1)`:
+    /// the next request; `Some(0)`: at the next wake-up, before taking any).
     pub closing_after: Option<u64>,
     /// Keep each request's data grants mapped after answering it, until
     /// [`release_kept_grants`](super::SimBlkBackHandle::release_kept_grants)
