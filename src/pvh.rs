@@ -56,6 +56,7 @@ use crate::abi::xen::{
 };
 use crate::abi::xs_wire::XenstoreDomainInterface;
 use crate::hal::{DomId, Gfn, GrantEntry, Hal, Pages, Port, PAGE_SIZE};
+use crate::xenstore::{RingTransport, XenStore};
 use crate::{Error, Result};
 
 use console::ConsoleRing;
@@ -118,6 +119,8 @@ pub struct Xen {
     grant_frames: u32,
     store: Option<(NonNull<XenstoreDomainInterface>, Port)>,
     console: Option<ConsoleRing>,
+    /// Set once the xenstore page has been handed to a transport.
+    store_taken: AtomicBool,
     /// The highest time handed out, so [`Hal::now_ns`] never goes back.
     last_ns: AtomicU64,
 }
@@ -325,6 +328,7 @@ impl Xen {
             grant_frames,
             store,
             console,
+            store_taken: AtomicBool::new(false),
             last_ns: AtomicU64::new(0),
         }))
     }
@@ -351,9 +355,10 @@ impl Xen {
     }
 
     /// The xenstore page and its event channel (`HVM_PARAM_STORE_PFN`,
-    /// `HVM_PARAM_STORE_EVTCHN`), for `crate::xenstore`'s ring transport.
-    /// The page lives for the rest of the run and is shared with xenstored:
-    /// access it only with atomics (indices) and volatile copies (rings).
+    /// `HVM_PARAM_STORE_EVTCHN`). The page lives for the rest of the run and
+    /// is shared with xenstored: access it only with atomics (indices) and
+    /// volatile copies (rings), and only if [`take_xenstore`](Xen::take_xenstore)
+    /// was not used — one reader and one writer on our side.
     ///
     /// # Errors
     ///
@@ -361,6 +366,29 @@ impl Xen {
     /// usable xenstore page (absent, or above the identity map).
     pub fn xenstore_interface(&self) -> Result<(NonNull<XenstoreDomainInterface>, Port)> {
         self.store.ok_or(Error::XsConnection)
+    }
+
+    /// The xenstore connection of this domain: a [`XenStore`] client over a
+    /// [`RingTransport`] on the page and port of
+    /// [`xenstore_interface`](Xen::xenstore_interface). The page admits one
+    /// reader and one writer, so this succeeds once per run; keep the
+    /// client (e.g. share it behind a lock) rather than asking again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::XsConnection`] without a usable xenstore page, or when the
+    /// connection was already taken.
+    pub fn take_xenstore(&self) -> Result<XenStore<RingTransport<'_, Xen>>> {
+        let (iface, port) = self.xenstore_interface()?;
+        if self.store_taken.swap(true, Ordering::AcqRel) {
+            return Err(Error::XsConnection);
+        }
+        // SAFETY: the page is xenstored's `xenstore_domain_interface` for this
+        // domain, identity-mapped for the rest of the run (so for `'_`);
+        // `store_taken` makes this transport its only user on our side;
+        // `port` is our xenstore event channel (HVM_PARAM_STORE_EVTCHN).
+        let transport = unsafe { RingTransport::new(self, iface, port) };
+        Ok(XenStore::new(transport))
     }
 
     /// Whether the PV console ring (`HVM_PARAM_CONSOLE_PFN`) is there.

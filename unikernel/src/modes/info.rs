@@ -1,16 +1,16 @@
 //! `info`: what xenstore says about this domain's virtual disks.
 //!
 //! Until the block driver is wired in, this reads the frontend and backend
-//! directories directly (no connection is made) and prints one
-//! `xenblk-vbd` line per disk with what the backend published so far.
+//! directories through `xenblk::xenstore` (no connection is made) and prints
+//! one `xenblk-vbd` line per disk with what the backend published so far.
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use xenblk::error::XsErrno;
+use xenblk::pvh::Xen;
+use xenblk::xenstore::{RingTransport, XenStore};
 use xenblk::Error;
 
-use super::xs_raw::RawXs;
 use super::{Context, Outcome};
 
 /// Backend keys worth showing, in this order (`io/blkif.h`).
@@ -32,10 +32,12 @@ const BACKEND_KEYS: &[&str] = &[
     "multi-queue-max-queues",
 ];
 
+type Store = XenStore<RingTransport<'static, Xen>>;
+
 /// Runs `info`.
 pub fn run(ctx: &Context<'_>) -> Outcome {
     let mut outcome = Outcome::default();
-    let mut xs = match RawXs::new(ctx.xen) {
+    let mut xs = match ctx.xen.take_xenstore() {
         Ok(xs) => xs,
         Err(e) => {
             crate::out!("xenblk-unikernel: error: no xenstore: {e}");
@@ -56,7 +58,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
     }
     let vdevs = match xs.directory("device/vbd") {
         Ok(v) => v,
-        Err(Error::XenStore(XsErrno::ENOENT)) => Vec::new(),
+        Err(Error::XenStore(XsErrno::ENOENT)) => alloc::vec::Vec::new(),
         Err(e) => {
             crate::out!("xenblk-unikernel: error: xenstore directory device/vbd: {e}");
             outcome.check(false);
@@ -71,7 +73,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
 }
 
 /// Prints one disk's line; returns whether its directories could be read.
-fn describe(xs: &mut RawXs, vdev: &str) -> bool {
+fn describe(xs: &mut Store, vdev: &str) -> bool {
     let front = alloc::format!("device/vbd/{vdev}");
     let backend = match xs.read(&alloc::format!("{front}/backend")) {
         Ok(b) => b,
@@ -81,14 +83,16 @@ fn describe(xs: &mut RawXs, vdev: &str) -> bool {
         }
     };
     let front_state = xs
-        .read(&alloc::format!("{front}/state"))
-        .unwrap_or_else(|_| String::from("-"));
+        .read_opt(&alloc::format!("{front}/state"))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| String::from("-"));
     let mut line =
         alloc::format!("xenblk-vbd vdev={vdev} backend={backend} frontend-state={front_state}");
     for key in BACKEND_KEYS {
-        match xs.read(&alloc::format!("{backend}/{key}")) {
-            Ok(v) => line.push_str(&alloc::format!(" {key}={}", v.replace(' ', "_"))),
-            Err(Error::XenStore(XsErrno::ENOENT)) => {}
+        match xs.read_opt(&alloc::format!("{backend}/{key}")) {
+            Ok(Some(v)) => line.push_str(&alloc::format!(" {key}={}", v.replace(' ', "_"))),
+            Ok(None) => {}
             Err(e) => {
                 crate::out!("{line} error=backend-read ({e})");
                 return false;

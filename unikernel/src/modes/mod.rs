@@ -8,7 +8,6 @@
 
 mod info;
 mod platform;
-mod xs_raw;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
