@@ -6,8 +6,8 @@
 //! `xenblk::gnttab` drives it, that pages from `Hal::alloc_pages` are what
 //! `Pages` promises, that a loopback event channel delivers a notification
 //! through the pending bitmap and wakes `SCHEDOP_poll`, that a wait with a
-//! deadline ends at the deadline (on the same clock as `now_ns`), and that
-//! `now_ns` never goes back.
+//! deadline ends at the deadline (on the same clock as `now_ns`), that
+//! `now_ns` never goes back, and that the xenstore page is handed out once.
 
 use alloc::format;
 use alloc::string::String;
@@ -28,13 +28,14 @@ type Check = fn(&'static Xen) -> Result<String, String>;
 pub fn run(ctx: &Context<'_>) -> Outcome {
     let xen = ctx.xen;
     let mut outcome = Outcome::default();
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("grant-table-is-xens", grant_table_is_xens),
         ("gnttab-grant-and-revoke", gnttab_grant_and_revoke),
         ("alloc-pages", alloc_pages),
         ("evtchn-loopback", evtchn_loopback),
         ("evtchn-wait-deadline", evtchn_wait_deadline),
         ("now-ns-monotonic", now_ns_monotonic),
+        ("xenstore-taken-once", xenstore_taken_once),
     ];
     for (name, check) in checks {
         match check(xen) {
@@ -208,4 +209,18 @@ fn now_ns_monotonic(xen: &'static Xen) -> Result<String, String> {
         last = t;
     }
     Ok(format!("system time {first} .. {last} ns"))
+}
+
+/// `take_xenstore` hands out the one connection, which then answers, and
+/// refuses a second.
+fn xenstore_taken_once(xen: &'static Xen) -> Result<String, String> {
+    let mut xs = xen
+        .take_xenstore()
+        .map_err(|e| format!("first take: {e}"))?;
+    let name = xs.read("name").map_err(|e| format!("read name: {e}"))?;
+    let second = xen.take_xenstore().map(drop);
+    ensure(second == Err(Error::XsConnection), || {
+        format!("second take: {second:?}")
+    })?;
+    Ok(format!("name={name}"))
 }
