@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup run test fmt clippy unit layout miri doc lab
+.PHONY: all setup run test fmt clippy unit layout miri doc lab unikernel unikernel-test
 
 all: test
 
@@ -33,3 +33,14 @@ miri: setup
 
 test: fmt clippy doc unit layout miri
 	@echo "make test: all stages passed"
+
+# The example PVH unikernel: its own crate (unikernel/, own workspace) for
+# x86_64-unknown-none. unikernel-test lints it (this also lints src/pvh.rs,
+# which only builds for that target) and boots it under plain QEMU.
+unikernel: setup
+	cd unikernel && $(CARGO) build --release
+
+unikernel-test: unikernel
+	cd unikernel && $(CARGO) fmt -- --check
+	cd unikernel && $(CARGO) clippy --release -- -D warnings
+	bash tests/unikernel-noxen.sh
