@@ -226,3 +226,43 @@ mod tests {
         assert!(s.write("rel", "x").is_err());
     }
 }
+
+/// The simulated xenstored serves backends as dom0 through its direct API,
+/// so the frontend under test reaches the same tree through the real ring.
+impl BackendStore for crate::sim::xenstored::XenStored {
+    fn read(&self, path: &str) -> Option<String> {
+        self.read_opt(DomId::DOM0, path).ok().flatten()
+    }
+
+    fn write(&self, path: &str, value: &str) -> Result<()> {
+        crate::sim::xenstored::XenStored::write(self, DomId::DOM0, path, value)
+    }
+
+    fn rm(&self, path: &str) -> Result<()> {
+        match crate::sim::xenstored::XenStored::rm(self, DomId::DOM0, path) {
+            Err(crate::Error::XenStore(crate::error::XsErrno::ENOENT)) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn set_perms(
+        &self,
+        path: &str,
+        owner: DomId,
+        others: Perm,
+        acl: &[(DomId, Perm)],
+    ) -> Result<()> {
+        use crate::sim::xenstored::{Access, Perm as XsPerm};
+        let access = |p: Perm| match p {
+            Perm::None => Access::None,
+            Perm::Read => Access::Read,
+            Perm::Write => Access::Write,
+            Perm::Both => Access::Both,
+        };
+        // xenstored's list: the first entry names the owner and the access
+        // of every domain not listed; the rest are exceptions.
+        let mut list = vec![XsPerm::new(owner, access(others))];
+        list.extend(acl.iter().map(|&(d, p)| XsPerm::new(d, access(p))));
+        crate::sim::xenstored::XenStored::set_perms(self, DomId::DOM0, path, &list)
+    }
+}
