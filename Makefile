@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup run test fmt clippy unit layout miri doc lab
+.PHONY: all setup run test fmt clippy unit layout miri doc lab bench bench-ring
 
 all: test
 
@@ -33,3 +33,13 @@ miri: setup
 
 test: fmt clippy doc unit layout miri
 	@echo "make test: all stages passed"
+
+# Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
+# (driver, in-guest) add a bench-* target and list it in BENCHES.
+# XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
+BENCHES := bench-ring
+
+bench: $(BENCHES)
+
+bench-ring: setup
+	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --bench ring
