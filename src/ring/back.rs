@@ -289,3 +289,165 @@ impl<Req: Copy, Rsp: Copy> core::fmt::Debug for BackRing<Req, Rsp> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::ring::{FrontRing, TestPages};
+
+    type Req = [u64; 14];
+    type Rsp = [u64; 2];
+    type Ring = BackRing<Req, Rsp>;
+    const STRIDE: usize = 112;
+
+    /// A well-behaved front end that initialised the ring at `start` and
+    /// published `n` requests `[i; 14]`.
+    fn front_with(pages: &TestPages, start: u32, n: u64) -> FrontRing<Req, Rsp> {
+        // SAFETY: one zeroed page that outlives the ring; the peer is the
+        // `BackRing` of the test.
+        let mut front = unsafe { FrontRing::init_at(pages.ptr(), 0, start) }.expect("order 0");
+        for i in 0..n {
+            front.push_request(&[i; 14]).expect("room");
+        }
+        front.push_requests();
+        front
+    }
+
+    fn back(pages: &TestPages) -> Ring {
+        // SAFETY: as in `front_with`; the page holds a ring.
+        unsafe { Ring::attach(pages.ptr(), 0) }.expect("order 0")
+    }
+
+    fn overrun(prod: u32, cons: u32) -> Error {
+        Error::Protocol(Violation::RequestOverrun { prod, cons })
+    }
+
+    #[test]
+    fn attach_starts_at_the_shared_rsp_prod() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 100, 3);
+        let mut ring = back(&pages);
+        assert_eq!((ring.req_cons(), ring.rsp_prod_pvt()), (100, 100));
+        for i in 0..3 {
+            assert_eq!(ring.poll_request(), Ok(Some([i; 14])));
+        }
+        assert_eq!(ring.poll_request(), Ok(None));
+        assert_eq!(ring.requests_awaiting_response(), 3);
+    }
+
+    #[test]
+    fn attach_at_ignores_the_shared_indices() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 100, 3);
+        // SAFETY: as in `back`.
+        let mut ring = unsafe { Ring::attach_at(pages.ptr(), 0, 101) }.expect("order 0");
+        assert_eq!(ring.poll_request(), Ok(Some([1; 14])));
+    }
+
+    #[test]
+    fn responses_need_a_taken_request() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 0, 1);
+        let mut ring = back(&pages);
+        assert_eq!(ring.push_response(&[1, 1]), Err(Error::RingFull));
+        assert!(ring.poll_request().expect("valid").is_some());
+        assert_eq!(ring.push_response(&[1, 1]), Ok(()));
+        assert_eq!(ring.push_response(&[2, 2]), Err(Error::RingFull));
+        // rsp_event is 1 after SHARED_RING_INIT: the first response notifies.
+        assert!(ring.push_responses_and_check_notify());
+        assert!(!ring.push_responses_and_check_notify());
+        assert_eq!(pages.header().rsp_prod.load(SeqCst), 1);
+        assert_eq!(pages.peek::<8>(64), 1u64.to_ne_bytes());
+    }
+
+    #[test]
+    fn req_prod_beyond_the_ring_breaks_it_for_good() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 0, 0);
+        let mut ring = back(&pages);
+        pages.header().req_prod.store(33, SeqCst);
+        assert_eq!(ring.poll_request(), Err(overrun(33, 0)));
+        pages.header().req_prod.store(1, SeqCst);
+        assert_eq!(ring.poll_request(), Err(overrun(33, 0)));
+        assert_eq!(
+            ring.poll_requests(|_| panic!("no request")),
+            Err(overrun(33, 0))
+        );
+        assert_eq!(ring.final_check_for_requests(), Err(overrun(33, 0)));
+        assert_eq!(ring.push_response(&[0, 0]), Err(overrun(33, 0)));
+        assert_eq!(
+            ring.violation(),
+            Some(Violation::RequestOverrun { prod: 33, cons: 0 })
+        );
+    }
+
+    #[test]
+    fn a_full_ring_of_requests_is_accepted_one_more_is_not() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, u32::MAX - 3, 32);
+        let mut ring = back(&pages);
+        assert_eq!(ring.poll_requests(|_| ()), Ok(32));
+        // Answer one: the front may now have one more outstanding, not two.
+        ring.push_response(&[0, 0]).expect("taken");
+        pages.header().req_prod.store(30, SeqCst); // (MAX - 3) + 34
+        assert_eq!(ring.poll_request(), Err(overrun(30, 28)));
+    }
+
+    #[test]
+    fn requests_whose_slots_await_responses_are_refused() {
+        // RING_REQUEST_CONS_OVERFLOW: 32 taken, none answered, and the
+        // front claims a 33rd that would sit in the slot of the first.
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 0, 32);
+        let mut ring = back(&pages);
+        assert_eq!(ring.poll_requests(|_| ()), Ok(32));
+        pages.header().req_prod.store(33, SeqCst);
+        assert_eq!(ring.has_unconsumed_requests(), Err(overrun(33, 32)));
+    }
+
+    #[test]
+    fn req_prod_moving_backward_is_rejected() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 8, 4);
+        let mut ring = back(&pages);
+        assert!(ring.poll_request().expect("valid").is_some());
+        assert!(ring.poll_request().expect("valid").is_some());
+        // Behind req_cons (10) but not behind rsp_prod_pvt (8).
+        pages.header().req_prod.store(9, SeqCst);
+        assert_eq!(ring.poll_requests(|_| ()), Err(overrun(9, 10)));
+
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 8, 4);
+        let mut ring = back(&pages);
+        assert!(ring.poll_request().expect("valid").is_some());
+        // Seen 12, consumed 1; now only 11 are claimed.
+        pages.header().req_prod.store(11, SeqCst);
+        assert_eq!(ring.poll_requests(|_| ()), Err(overrun(11, 9)));
+    }
+
+    #[test]
+    fn garbage_requests_are_delivered_as_copied_once() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 0, 1);
+        pages.poke(64, &[0x5a; STRIDE]);
+        let mut ring = back(&pages);
+        assert_eq!(ring.poll_request(), Ok(Some([0x5a5a_5a5a_5a5a_5a5a; 14])));
+        pages.poke(64, &[0x00; STRIDE]);
+        assert_eq!(ring.poll_request(), Ok(None));
+    }
+
+    #[test]
+    fn final_check_arms_req_event_only_when_idle() {
+        let pages = TestPages::new(0);
+        let _front = front_with(&pages, 20, 1);
+        let mut ring = back(&pages);
+        pages.header().req_event.store(7, SeqCst);
+        assert_eq!(ring.final_check_for_requests(), Ok(true));
+        assert_eq!(pages.header().req_event.load(SeqCst), 7);
+        assert!(ring.poll_request().expect("valid").is_some());
+        assert_eq!(ring.final_check_for_requests(), Ok(false));
+        assert_eq!(pages.header().req_event.load(SeqCst), 22);
+    }
+}

@@ -444,7 +444,8 @@ mod tests {
         let mut ring = ring_at(&pages, 0);
         for n in 0..32 {
             assert_eq!(ring.free_requests(), 32 - n);
-            ring.push_request(&req(u64::from(n) + 1)).expect("free slot");
+            ring.push_request(&req(u64::from(n) + 1))
+                .expect("free slot");
         }
         assert!(ring.is_full());
         assert_eq!(ring.push_request(&req(99)), Err(Error::RingFull));
@@ -497,7 +498,10 @@ mod tests {
         // Even once the back end behaves again, the ring stays broken.
         pages.header().rsp_prod.store(1, SeqCst);
         assert_eq!(ring.poll_response(), Err(overrun(4, 0)));
-        assert_eq!(ring.poll_responses(|_| panic!("no response")), Err(overrun(4, 0)));
+        assert_eq!(
+            ring.poll_responses(|_| panic!("no response")),
+            Err(overrun(4, 0))
+        );
         assert_eq!(ring.has_unconsumed_responses(), Err(overrun(4, 0)));
         assert_eq!(ring.final_check_for_responses(), Err(overrun(4, 0)));
         assert_eq!(ring.push_request(&req(9)), Err(overrun(4, 0)));

@@ -82,16 +82,10 @@ pub const fn ring_slots(order: u32, req_size: usize, rsp_size: usize) -> usize {
     } else {
         rsp_size
     };
-    if order > MAX_RING_ORDER || entry == 0 {
+    if order > MAX_RING_ORDER {
         return 0;
     }
-    let fit = ((PAGE_SIZE << order) - SRING_HEADER_SIZE) / entry;
-    if fit == 0 {
-        0
-    } else {
-        // __RD32: round down to the nearest power of two.
-        1 << (usize::BITS - 1 - fit.leading_zeros())
-    }
+    crate::abi::sring::ring_slots(PAGE_SIZE << order, entry)
 }
 
 /// The shared part of a ring as both ends see it: the base of the shared
@@ -296,7 +290,13 @@ impl TestPages {
         assert!(off + N <= self.layout.size());
         // SAFETY: bounds checked above; the memory is live and initialised
         // (zeroed at allocation, then written only with initialised values).
-        unsafe { self.ptr.as_ptr().add(off).cast::<[u8; N]>().read_unaligned() }
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(off)
+                .cast::<[u8; N]>()
+                .read_unaligned()
+        }
     }
 }
 

@@ -91,6 +91,7 @@
 //! assert_eq!((left.pages, left.grants_active, left.ports_open), (0, 0, 0));
 //! ```
 
+pub mod blkback;
 mod device;
 mod event;
 mod grant;
