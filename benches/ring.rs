@@ -621,26 +621,24 @@ struct Summary {
 }
 
 /// Median over repetitions of the per-repetition ratio of Rust's rate to
-/// side `c`'s rate (or, with `None`, to the faster C build of that
-/// repetition). Pairing runs made moments apart cancels most of the drift
-/// of a shared machine.
-fn paired_ratio(samples: &[Vec<(f64, f64, f64)>], c: Option<usize>) -> f64 {
-    let reps = samples[0].len();
+/// side `c`'s rate. Pairing runs made moments apart cancels most of the
+/// drift of a shared machine.
+fn paired_ratio(samples: &[Vec<(f64, f64, f64)>], c: usize) -> f64 {
     median(
-        (0..reps)
-            .map(|r| {
-                let rust = samples[0][r].0;
-                let c_time = match c {
-                    Some(si) => samples[si][r].0,
-                    None => samples[1..]
-                        .iter()
-                        .map(|v| v[r].0)
-                        .fold(f64::INFINITY, f64::min),
-                };
-                c_time / rust
-            })
+        samples[0]
+            .iter()
+            .zip(&samples[c])
+            .map(|(rust, c)| c.0 / rust.0)
             .collect(),
     )
+}
+
+/// The load average, from `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Instructions per round trip of `side`'s ping-pong under callgrind.
@@ -789,6 +787,7 @@ fn main() -> std::process::ExitCode {
     let pages: Vec<Pages> = cfg.orders.iter().map(|&o| Pages::new(o)).collect();
     // samples[order][side] = (seconds, notifications/request, waits/request)
     let mut samples = vec![vec![Vec::new(); sides.len()]; pages.len()];
+    let load_before = loadavg();
     let t0 = Instant::now();
     for rep in 0..cfg.reps {
         for (oi, p) in pages.iter().enumerate() {
@@ -806,6 +805,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     let wall = t0.elapsed();
+    let load = format!("{load_before} before, {} after", loadavg());
 
     let mut summary = vec![vec![Summary::default(); sides.len()]; pages.len()];
     for (oi, p) in pages.iter().enumerate() {
@@ -851,14 +851,14 @@ fn main() -> std::process::ExitCode {
     if HAVE_C {
         let _ = writeln!(
             ratios,
-            "| order | rust / c-lock | rust / c-mfence | rust / best C | instructions rust / c |"
+            "| order | rust / c-lock | rust / c-mfence | rust / C (the lower) | instructions rust / c-lock |"
         );
         let _ = writeln!(ratios, "|---|---|---|---|---|");
         for (oi, p) in pages.iter().enumerate() {
             let s = &summary[oi];
-            let lock = paired_ratio(&samples[oi], Some(1));
-            let mfence = paired_ratio(&samples[oi], Some(2));
-            let best = paired_ratio(&samples[oi], None);
+            let lock = paired_ratio(&samples[oi], 1);
+            let mfence = paired_ratio(&samples[oi], 2);
+            let best = lock.min(mfence);
             let instr = match (s[0].instr, s[1].instr) {
                 (Some(r), Some(c)) => format!("{:.2}", r / c),
                 _ => "-".into(),
@@ -874,12 +874,16 @@ fn main() -> std::process::ExitCode {
     if HAVE_C {
         println!("{ratios}");
     }
-    println!("measured in {:.1} s", wall.as_secs_f64());
+    println!(
+        "measured in {:.1} s, load average {load}",
+        wall.as_secs_f64()
+    );
     // The machine-readable lines: Rust against the faster C build.
     let mut lines = String::new();
     for (oi, p) in pages.iter().enumerate() {
         if HAVE_C {
-            let ratio = paired_ratio(&samples[oi], None);
+            // Against whichever C build did better against Rust.
+            let ratio = paired_ratio(&samples[oi], 1).min(paired_ratio(&samples[oi], 2));
             let _ = writeln!(lines, "ring-order={} rust/c={ratio:.3}", p.order);
         } else {
             let _ = writeln!(lines, "ring-order={} rust/c=unavailable", p.order);
@@ -900,10 +904,21 @@ fn main() -> std::process::ExitCode {
         let _ = writeln!(
             body,
             "Batch {}, {n} round trips per run, {} runs per configuration (medians), \
-             threads {}.\n",
+             threads {}, load average {load} (2 CPUs: above 2, the runs shared \
+             their cores).\n",
             cfg.batch,
             cfg.reps,
             if cfg.pinned { "pinned" } else { "not pinned" }
+        );
+        let scale = std::env::var("XENBLK_BENCH_SCALE").unwrap_or_default();
+        let _ = writeln!(
+            body,
+            "Reproduce: `{}make bench`.\n",
+            if scale.is_empty() {
+                String::new()
+            } else {
+                format!("XENBLK_BENCH_SCALE={scale} ")
+            }
         );
         body.push_str(&table);
         body.push('\n');
