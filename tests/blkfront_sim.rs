@@ -80,7 +80,7 @@ impl World {
 /// What the guest holds beyond `base` (taken after the xenstore connection
 /// was made, whose page and port stay): (grants, ports, pages).
 fn held(w: &World) -> (usize, usize, usize) {
-    let base = w.base.borrow().clone().expect("store() was called");
+    let base = (*w.base.borrow()).expect("store() was called");
     let a = w.xen.accounting(GUEST);
     assert_eq!(a.bad_frees, 0, "{a:?}");
     (
@@ -672,9 +672,9 @@ fn a_duplicate_response_breaks_the_device() {
         disk.state()
     );
     assert_eq!(got.len(), 2);
-    assert_eq!((got[0].token, got[0].result.clone()), (a, Ok(())));
+    assert_eq!((got[0].token, got[0].result), (a, Ok(())));
     assert_eq!(
-        (got[1].token, got[1].result.clone(), got[1].buf.clone()),
+        (got[1].token, got[1].result, got[1].buf.clone()),
         (b, Err(Error::Broken), Some(vec![2; 4096]))
     );
 }
@@ -707,7 +707,7 @@ fn a_dead_backend_times_out_within_the_bound() {
     assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
     let waited = w.xen.now_ns() - start;
     assert!(
-        waited >= 2_000_000_000 && waited < 3_000_000_000,
+        (2_000_000_000..3_000_000_000).contains(&waited),
         "waited {waited} ns"
     );
     assert_eq!(disk.state(), DeviceState::Broken(Error::Timeout));

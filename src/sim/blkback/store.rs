@@ -193,40 +193,6 @@ impl BackendStore for MemStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_create_parents_and_rm_takes_the_subtree() {
-        let s = MemStore::new();
-        s.write("/a/b/c", "1").unwrap();
-        s.write("/a/b/d", "2").unwrap();
-        s.write("/a/bb", "3").unwrap();
-        assert_eq!(s.read("/a/b"), Some(String::new()));
-        assert_eq!(s.directory("/a/b"), ["c", "d"]);
-        assert_eq!(s.directory("/a"), ["b", "bb"]);
-        s.set_perms("/a/b", DomId(3), Perm::None, &[(DomId(0), Perm::Read)])
-            .unwrap();
-        assert_eq!(
-            s.perms("/a/b"),
-            Some(NodePerms {
-                owner: DomId(3),
-                others: Perm::None,
-                acl: vec![(DomId(0), Perm::Read)]
-            })
-        );
-        s.rm("/a/b").unwrap();
-        assert_eq!(s.read("/a/b/c"), None);
-        assert_eq!(s.read("/a/bb"), Some("3".into()));
-        assert_eq!(
-            s.set_perms("/x", DomId(0), Perm::None, &[]),
-            Err(Error::XenStore(XsErrno::ENOENT))
-        );
-        assert!(s.write("rel", "x").is_err());
-    }
-}
-
 /// The simulated xenstored serves backends as dom0 through its direct API,
 /// so the frontend under test reaches the same tree through the real ring.
 impl BackendStore for crate::sim::xenstored::XenStored {
@@ -264,5 +230,39 @@ impl BackendStore for crate::sim::xenstored::XenStored {
         let mut list = vec![XsPerm::new(owner, access(others))];
         list.extend(acl.iter().map(|&(d, p)| XsPerm::new(d, access(p))));
         crate::sim::xenstored::XenStored::set_perms(self, DomId::DOM0, path, &list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_create_parents_and_rm_takes_the_subtree() {
+        let s = MemStore::new();
+        s.write("/a/b/c", "1").unwrap();
+        s.write("/a/b/d", "2").unwrap();
+        s.write("/a/bb", "3").unwrap();
+        assert_eq!(s.read("/a/b"), Some(String::new()));
+        assert_eq!(s.directory("/a/b"), ["c", "d"]);
+        assert_eq!(s.directory("/a"), ["b", "bb"]);
+        s.set_perms("/a/b", DomId(3), Perm::None, &[(DomId(0), Perm::Read)])
+            .unwrap();
+        assert_eq!(
+            s.perms("/a/b"),
+            Some(NodePerms {
+                owner: DomId(3),
+                others: Perm::None,
+                acl: vec![(DomId(0), Perm::Read)]
+            })
+        );
+        s.rm("/a/b").unwrap();
+        assert_eq!(s.read("/a/b/c"), None);
+        assert_eq!(s.read("/a/bb"), Some("3".into()));
+        assert_eq!(
+            s.set_perms("/x", DomId(0), Perm::None, &[]),
+            Err(Error::XenStore(XsErrno::ENOENT))
+        );
+        assert!(s.write("rel", "x").is_err());
     }
 }
