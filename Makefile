@@ -1,10 +1,12 @@
 # xenblk — see README.md. `make run` boots the example unikernel under real
-# Xen; `make test` is the whole suite (what CI runs).
+# Xen; `make test` is the whole suite (what CI runs). Every target installs
+# what it needs through tests/setup.sh.
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup run test fmt clippy unit layout miri doc lab
+.PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
+        unikernel unikernel-test bench bench-ring
 
 all: test
 
@@ -13,10 +15,15 @@ setup:
 
 fmt: setup
 	$(CARGO) fmt --all -- --check
+	cd unikernel && $(CARGO) fmt -- --check
 
 clippy: setup
 	$(CARGO) clippy --all-targets --features sim -- -D warnings
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# src/pvh.rs only builds for the unikernel's target.
+clippy-pvh: setup
+	$(CARGO) clippy --target x86_64-unknown-none --features pvh --lib -- -D warnings
 
 doc: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features sim
@@ -31,14 +38,33 @@ layout: setup
 miri: setup
 	bash tests/miri.sh
 
+# The example PVH unikernel: its own crate (unikernel/, own workspace) for
+# x86_64-unknown-none. unikernel-test lints it and boots it under plain QEMU.
+unikernel: setup
+	cd unikernel && $(CARGO) build --release
+
+unikernel-test: unikernel
+	cd unikernel && $(CARGO) clippy --release -- -D warnings
+	bash tests/unikernel-noxen.sh
+
 # The real-Xen lab (tests/lab/, docs/LAB.md): Xen 4.17 + a Debian dom0 with
 # blkback and QEMU qdisk under bookworm's QEMU 7.2 (TCG), the example
 # unikernel as a PVH domU per disk configuration, checked against xenstore.
-run: setup
+run: unikernel
 	bash tests/lab/lab.sh run
 
-lab: setup
+lab: unikernel
 	bash tests/lab/lab.sh matrix
 
-test: fmt clippy doc unit layout miri lab
+test: fmt clippy clippy-pvh doc unit layout miri unikernel-test lab
 	@echo "make test: all stages passed"
+
+# Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
+# (driver, in-guest) add a bench-* target and list it in BENCHES.
+# XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
+BENCHES := bench-ring
+
+bench: $(BENCHES)
+
+bench-ring: setup
+	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --bench ring

@@ -44,6 +44,9 @@ pub enum Error {
     RingFull,
     /// The other end broke the ring protocol; the ring must not be used again.
     Protocol(Violation),
+    /// A shared ring of this order (log2 of its page count) is not supported
+    /// (above `ring::MAX_RING_ORDER`).
+    InvalidRingOrder(u32),
 
     // ----- xenstore -------------------------------------------------------------
     /// xenstored answered with an error string.
@@ -213,6 +216,7 @@ impl fmt::Display for Error {
             Error::InvalidPort(p) => write!(f, "invalid event-channel port {p}"),
             Error::RingFull => f.write_str("shared ring is full"),
             Error::Protocol(v) => write!(f, "ring protocol violation: {v}"),
+            Error::InvalidRingOrder(o) => write!(f, "unsupported shared-ring order {o}"),
             Error::XenStore(e) => write!(f, "xenstore error {e:?}"),
             Error::XsMalformed(m) => write!(f, "malformed xenstore message: {m:?}"),
             Error::XsPayloadTooLarge => f.write_str("xenstore payload exceeds 4096 bytes"),

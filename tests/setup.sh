@@ -6,7 +6,7 @@ set -euo pipefail
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-APT_PKGS=(libxen-dev)
+APT_PKGS=(libxen-dev valgrind)
 if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]]; then
     # The real-Xen lab: hypervisor, dom0 kernel, the outer emulator (bookworm's
     # own QEMU 7.2, not backports: see docs/LAB.md), and the dom0 root builder.

@@ -1,4 +1,11 @@
-//! `io/blkif.h`: block-device requests, responses and constants.
+//! `io/blkif.h`: block-device requests, responses and constants (x86_64
+//! layout), and the slot count of a blkif shared ring (`io/ring.h`,
+//! `DEFINE_RING_TYPES(blkif, ...)`).
+
+use core::mem::{align_of, offset_of, size_of};
+
+use crate::abi::sring::ring_slots;
+use crate::hal::PAGE_SIZE;
 
 /// `BLKIF_OP_READ`.
 pub const BLKIF_OP_READ: u8 = 0;
@@ -8,6 +15,8 @@ pub const BLKIF_OP_WRITE: u8 = 1;
 pub const BLKIF_OP_WRITE_BARRIER: u8 = 2;
 /// `BLKIF_OP_FLUSH_DISKCACHE`.
 pub const BLKIF_OP_FLUSH_DISKCACHE: u8 = 3;
+/// `BLKIF_OP_RESERVED_1`: reserved, never sent.
+pub const BLKIF_OP_RESERVED_1: u8 = 4;
 /// `BLKIF_OP_DISCARD`.
 pub const BLKIF_OP_DISCARD: u8 = 5;
 /// `BLKIF_OP_INDIRECT`.
@@ -109,4 +118,111 @@ pub struct BlkifResponse {
     pub operation: u8,
     /// `BLKIF_RSP_*`.
     pub status: i16,
+}
+
+/// Size of one slot of a blkif ring: `sizeof(union blkif_sring_entry)`, the
+/// larger of a request and a response, rounded up to their alignment.
+pub const BLKIF_RING_SLOT_SIZE: usize = {
+    let size = if size_of::<BlkifRequest>() > size_of::<BlkifResponse>() {
+        size_of::<BlkifRequest>()
+    } else {
+        size_of::<BlkifResponse>()
+    };
+    let align = if align_of::<BlkifRequest>() > align_of::<BlkifResponse>() {
+        align_of::<BlkifRequest>()
+    } else {
+        align_of::<BlkifResponse>()
+    };
+    size.div_ceil(align) * align
+};
+
+/// Slots of a blkif ring of `1 << order` pages
+/// (`__CONST_RING_SIZE(blkif, XEN_PAGE_SIZE << order)`): 32 for one page.
+/// Returns 0 for an order whose ring size overflows `usize`.
+pub const fn blkif_ring_slots(order: u32) -> usize {
+    match 1usize.checked_shl(order) {
+        Some(pages) => match pages.checked_mul(PAGE_SIZE) {
+            Some(bytes) => ring_slots(bytes, BLKIF_RING_SLOT_SIZE),
+            None => 0,
+        },
+        None => 0,
+    }
+}
+
+// ----- layout (x86_64) ---------------------------------------------------------------
+
+const _: () = assert!(size_of::<BlkifRequestSegment>() == 8);
+const _: () = assert!(offset_of!(BlkifRequestSegment, gref) == 0);
+const _: () = assert!(offset_of!(BlkifRequestSegment, first_sect) == 4);
+const _: () = assert!(offset_of!(BlkifRequestSegment, last_sect) == 5);
+
+const _: () = assert!(size_of::<BlkifRequest>() == 112);
+const _: () = assert!(offset_of!(BlkifRequest, operation) == 0);
+const _: () = assert!(offset_of!(BlkifRequest, nr_segments) == 1);
+const _: () = assert!(offset_of!(BlkifRequest, handle) == 2);
+const _: () = assert!(offset_of!(BlkifRequest, id) == 8);
+const _: () = assert!(offset_of!(BlkifRequest, sector_number) == 16);
+const _: () = assert!(offset_of!(BlkifRequest, seg) == 24);
+
+const _: () = assert!(size_of::<BlkifRequestDiscard>() == 32);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, operation) == 0);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, flag) == 1);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, handle) == 2);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, id) == 8);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, sector_number) == 16);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, nr_sectors) == 24);
+
+const _: () = assert!(size_of::<BlkifRequestIndirect>() == 64);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, operation) == 0);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, indirect_op) == 1);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, nr_segments) == 2);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, id) == 8);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, sector_number) == 16);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, handle) == 24);
+const _: () = assert!(offset_of!(BlkifRequestIndirect, indirect_grefs) == 28);
+
+const _: () = assert!(size_of::<BlkifResponse>() == 16);
+const _: () = assert!(offset_of!(BlkifResponse, id) == 0);
+const _: () = assert!(offset_of!(BlkifResponse, operation) == 8);
+const _: () = assert!(offset_of!(BlkifResponse, status) == 10);
+
+// Every request variant fits a slot, and `id` sits at the same offset in all.
+const _: () = assert!(BLKIF_RING_SLOT_SIZE == 112);
+const _: () = assert!(size_of::<BlkifRequestDiscard>() <= BLKIF_RING_SLOT_SIZE);
+const _: () = assert!(size_of::<BlkifRequestIndirect>() <= BLKIF_RING_SLOT_SIZE);
+const _: () = assert!(offset_of!(BlkifRequestDiscard, id) == offset_of!(BlkifRequest, id));
+const _: () = assert!(offset_of!(BlkifRequestIndirect, id) == offset_of!(BlkifRequest, id));
+
+// Slots per ring order (io/ring.h: (4096 << order - 64) / 112, rounded down
+// to a power of two).
+const _: () = assert!(blkif_ring_slots(0) == 32);
+const _: () = assert!(blkif_ring_slots(1) == 64);
+const _: () = assert!(blkif_ring_slots(2) == 128);
+const _: () = assert!(blkif_ring_slots(3) == 256);
+const _: () = assert!(blkif_ring_slots(4) == 512);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_slots_follow_ring_h() {
+        for order in 0..=10u32 {
+            let bytes = PAGE_SIZE << order;
+            let fit = (bytes - 64) / 112;
+            let slots = blkif_ring_slots(order);
+            assert!(slots.is_power_of_two(), "order {order}: {slots}");
+            assert!(
+                slots <= fit && fit < 2 * slots,
+                "order {order}: {slots} vs {fit}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_orders_give_zero_slots() {
+        assert_eq!(blkif_ring_slots(usize::BITS), 0);
+        assert_eq!(blkif_ring_slots(u32::MAX), 0);
+        assert_eq!(blkif_ring_slots(usize::BITS - 1), 0);
+    }
 }

@@ -1,5 +1,6 @@
 //! `io/xs_wire.h`: the xenstore wire protocol.
 
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::AtomicU32;
 
 /// `enum xsd_sockmsg_type` values.
@@ -58,6 +59,14 @@ pub const XENSTORE_RING_SIZE: usize = 1024;
 pub const XENSTORE_CONNECTED: u32 = 0;
 /// `XENSTORE_RECONNECT`.
 pub const XENSTORE_RECONNECT: u32 = 1;
+/// `XENSTORE_ERROR_NONE`: no error.
+pub const XENSTORE_ERROR_NONE: u32 = 0;
+/// `XENSTORE_ERROR_COMM`: communication problem.
+pub const XENSTORE_ERROR_COMM: u32 = 1;
+/// `XENSTORE_ERROR_RINGIDX`: invalid ring index.
+pub const XENSTORE_ERROR_RINGIDX: u32 = 2;
+/// `XENSTORE_ERROR_PROTO`: protocol violation (payload too long).
+pub const XENSTORE_ERROR_PROTO: u32 = 3;
 /// `XENSTORE_SERVER_FEATURE_RECONNECTION`.
 pub const XENSTORE_SERVER_FEATURE_RECONNECTION: u32 = 1;
 /// `XENSTORE_SERVER_FEATURE_ERROR`.
@@ -88,3 +97,22 @@ pub struct XenstoreDomainInterface {
     /// `XENSTORE_ERROR_*`.
     pub error: AtomicU32,
 }
+
+// ----- layout (x86_64) ---------------------------------------------------------------
+
+const _: () = assert!(size_of::<XsdSockmsg>() == XSD_SOCKMSG_SIZE);
+const _: () = assert!(offset_of!(XsdSockmsg, ty) == 0);
+const _: () = assert!(offset_of!(XsdSockmsg, req_id) == 4);
+const _: () = assert!(offset_of!(XsdSockmsg, tx_id) == 8);
+const _: () = assert!(offset_of!(XsdSockmsg, len) == 12);
+
+const _: () = assert!(size_of::<XenstoreDomainInterface>() == 2076);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, req) == 0);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, rsp) == 1024);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, req_cons) == 2048);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, req_prod) == 2052);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, rsp_cons) == 2056);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, rsp_prod) == 2060);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, server_features) == 2064);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, connection) == 2068);
+const _: () = assert!(offset_of!(XenstoreDomainInterface, error) == 2072);

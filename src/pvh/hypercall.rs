@@ -1,0 +1,245 @@
+//! Finding Xen, the hypercall page, and the hypercalls themselves, through
+//! xen-sys's raw wrappers.
+//!
+//! # The contract of xen-sys 0.0.0-pre2's raw hypercall wrappers
+//!
+//! `xen_sys::hypercall_N(op, a1, ..)` (`src/x86_64/hypercall.rs` of xen-sys)
+//! is one `asm!` block: `call` to `HYPERCALL_PAGE + 32 * op` with the
+//! arguments in registers, `rax` out. What each one promises, read off its
+//! source:
+//!
+//! - **The hypercall page is ours to provide.** The wrappers `call` into an
+//!   `extern` symbol `HYPERCALL_PAGE` (128 entries of 32 bytes). This module
+//!   defines it: 4 KiB aligned, in `.text` (so executable), filled with
+//!   `int3` until Xen writes its stubs over it when its guest-physical
+//!   address is written to the MSR that CPUID leaf `base + 2` names
+//!   (`arch-x86/cpuid.h`). Calling any wrapper before [`init_hypercall_page`]
+//!   traps on `int3`.
+//! - **`options(nostack)` although `call` pushes a return address.** The
+//!   push lands below `rsp`, which is only harmless where nothing lives
+//!   there: sound on `x86_64-unknown-none`, whose ABI has no red zone (the
+//!   whole `pvh` module only builds for `target_os = "none"`). On a target
+//!   with a red zone it would corrupt the caller's locals.
+//! - **Only the argument registers passed are marked clobbered** (as
+//!   `inlateout`), plus `rax`. Xen's hypercall ABI (`xen.h`, "x86_64:
+//!   rdi, rsi, rdx, r10, r8") preserves every other register in a release
+//!   build, but a **debug** Xen deliberately overwrites the argument
+//!   registers a hypercall does *not* use (`clobber_regs` in
+//!   `xen/arch/x86/hvm/hypercall.c`) with `0xdeadbeefdeadf00d`. The compiler
+//!   may keep live values in those registers across the `asm!`, including the
+//!   `in(reg)` holding the call target. Debian's Xen is a release build, but
+//!   we do not rely on that: every wrapper is called only from an
+//!   `#[inline(never)] extern "C"` function below, whose body holds nothing
+//!   live across the call but the result, and whose callers treat all five
+//!   argument registers as clobbered anyway (they are caller-saved in the
+//!   SysV ABI).
+//! - **No `nomem`**: the compiler assumes memory may change, which is what a
+//!   hypercall that fills an argument struct needs; flags are clobbered.
+//! - **`hypercall_5` passes its fifth argument in `r9`, where Xen's ABI uses
+//!   `r8`: a bug. It is never used here** (no hypercall we make has five
+//!   arguments).
+//! - Also never used: xen-sys's `sched_op` (on x86 it passes the shutdown
+//!   reason where Xen expects a pointer to `struct sched_shutdown`, and it
+//!   panics for other commands) and `console_io` (refused to a domU by a
+//!   release Xen).
+//!
+//! So `hypercall_1`..`hypercall_4` are used, each behind one of the
+//! wrappers [`hypercall2`] and [`hypercall3`], and only after the page is
+//! set up.
+
+use core::arch::{asm, global_asm, x86_64::__cpuid};
+
+use crate::abi::xen::__HYPERVISOR_xen_version;
+use crate::{Error, Result};
+
+/// `XENVER_version` (`version.h`): returns `major << 16 | minor`.
+#[allow(non_upper_case_globals)]
+const XENVER_version: u32 = 0;
+/// `XENVER_extraversion` (`version.h`): fills a 16-byte `xen_extraversion_t`.
+#[allow(non_upper_case_globals)]
+const XENVER_extraversion: u32 = 1;
+
+// The hypercall page (`XEN_ELFNOTE_HYPERCALL_PAGE` is for PV guests; an
+// HVM/PVH guest asks for it through the MSR). `int3` until Xen fills it.
+global_asm!(
+    ".pushsection .text.xen_hypercall_page, \"ax\", @progbits",
+    ".balign 4096",
+    ".globl HYPERCALL_PAGE",
+    ".type HYPERCALL_PAGE, @object",
+    "HYPERCALL_PAGE:",
+    ".fill 4096, 1, 0xcc",
+    ".size HYPERCALL_PAGE, 4096",
+    ".popsection",
+);
+
+extern "C" {
+    /// The page defined above.
+    static HYPERCALL_PAGE: [u8; 4096];
+}
+
+/// `"XenVMMXenVMM"`: the signature in `ebx`, `ecx`, `edx` of Xen's first
+/// CPUID leaf (`arch-x86/cpuid.h`).
+pub const XEN_CPUID_SIGNATURE: [u8; 12] = *b"XenVMMXenVMM";
+
+/// Where Xen's CPUID leaves are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenCpuid {
+    /// The first leaf (`0x4000_0000`, or `0x4000_0100` when Xen also offers
+    /// Viridian leaves to a Windows guest).
+    pub base: u32,
+    /// The highest Xen leaf.
+    pub max_leaf: u32,
+}
+
+/// The 12 signature bytes of hypervisor leaf `leaf`, and its `eax`.
+fn hypervisor_leaf(leaf: u32) -> ([u8; 12], u32) {
+    // CPUID is available on every x86_64 CPU; leaves in the
+    // 0x4000_0000 range are reserved for hypervisors and harmless to read.
+    let r = __cpuid(leaf);
+    let mut sig = [0u8; 12];
+    sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+    sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    sig[8..12].copy_from_slice(&r.edx.to_le_bytes());
+    (sig, r.eax)
+}
+
+/// Finds Xen's CPUID leaves: scans `0x4000_0000..=0x4001_0000` in steps of
+/// `0x100` for the signature `XenVMMXenVMM` with at least the leaves up to
+/// `base + 2` (the hypercall-page MSR). Without Xen, returns the signature
+/// bytes of leaf `0x4000_0000`, whatever they are.
+///
+/// # Errors
+///
+/// `Err(signature of leaf 0x4000_0000)` when no Xen leaves exist.
+pub fn detect() -> core::result::Result<XenCpuid, [u8; 12]> {
+    let mut base = 0x4000_0000u32;
+    while base <= 0x4001_0000 {
+        let (sig, eax) = hypervisor_leaf(base);
+        if sig == XEN_CPUID_SIGNATURE && eax >= base + 2 {
+            return Ok(XenCpuid {
+                base,
+                max_leaf: eax,
+            });
+        }
+        base += 0x100;
+    }
+    Err(hypervisor_leaf(0x4000_0000).0)
+}
+
+/// Asks Xen to fill `HYPERCALL_PAGE`: CPUID leaf `base + 2` gives the
+/// number of hypercall pages in `eax` and the MSR in `ebx`; writing the
+/// page's guest-physical address to the MSR makes Xen write its stubs
+/// (`vmcall`/`vmmcall`) into it.
+///
+/// # Safety
+///
+/// Memory must be identity-mapped (guest-virtual == guest-physical) at least
+/// where the image lives, and `xen` must come from [`detect`] on this CPU.
+/// Call once, before any hypercall.
+///
+/// # Errors
+///
+/// [`Error::Hypercall`] (`-ENOSYS`) when Xen offers no hypercall page.
+pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<()> {
+    let leaf = __cpuid(xen.base + 2);
+    if leaf.eax == 0 {
+        return Err(Error::Hypercall(-38));
+    }
+    let gpa = core::ptr::addr_of!(HYPERCALL_PAGE) as u64;
+    // SAFETY: the caller promises identity mapping, so `gpa` is the page's
+    // guest-physical address; the page is ours, 4 KiB aligned, and holds
+    // nothing but the `int3` filler Xen overwrites. WRMSR to Xen's
+    // hypercall MSR is intercepted by Xen and has no other effect.
+    unsafe {
+        asm!(
+            "wrmsr",
+            in("ecx") leaf.ebx,
+            in("eax") gpa as u32,
+            in("edx") (gpa >> 32) as u32,
+            options(nostack, preserves_flags),
+        );
+    }
+    Ok(())
+}
+
+/// A two-argument hypercall (`hypercall_2`: `rdi`, `rsi`).
+///
+/// `#[inline(never)] extern "C"`: see the module docs for why.
+///
+/// # Safety
+///
+/// The hypercall page is set up; `a1`, `a2` are what hypercall `op`
+/// expects, any pointer among them to memory that is valid (and
+/// identity-mapped) for the access that hypercall makes.
+#[inline(never)]
+pub unsafe extern "C" fn hypercall2(op: u32, a1: u64, a2: u64) -> i64 {
+    // SAFETY: forwarded to the caller; the wrapper's register contract is
+    // met as the module docs explain.
+    unsafe { xen_sys::hypercall_2(op, a1, a2) }
+}
+
+/// A three-argument hypercall (`hypercall_3`: `rdi`, `rsi`, `rdx`).
+///
+/// # Safety
+///
+/// As for [`hypercall2`].
+#[inline(never)]
+pub unsafe extern "C" fn hypercall3(op: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    // SAFETY: as in `hypercall2`.
+    unsafe { xen_sys::hypercall_3(op, a1, a2, a3) }
+}
+
+/// Maps a hypercall return value: negative is `-errno`.
+pub fn check(rc: i64) -> Result<u64> {
+    if rc < 0 {
+        Err(Error::Hypercall(i32::try_from(rc).unwrap_or(i32::MIN)))
+    } else {
+        Ok(rc as u64)
+    }
+}
+
+/// `__HYPERVISOR_xen_version(XENVER_version)`: `(major, minor)`.
+///
+/// # Safety
+///
+/// The hypercall page is set up.
+pub unsafe fn xen_version() -> (u16, u16) {
+    // SAFETY: XENVER_version takes no argument buffer.
+    let v = unsafe { hypercall2(__HYPERVISOR_xen_version, XENVER_version.into(), 0) };
+    ((v >> 16) as u16, v as u16)
+}
+
+/// `XENVER_extraversion` (e.g. `".7"`), NUL-trimmed.
+///
+/// # Safety
+///
+/// The hypercall page is set up.
+pub unsafe fn xen_extraversion() -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    // SAFETY: Xen writes at most 16 bytes (`xen_extraversion_t`) into
+    // `buf`, which lives on our identity-mapped stack.
+    let rc = unsafe {
+        hypercall2(
+            __HYPERVISOR_xen_version,
+            XENVER_extraversion.into(),
+            buf.as_mut_ptr() as u64,
+        )
+    };
+    if rc < 0 {
+        buf = [0; 16];
+    }
+    buf
+}
+
+/// Issues hypercall `op` with command `cmd` and a pointer to `arg`, the
+/// shape of `memory_op`, `hvm_op`, `event_channel_op` and `sched_op`.
+///
+/// # Safety
+///
+/// The hypercall page is set up, and `T` is the argument struct `op`/`cmd`
+/// expects (Xen may write it).
+pub unsafe fn op_with_arg<T>(op: u32, cmd: u32, arg: &mut T) -> Result<u64> {
+    // SAFETY: forwarded; `arg` is valid, identity-mapped memory of the
+    // expected type.
+    check(unsafe { hypercall2(op, cmd.into(), arg as *mut T as u64) })
+}

@@ -1,0 +1,455 @@
+//! Unit tests of the request processor over a fake grant table.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::abi::blkif::BLKIF_DISCARD_SECURE;
+use crate::blkfront::wire::{encode_segment, RequestSlot};
+use crate::Error;
+
+/// Frames by grant reference; `true` = granted read-only.
+#[derive(Default)]
+struct FakeGrants {
+    frames: BTreeMap<u32, (Vec<u8>, bool)>,
+    maps: Vec<(u32, Use)>,
+}
+
+impl FakeGrants {
+    fn grant(&mut self, gref: u32, fill: u8, readonly: bool) {
+        self.frames.insert(gref, (vec![fill; PAGE_SIZE], readonly));
+    }
+    fn frame(&self, gref: u32) -> &[u8] {
+        &self.frames[&gref].0
+    }
+}
+
+impl Grants for FakeGrants {
+    type Frame = u32;
+    fn map(&mut self, gref: u32, how: Use) -> Result<u32> {
+        let (_, ro) = self.frames.get(&gref).ok_or(Error::Hypercall(-1))?;
+        if *ro && how == Use::ToGuest {
+            return Err(Error::Hypercall(-30));
+        }
+        self.maps.push((gref, how));
+        Ok(gref)
+    }
+    fn read(&mut self, f: &u32, off: usize, buf: &mut [u8]) -> Result<()> {
+        buf.copy_from_slice(&self.frames[f].0[off..off + buf.len()]);
+        Ok(())
+    }
+    fn write(&mut self, f: &u32, off: usize, data: &[u8]) -> Result<()> {
+        self.frames.get_mut(f).unwrap().0[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn seg(gref: u32, first: u8, last: u8) -> BlkifRequestSegment {
+    BlkifRequestSegment {
+        gref,
+        first_sect: first,
+        last_sect: last,
+    }
+}
+
+fn run(
+    cfg: &BackendConfig,
+    disk: &mut Disk,
+    g: &mut FakeGrants,
+    slot: RequestSlot,
+) -> Outcome<u32> {
+    dispatch(cfg, disk, g, &slot.decode(), false)
+}
+
+fn setup(cfg: &BackendConfig) -> (Disk, FakeGrants) {
+    (
+        Disk::new(cfg.disk_bytes, cfg.null_disk).unwrap(),
+        FakeGrants::default(),
+    )
+}
+
+#[test]
+fn direct_write_then_read_moves_the_right_bytes() {
+    let cfg = BackendConfig::blkback();
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(10, 0xaa, true);
+    g.grant(11, 0xbb, true);
+    // Sectors 2..=3 of frame 10, then 0..=0 of frame 11, at disk sector 5.
+    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 77, 5, &[seg(10, 2, 3), seg(11, 0, 0)]);
+    let out = run(&cfg, &mut disk, &mut g, w);
+    assert_eq!(
+        (out.id, out.operation, out.status),
+        (77, BLKIF_OP_WRITE, BLKIF_RSP_OKAY)
+    );
+    assert_eq!(out.frames, vec![10, 11]);
+    assert!(g.maps.iter().all(|&(_, h)| h == Use::FromGuest));
+    let mut b = vec![0u8; 4 * 512];
+    disk.read(4 * 512, &mut b).unwrap();
+    assert!(b[..512].iter().all(|&x| x == 0));
+    assert!(b[512..1536].iter().all(|&x| x == 0xaa));
+    assert!(b[1536..].iter().all(|&x| x == 0xbb));
+
+    g.grant(12, 0, false);
+    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 78, 6, &[seg(12, 7, 7)]);
+    let out = run(&cfg, &mut disk, &mut g, r);
+    assert_eq!(out.status, BLKIF_RSP_OKAY);
+    assert!(g.frame(12)[7 * 512..].iter().all(|&x| x == 0xaa));
+    assert!(g.frame(12)[..7 * 512].iter().all(|&x| x == 0));
+}
+
+/// Writes `n` descriptors for frames `1000..` (sector 0..=7 each) into
+/// indirect pages granted as 500.. and returns their refs.
+fn indirect_pages(g: &mut FakeGrants, n: usize, fill: u8) -> Vec<u32> {
+    let pages = n.div_ceil(SEGS_PER_INDIRECT_PAGE);
+    let mut refs = Vec::new();
+    for p in 0..pages {
+        let mut page = vec![0u8; PAGE_SIZE];
+        for i in 0..SEGS_PER_INDIRECT_PAGE.min(n - p * SEGS_PER_INDIRECT_PAGE) {
+            let gref = 1000 + (p * SEGS_PER_INDIRECT_PAGE + i) as u32;
+            g.grant(gref, fill, false);
+            page[i * 8..i * 8 + 8].copy_from_slice(&encode_segment(&seg(gref, 0, 7)));
+        }
+        g.frames.insert(500 + p as u32, (page, true));
+        refs.push(500 + p as u32);
+    }
+    refs
+}
+
+#[test]
+fn indirect_requests_span_several_pages_and_answer_with_indirect_op() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.max_indirect_segments = Some(1024);
+    let (mut disk, mut g) = setup(&cfg);
+    let refs = indirect_pages(&mut g, 600, 0x5c);
+    let w = RequestSlot::indirect(BLKIF_OP_WRITE, 600, 9, 8, 0, &refs);
+    let out = run(&cfg, &mut disk, &mut g, w);
+    assert_eq!(
+        (out.operation, out.status),
+        (BLKIF_OP_WRITE, BLKIF_RSP_OKAY)
+    );
+    assert!(out.indirect);
+    assert_eq!(out.frames.len(), 600);
+    assert_eq!(g.maps.iter().filter(|m| m.1 == Use::Indirect).count(), 2);
+    let mut b = vec![0u8; 600 * 4096];
+    disk.read(8 * 512, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5c));
+    // Too many for what was advertised, and an indirect flush.
+    cfg.max_indirect_segments = Some(256);
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::indirect(BLKIF_OP_READ, 257, 1, 0, 0, &refs),
+    );
+    assert_eq!(out.status, BLKIF_RSP_ERROR);
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::indirect(BLKIF_OP_FLUSH_DISKCACHE, 1, 2, 0, 0, &refs),
+    );
+    assert_eq!(
+        (out.operation, out.status),
+        (BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_ERROR)
+    );
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::indirect(BLKIF_OP_READ, 0, 3, 0, 0, &refs),
+    );
+    assert_eq!(out.status, BLKIF_RSP_ERROR);
+    // A bad descriptor inside an indirect page.
+    g.frames.get_mut(&500).unwrap().0[8 * 5..8 * 6]
+        .copy_from_slice(&encode_segment(&seg(1005, 3, 2)));
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::indirect(BLKIF_OP_READ, 8, 4, 0, 0, &refs),
+    );
+    assert_eq!(out.status, BLKIF_RSP_ERROR);
+    // Not offered at all.
+    cfg.max_indirect_segments = None;
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::indirect(BLKIF_OP_READ, 1, 5, 0, 0, &refs),
+    );
+    assert_eq!(
+        (out.operation, out.status),
+        (BLKIF_OP_INDIRECT, BLKIF_RSP_EOPNOTSUPP)
+    );
+}
+
+#[test]
+fn blkback_rejects_malformed_requests_without_touching_the_disk() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.disk_bytes = 64 * 512;
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 0xff, true);
+    let sectors = 64;
+    let bad = [
+        RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[]),
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 3, 2)]),
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 8)]),
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, sectors - 1, &[seg(1, 0, 1)]),
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, u64::MAX, &[seg(1, 0, 0)]),
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(99, 0, 0)]),
+    ];
+    for (i, slot) in bad.into_iter().enumerate() {
+        let out = run(&cfg, &mut disk, &mut g, slot);
+        assert_eq!(out.status, BLKIF_RSP_ERROR, "case {i}");
+        assert!(out.frames.is_empty());
+    }
+    // A valid request whose second grant is bad writes nothing.
+    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 20, &[seg(1, 0, 0), seg(99, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, w).status, BLKIF_RSP_ERROR);
+    let mut b = [1u8; 512];
+    disk.read(20 * 512, &mut b).unwrap();
+    assert_eq!(b, [0; 512]);
+    // Reading into a read-only grant fails.
+    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_ERROR);
+    // Unknown operations: EOPNOTSUPP, echoed.
+    for op in [4u8, 7, 200] {
+        let out = run(
+            &cfg,
+            &mut disk,
+            &mut g,
+            RequestSlot::direct(op, 0, 5, 0, &[]),
+        );
+        assert_eq!(
+            (out.id, out.operation, out.status),
+            (5, op, BLKIF_RSP_EOPNOTSUPP)
+        );
+    }
+}
+
+#[test]
+fn more_than_eleven_direct_segments_are_refused() {
+    let cfg = BackendConfig::blkback();
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 0, false);
+    let twelve = |n: u8| Decoded::Direct {
+        operation: BLKIF_OP_READ,
+        handle: 0,
+        id: 1,
+        sector: 0,
+        nr_segments: n,
+        segments: [seg(1, 0, 0); 11],
+    };
+    let out = dispatch(&cfg, &mut disk, &mut g, &twelve(11), false);
+    assert_eq!(out.status, BLKIF_RSP_OKAY);
+    for n in [12, 255] {
+        let out = dispatch(&cfg, &mut disk, &mut g, &twelve(n), false);
+        assert_eq!(out.status, BLKIF_RSP_ERROR);
+        let out = dispatch(
+            &BackendConfig::qdisk(),
+            &mut disk,
+            &mut g,
+            &twelve(n),
+            false,
+        );
+        assert_eq!(out.status, BLKIF_RSP_ERROR);
+    }
+}
+
+#[test]
+fn read_only_disks_refuse_everything_but_reads() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.read_only = true;
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 1, false);
+    for slot in [
+        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]),
+        RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]),
+        RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
+        RequestSlot::discard(0, 0, 1, 0, 8),
+    ] {
+        assert_eq!(run(&cfg, &mut disk, &mut g, slot).status, BLKIF_RSP_ERROR);
+    }
+    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_OKAY);
+    let mut q = BackendConfig::qdisk();
+    q.read_only = true;
+    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
+    assert_eq!(run(&q, &mut disk, &mut g, w).status, BLKIF_RSP_ERROR);
+}
+
+#[test]
+fn flush_and_barrier_follow_their_offers() {
+    let mut cfg = BackendConfig::blkback();
+    let (mut disk, mut g) = setup(&cfg);
+    let flush = || RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, 0, &[]);
+    let barrier = || RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 0, &[]);
+    let out = run(&cfg, &mut disk, &mut g, flush());
+    assert_eq!((out.kind, out.status), (Kind::Flush, BLKIF_RSP_OKAY));
+    assert_eq!(
+        run(&cfg, &mut disk, &mut g, barrier()).status,
+        BLKIF_RSP_OKAY
+    );
+    cfg.flush = Offer::No;
+    cfg.barrier = Offer::Eopnotsupp;
+    let out = run(&cfg, &mut disk, &mut g, flush());
+    assert_eq!(
+        (out.status, out.disable_feature),
+        (BLKIF_RSP_EOPNOTSUPP, None)
+    );
+    let out = run(&cfg, &mut disk, &mut g, barrier());
+    assert_eq!(out.status, BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(out.disable_feature, Some("feature-barrier"));
+    // A barrier with data writes it.
+    cfg.barrier = Offer::Yes;
+    g.grant(7, 0x77, true);
+    let b = RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 1, &[seg(7, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, b).status, BLKIF_RSP_OKAY);
+    let mut x = [0u8; 1];
+    disk.read(512, &mut x).unwrap();
+    assert_eq!(x, [0x77]);
+}
+
+#[test]
+fn discard_zeroes_within_the_disk_and_honours_secure_only_when_offered() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.disk_bytes = 64 * 512;
+    let (mut disk, mut g) = setup(&cfg);
+    disk.write(0, &[9u8; 64 * 512]).unwrap();
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
+    );
+    assert_eq!(
+        (out.operation, out.status, out.secure),
+        (BLKIF_OP_DISCARD, BLKIF_RSP_OKAY, false)
+    );
+    let mut b = vec![0u8; 6 * 512];
+    disk.read(512, &mut b).unwrap();
+    assert!(b[..512].iter().all(|&x| x == 9));
+    assert!(b[512..2048].iter().all(|&x| x == 0));
+    assert!(b[2048..].iter().all(|&x| x == 9));
+    cfg.discard_secure = true;
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
+    );
+    assert!(out.secure);
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::discard(0, 0, 8, 60, 5),
+    );
+    assert_eq!(out.status, BLKIF_RSP_ERROR);
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        RequestSlot::discard(0, 0, 8, u64::MAX, 2),
+    );
+    assert_eq!(out.status, BLKIF_RSP_ERROR);
+    cfg.discard = Offer::No;
+    let out = run(&cfg, &mut disk, &mut g, RequestSlot::discard(0, 0, 8, 0, 1));
+    assert_eq!(out.status, BLKIF_RSP_EOPNOTSUPP);
+    // qdisk ignores a discard it was not configured for.
+    let mut q = BackendConfig::qdisk();
+    q.discard = Offer::No;
+    let out = run(&q, &mut disk, &mut g, RequestSlot::discard(0, 0, 8, 0, 1));
+    assert_eq!(out.status, BLKIF_RSP_OKAY);
+    let mut x = [0u8; 1];
+    disk.read(0, &mut x).unwrap();
+    assert_eq!(x, [9]);
+}
+
+#[test]
+fn four_k_sectors_need_aligned_requests_on_blkback() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.sector_size = 4096;
+    cfg.physical_sector_size = Some(4096);
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 1, true);
+    let ok = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 7)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, ok).status, BLKIF_RSP_OKAY);
+    let odd_start = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 4, &[seg(1, 0, 7)]);
+    assert_eq!(
+        run(&cfg, &mut disk, &mut g, odd_start).status,
+        BLKIF_RSP_ERROR
+    );
+    let short = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 3)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, short).status, BLKIF_RSP_ERROR);
+    let disc = RequestSlot::discard(0, 0, 1, 8, 4);
+    assert_eq!(run(&cfg, &mut disk, &mut g, disc).status, BLKIF_RSP_ERROR);
+}
+
+#[test]
+fn qdisk_counts_in_logical_blocks_and_refuses_what_qemu_refuses() {
+    let mut cfg = BackendConfig::qdisk();
+    cfg.sector_size = 4096;
+    cfg.disk_bytes = 16 * 4096;
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 0x31, true);
+    // sector 3 = byte 12288; first=last=0 is one whole 4096-byte block.
+    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, w).status, BLKIF_RSP_OKAY);
+    let mut b = vec![0u8; 4096];
+    disk.read(3 * 4096, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0x31));
+    for (slot, want_op) in [
+        (
+            RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 1)]),
+            BLKIF_OP_WRITE,
+        ),
+        (
+            RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 16, &[seg(1, 0, 0)]),
+            BLKIF_OP_WRITE,
+        ),
+        (
+            RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
+            BLKIF_OP_WRITE_BARRIER,
+        ),
+        (
+            RequestSlot::indirect(BLKIF_OP_READ, 1, 1, 0, 0, &[1]),
+            BLKIF_OP_INDIRECT,
+        ),
+        (RequestSlot::direct(4, 0, 1, 0, &[]), 4),
+    ] {
+        let out = run(&cfg, &mut disk, &mut g, slot);
+        assert_eq!((out.operation, out.status), (want_op, BLKIF_RSP_ERROR));
+    }
+    // QEMU answers an empty read with success.
+    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_OKAY);
+    // Flush without segments, and with them (a write after the flush).
+    let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, f).status, BLKIF_RSP_OKAY);
+    let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 5, &[seg(1, 0, 0)]);
+    assert_eq!(run(&cfg, &mut disk, &mut g, f).status, BLKIF_RSP_OKAY);
+    disk.read(5 * 4096, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0x31));
+}
+
+#[test]
+fn injected_io_errors_and_null_disks() {
+    let cfg = BackendConfig::blkback();
+    let (mut disk, mut g) = setup(&cfg);
+    g.grant(1, 1, true);
+    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
+    assert_eq!(
+        dispatch(&cfg, &mut disk, &mut g, &w.decode(), true).status,
+        BLKIF_RSP_ERROR
+    );
+    let mut x = [5u8; 1];
+    disk.read(0, &mut x).unwrap();
+    assert_eq!(x, [0]);
+    let mut n = BackendConfig::blkback();
+    n.null_disk = true;
+    let (mut disk, mut g) = setup(&n);
+    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(42, 0, 7)]);
+    let out = run(&n, &mut disk, &mut g, r);
+    assert_eq!(out.status, BLKIF_RSP_OKAY);
+    assert!(g.maps.is_empty(), "a null disk maps nothing");
+}

@@ -1,0 +1,936 @@
+//! The block frontend against the simulated Xen: every feature, under the
+//! blkback-like and the qdisk-like backend, with data checked against the
+//! backend's disk.
+#![cfg(feature = "sim")]
+
+use std::sync::Arc;
+
+use xenblk::blkfront::{
+    BackendEvent, BackendKind, BlockFront, Config, DeviceState, DirectIoSafe, FlushMethod,
+    SectorsUnit, StallCause,
+};
+use xenblk::error::{Error, Feature, Violation};
+use xenblk::gnttab::GrantTable;
+use xenblk::hal::DomId;
+use xenblk::sim::blkback::{
+    BackendConfig, BackendStore, BadId, Faults, Offer, SimBlkBack, SimBlkBackHandle,
+};
+use xenblk::sim::xenstored::SimXsTransport;
+use xenblk::sim::xenstored::XenStored;
+use xenblk::sim::{SimHal, SimXen};
+use xenblk::xenbus::XenbusState;
+use xenblk::xenstore::XenStore;
+
+const GUEST: DomId = DomId(1);
+const VDEV: u32 = 51712;
+
+type Store<'h> = spin::Mutex<XenStore<SimXsTransport<'h>>>;
+
+struct World {
+    xen: SimXen,
+    xsd: XenStored,
+    hal: SimHal,
+    /// The guest's accounting once its xenstore connection exists.
+    base: std::cell::RefCell<Option<xenblk::sim::Accounting>>,
+}
+
+impl World {
+    fn new() -> World {
+        let xen = SimXen::new();
+        let xsd = XenStored::new(&xen);
+        // The toolstack introduces the domain (its home directory) before
+        // it adds devices.
+        xsd.with_store(|s| s.introduce_domain(GUEST));
+        let hal = xen.hal(GUEST);
+        World {
+            xen,
+            xsd,
+            hal,
+            base: Default::default(),
+        }
+    }
+
+    fn threaded() -> World {
+        let xen = SimXen::new_threaded();
+        let xsd = XenStored::new(&xen);
+        xsd.with_store(|s| s.introduce_domain(GUEST));
+        let hal = xen.hal(GUEST);
+        World {
+            xen,
+            xsd,
+            hal,
+            base: Default::default(),
+        }
+    }
+
+    fn backend(&self, vdev: u32, cfg: BackendConfig) -> SimBlkBackHandle {
+        let store: Arc<dyn BackendStore> = Arc::new(self.xsd.clone());
+        SimBlkBack::new(&self.xen, store, GUEST, vdev, cfg).expect("backend")
+    }
+
+    fn store(&self) -> Store<'_> {
+        let s = spin::Mutex::new(XenStore::new(
+            self.xsd.connect(&self.hal).expect("xenstore connection"),
+        ));
+        *self.base.borrow_mut() = Some(self.xen.accounting(GUEST));
+        s
+    }
+}
+
+/// What the guest holds beyond `base` (taken after the xenstore connection
+/// was made, whose page and port stay): (grants, ports, pages).
+fn held(w: &World) -> (usize, usize, usize) {
+    let base = (*w.base.borrow()).expect("store() was called");
+    let a = w.xen.accounting(GUEST);
+    assert_eq!(a.bad_frees, 0, "{a:?}");
+    (
+        a.grants_active - base.grants_active,
+        a.ports_open - base.ports_open,
+        a.pages - base.pages,
+    )
+}
+
+/// A deterministic byte pattern: sector-tagged so misplaced data shows.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn small(mut cfg: BackendConfig) -> BackendConfig {
+    cfg.disk_bytes = 8 << 20;
+    cfg
+}
+
+macro_rules! connect {
+    ($w:ident, $gt:ident, $store:ident, $disk:ident, $cfg:expr) => {
+        let $gt = GrantTable::new(&$w.hal).unwrap();
+        let $store = $w.store();
+        #[allow(unused_mut)]
+        let mut $disk = BlockFront::probe(&$w.hal, &$gt, &$store, VDEV, $cfg).expect("probe");
+    };
+}
+
+#[test]
+fn blkback_negotiates_every_offered_feature() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    let i = disk.info();
+    assert_eq!(i.kind, BackendKind::Blkback);
+    assert_eq!(i.sectors_unit, SectorsUnit::Bytes512);
+    assert_eq!(i.capacity_bytes, 8 << 20);
+    let n = &i.negotiated;
+    assert_eq!(n.ring_page_order, 4);
+    assert_eq!(n.ring_slots, 512);
+    assert_eq!(n.queues, 2);
+    assert_eq!(n.indirect_segments, 256);
+    assert!(n.persistent && n.trusted && n.discard);
+    assert_eq!(n.flush, Some(FlushMethod::FlushCache));
+    assert_eq!(be.state(), XenbusState::Connected);
+    assert_eq!(be.stats().queues, 2);
+    assert_eq!(be.stats().ring_order, 4);
+    let line = i.disk_line();
+    assert!(line.contains("features=flush-cache,barrier-offered,discard,persistent,indirect:256,ring-order:4,queues:2"), "{line}");
+    let report = format!("{i}");
+    assert!(report.contains("direct-io-safe  absent"), "{report}");
+}
+
+#[test]
+fn qdisk_is_read_with_its_own_conventions() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::qdisk());
+    cfg.direct_io_safe = Some(false);
+    let _be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    let i = disk.info();
+    assert_eq!(i.kind, BackendKind::Qdisk);
+    assert_eq!(i.sectors_unit, SectorsUnit::LogicalBlocks);
+    assert_eq!(i.direct_io_safe, DirectIoSafe::Off);
+    assert_eq!(i.physical_sector_size, None);
+    let n = &i.negotiated;
+    assert_eq!((n.queues, n.indirect_segments, n.persistent), (1, 0, false));
+    assert_eq!(n.flush, Some(FlushMethod::FlushCache));
+    assert!(!i.offered.barrier);
+}
+
+fn roundtrip_sizes(disk: &mut BlockFront<'_, SimHal, SimXsTransport<'_>>, be: &SimBlkBackHandle) {
+    let ss = disk.sector_size() as usize;
+    // Sizes around the page, the direct-segment and the indirect limits.
+    for (k, &len) in [
+        ss,
+        4096,
+        8192 + ss,
+        11 * 4096,
+        11 * 4096 + ss,
+        64 * 1024,
+        300 * 1024,
+        1 << 20,
+        (1 << 20) + 3 * 4096,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let len = len / ss * ss;
+        let sector = (k as u64 * 97) % 64;
+        let data = pattern(k as u64 + 1, len);
+        disk.write(sector, &data).expect("write");
+        assert_eq!(
+            be.disk_read(sector * ss as u64, len).unwrap(),
+            data,
+            "disk holds write of {len} at {sector}"
+        );
+        let mut back = vec![0u8; len];
+        disk.read(sector, &mut back).expect("read");
+        assert_eq!(back, data, "read back {len} at {sector}");
+    }
+}
+
+#[test]
+fn reads_and_writes_of_every_size_under_blkback() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    roundtrip_sizes(&mut disk, &be);
+    assert!(
+        be.stats().indirect > 0,
+        "large requests used indirect descriptors"
+    );
+}
+
+#[test]
+fn reads_and_writes_of_every_size_under_qdisk() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::qdisk()));
+    connect!(w, gt, store, disk, Config::default());
+    roundtrip_sizes(&mut disk, &be);
+    assert_eq!(be.stats().indirect, 0);
+}
+
+#[test]
+fn without_indirect_requests_split_at_eleven_segments() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let cfg = Config {
+        max_indirect_segments: 0,
+        max_queues: 1,
+        max_ring_page_order: 0,
+        ..Config::default()
+    };
+    connect!(w, gt, store, disk, cfg);
+    assert_eq!(disk.info().negotiated.indirect_segments, 0);
+    let data = pattern(7, 100 * 4096);
+    disk.write(3, &data).unwrap();
+    // 100 pages in parts of 11: ceil(100/11) = 10 requests.
+    assert_eq!(be.stats().writes, 10);
+    assert_eq!(be.stats().indirect, 0);
+    let mut back = vec![0; data.len()];
+    disk.read(3, &mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn four_k_logical_sectors() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.sector_size = 4096;
+    cfg.physical_sector_size = Some(4096);
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert_eq!(disk.sector_size(), 4096);
+    assert_eq!(disk.sectors(), (8 << 20) / 4096);
+    let data = pattern(9, 3 * 4096);
+    disk.write(5, &data).unwrap();
+    assert_eq!(be.disk_read(5 * 4096, data.len()).unwrap(), data);
+    let r = disk.submit_write(0, vec![0; 512]);
+    assert_eq!(r.unwrap_err().error, Error::Misaligned);
+}
+
+#[test]
+fn caps_from_config_limit_what_is_negotiated() {
+    let w = World::new();
+    let _be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let cfg = Config {
+        max_ring_page_order: 1,
+        max_queues: 1,
+        max_indirect_segments: 32,
+        persistent_grants: false,
+        ..Config::default()
+    };
+    connect!(w, gt, store, disk, cfg);
+    let n = &disk.info().negotiated;
+    assert_eq!(
+        (
+            n.ring_page_order,
+            n.ring_slots,
+            n.queues,
+            n.indirect_segments,
+            n.persistent
+        ),
+        (1, 64, 1, 32, false)
+    );
+}
+
+#[test]
+fn persistent_grants_are_reused_and_given_back_on_close() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    for i in 0..20 {
+        disk.write(i, &pattern(i, 4096)).unwrap();
+    }
+    let pinned = be.stats().persistent_grants;
+    assert!(
+        pinned > 0 && pinned < 20,
+        "a LIFO pool reuses a few grants, held {pinned}"
+    );
+    assert_eq!(disk.close().unwrap(), 0);
+    assert_eq!(held(&w), (0, 0, 0));
+}
+
+#[test]
+fn untrusted_backend_gets_no_persistent_grants() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.trusted = Some(false);
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert!(!disk.info().negotiated.trusted);
+    assert!(!disk.info().negotiated.persistent);
+    disk.write(0, &pattern(1, 8192)).unwrap();
+    assert_eq!(be.stats().persistent_grants, 0);
+    // Per-request grants are all revoked once requests complete.
+    assert_eq!(
+        gt.in_use(),
+        2 * (1 << 4),
+        "only the ring pages stay granted"
+    );
+}
+
+#[test]
+fn flush_uses_flush_cache_or_falls_back_to_barrier() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    disk.flush().unwrap();
+    assert_eq!(be.stats().flushes, 1);
+
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.flush = Offer::No;
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert_eq!(disk.info().negotiated.flush, Some(FlushMethod::Barrier));
+    disk.flush().unwrap();
+    assert_eq!(be.stats().barriers, 1);
+
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.flush = Offer::No;
+    cfg.barrier = Offer::No;
+    let _be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
+}
+
+#[test]
+fn eopnotsupp_turns_the_feature_off_and_says_why() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.flush = Offer::Eopnotsupp;
+    cfg.discard = Offer::Eopnotsupp;
+    let _be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
+    assert_eq!(disk.info().negotiated.flush, None);
+    assert_eq!(
+        disk.submit_flush().unwrap_err(),
+        Error::Unsupported(Feature::FlushCache)
+    );
+    assert_eq!(
+        disk.discard(0, 64, false),
+        Err(Error::Unsupported(Feature::Discard))
+    );
+    assert!(!disk.info().negotiated.discard);
+    let report = format!("{}", disk.info());
+    assert!(
+        report.contains("turned off") && report.contains("EOPNOTSUPP"),
+        "{report}"
+    );
+}
+
+#[test]
+fn discard_honours_granularity_and_alignment() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.discard_granularity = 4096;
+    cfg.discard_alignment = 1024;
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    let ones = vec![0xffu8; 64 * 1024];
+    disk.write(0, &ones).unwrap();
+    // Sectors 1..=40 (bytes 512..20992): whole units [1024+4096k, ..) inside
+    // are 1024..17408, i.e. 4 units.
+    disk.discard(1, 40, false).unwrap();
+    assert_eq!(be.stats().discards, 1);
+    let d = be.disk_read(0, 64 * 1024).unwrap();
+    assert!(d[..1024].iter().all(|&b| b == 0xff), "head kept");
+    assert!(
+        d[1024..17408].iter().all(|&b| b == 0),
+        "whole units discarded"
+    );
+    assert!(d[17408..].iter().all(|&b| b == 0xff), "tail kept");
+    // A range holding no whole unit completes without a request.
+    disk.discard(3, 2, false).unwrap();
+    assert_eq!(be.stats().discards, 1);
+}
+
+#[test]
+fn secure_discard_only_when_offered() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    assert_eq!(
+        disk.discard(0, 64, true),
+        Err(Error::Unsupported(Feature::SecureDiscard))
+    );
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.discard_secure = true;
+    let be2 = w.backend(VDEV, cfg);
+    connect!(w, gt2, store2, disk2, Config::default());
+    disk2.discard(0, 64, true).unwrap();
+    assert_eq!(be2.stats().secure_discards, 1);
+    drop(be);
+}
+
+#[test]
+fn read_only_disks_refuse_writes_and_report_flags() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.read_only = true;
+    cfg.cdrom = true;
+    cfg.removable = true;
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    assert!(disk.info().read_only() && disk.info().cdrom() && disk.info().removable());
+    let buf = pattern(3, 4096);
+    let r = disk.submit_write(0, buf.clone()).unwrap_err();
+    assert_eq!(
+        (r.error, r.buf),
+        (Error::ReadOnly, buf),
+        "buffer comes back intact"
+    );
+    assert_eq!(disk.discard(0, 8, false), Err(Error::ReadOnly));
+    let mut back = vec![0; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(be.stats().writes, 0);
+}
+
+#[test]
+fn malformed_calls_are_refused_with_the_buffer_back() {
+    let w = World::new();
+    let _be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    let end = disk.sectors();
+    for (sector, len, err) in [
+        (0, 0, Error::Misaligned),
+        (0, 100, Error::Misaligned),
+        (end, 512, Error::OutOfRange),
+        (end - 1, 1024, Error::OutOfRange),
+        (u64::MAX, 512, Error::OutOfRange),
+    ] {
+        let buf = pattern(len as u64, len);
+        let r = disk.submit_read(sector, buf.clone()).unwrap_err();
+        assert_eq!((r.error, r.buf), (err, buf));
+    }
+    assert_eq!(disk.discard(end, 1, false), Err(Error::OutOfRange));
+    assert_eq!(disk.outstanding(), 0);
+}
+
+#[test]
+fn a_batch_of_submits_costs_one_notification() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let cfg = Config {
+        max_queues: 1,
+        ..Config::default()
+    };
+    connect!(w, gt, store, disk, cfg);
+    let before = be.stats().notifications_received;
+    let mut tokens = Vec::new();
+    for i in 0..32u64 {
+        tokens.push(disk.submit_write(i * 8, pattern(i, 4096)).unwrap());
+    }
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(be.stats().notifications_received - before, 1);
+    let mut seen = Vec::new();
+    while seen.len() < 32 {
+        match disk.poll() {
+            Some(c) => {
+                assert_eq!(c.result, Ok(()));
+                assert_eq!(
+                    c.buf.as_deref(),
+                    Some(&pattern(c.token.as_u64() - tokens[0].as_u64(), 4096)[..])
+                );
+                seen.push(c.token);
+            }
+            None => {
+                let _ = w.xen.run_until_idle();
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, tokens);
+    assert!(be.stats().max_requests_per_wakeup >= 32);
+}
+
+#[test]
+fn ring_full_is_a_typed_back_pressure_error() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.max_ring_page_order = Some(0);
+    cfg.max_queues = Some(1);
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.delay_ns = 1_000_000);
+    let mut n = 0;
+    let rejected = loop {
+        match disk.submit_read(n, vec![0; 512]) {
+            Ok(_) => n += 1,
+            Err(r) => break r,
+        }
+    };
+    assert_eq!((n, rejected.error), (32, Error::RingFull));
+    let mut done = 0;
+    while done < 32 {
+        match disk.poll() {
+            Some(c) => {
+                assert_eq!(c.result, Ok(()));
+                done += 1;
+            }
+            None => {
+                let _ = w.hal_wait(&disk);
+            }
+        }
+    }
+    assert!(disk.submit_read(0, vec![0; 512]).is_ok());
+}
+
+trait Waiter {
+    fn hal_wait(&self, disk: &BlockFront<'_, SimHal, SimXsTransport<'_>>) -> Result<(), Error>;
+}
+
+impl Waiter for World {
+    fn hal_wait(&self, _disk: &BlockFront<'_, SimHal, SimXsTransport<'_>>) -> Result<(), Error> {
+        let deadline = self.xen.now_ns() + 10_000_000;
+        self.xen.wait_until(Some(deadline), || false)
+    }
+}
+
+fn hostile(fault: impl FnOnce(&mut Faults), expect: Violation) {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(fault);
+    let before = pattern(0xbad, 8192);
+    let t = disk.submit_read(0, before.clone()).unwrap();
+    let t2 = disk.submit_read(16, before.clone()).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        match disk.poll() {
+            Some(c) => got.push(c),
+            None if got.len() == 2 => break,
+            None => {
+                let _ = w.xen.run_until_idle();
+            }
+        }
+    }
+    assert_eq!(disk.state(), DeviceState::Broken(Error::Protocol(expect)));
+    assert_eq!(got.len(), 2, "every in-flight request completed");
+    let mut tokens: Vec<_> = got.iter().map(|c| c.token).collect();
+    tokens.sort();
+    assert_eq!(tokens, vec![t, t2], "no stranger token completed");
+    for c in &got {
+        assert_eq!(c.result, Err(Error::Broken));
+        assert_eq!(
+            c.buf.as_deref(),
+            Some(&before[..]),
+            "caller buffer untouched"
+        );
+    }
+    assert_eq!(
+        disk.submit_read(0, vec![0; 512]).unwrap_err().error,
+        Error::Broken
+    );
+}
+
+#[test]
+fn a_response_with_an_id_out_of_range_breaks_the_device() {
+    hostile(
+        |f| f.bad_id = Some(BadId::OutOfRange),
+        Violation::BadId(u64::MAX),
+    );
+}
+
+#[test]
+fn a_response_producer_jump_breaks_the_device() {
+    let w = World::new();
+    drop(w);
+    // The jump target depends on the ring; check the kind of violation.
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.rsp_prod_jump = Some(1000));
+    let t = disk.submit_read(0, vec![7; 4096]).unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        if let Some(c) = disk.poll() {
+            got = Some(c);
+            break;
+        }
+        let _ = w.xen.run_until_idle();
+    }
+    let c = got.expect("completion");
+    assert_eq!((c.token, c.result), (t, Err(Error::Broken)));
+    assert!(matches!(
+        disk.state(),
+        DeviceState::Broken(Error::Protocol(Violation::ProducerOverrun { .. }))
+    ));
+}
+
+#[test]
+fn a_wrong_operation_breaks_the_device() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.wrong_operation = true);
+    let t = disk.submit_read(0, vec![7; 4096]).unwrap();
+    let c = loop {
+        if let Some(c) = disk.poll() {
+            break c;
+        }
+        let _ = w.xen.run_until_idle();
+    };
+    assert_eq!(
+        (c.token, c.result, c.buf),
+        (t, Err(Error::Broken), Some(vec![7; 4096]))
+    );
+    assert!(matches!(
+        disk.state(),
+        DeviceState::Broken(Error::Protocol(Violation::WrongOperation { .. }))
+    ));
+}
+
+#[test]
+fn an_unknown_status_breaks_the_device() {
+    hostile(
+        |f| f.unknown_status = Some(42),
+        Violation::UnknownStatus(42),
+    );
+}
+
+#[test]
+fn a_duplicate_response_breaks_the_device() {
+    // Two requests in one batch; the backend answers the first, then sends
+    // the first one's id again instead of the second's.
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(
+        w,
+        gt,
+        store,
+        disk,
+        Config {
+            max_queues: 1,
+            ..Config::default()
+        }
+    );
+    be.update_faults(|f| f.bad_id = Some(BadId::NotInFlight));
+    let a = disk.submit_read(0, vec![1; 4096]).unwrap();
+    let b = disk.submit_read(8, vec![2; 4096]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        while let Some(c) = disk.poll() {
+            got.push(c);
+        }
+        let _ = w.xen.run_until_idle();
+    }
+    assert!(
+        matches!(
+            disk.state(),
+            DeviceState::Broken(Error::Protocol(Violation::NotInFlight(_)))
+        ),
+        "{:?}",
+        disk.state()
+    );
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].token, got[0].result), (a, Ok(())));
+    assert_eq!(
+        (got[1].token, got[1].result, got[1].buf.clone()),
+        (b, Err(Error::Broken), Some(vec![2; 4096]))
+    );
+}
+
+#[test]
+fn io_errors_are_reported_per_request() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.io_errors = 1);
+    let mut buf = vec![3; 4096];
+    assert_eq!(disk.read(0, &mut buf), Err(Error::IoError));
+    assert_eq!(buf, vec![3; 4096], "a failed read leaves the buffer alone");
+    disk.read(0, &mut buf).unwrap();
+    assert_eq!(disk.state(), DeviceState::Connected);
+}
+
+#[test]
+fn a_dead_backend_times_out_within_the_bound() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let cfg = Config {
+        io_timeout_ns: 2_000_000_000,
+        ..Config::default()
+    };
+    connect!(w, gt, store, disk, cfg);
+    be.update_faults(|f| f.swallow_requests = true);
+    let start = w.xen.now_ns();
+    let mut buf = vec![0; 4096];
+    assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
+    let waited = w.xen.now_ns() - start;
+    assert!(
+        (2_000_000_000..3_000_000_000).contains(&waited),
+        "waited {waited} ns"
+    );
+    assert_eq!(disk.state(), DeviceState::Broken(Error::Timeout));
+}
+
+#[test]
+fn backend_closing_mid_io_aborts_and_closes_cleanly() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.closing_after = Some(2));
+    let mut tokens = Vec::new();
+    for i in 0..6u64 {
+        tokens.push(disk.submit_write(i * 8, pattern(i, 4096)).unwrap());
+    }
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(disk.check_backend(), Ok(BackendEvent::Closed));
+    assert_eq!(disk.state(), DeviceState::Disconnected);
+    let mut done = Vec::new();
+    while let Some(c) = disk.poll() {
+        done.push(c);
+    }
+    assert_eq!(done.len(), 6, "nothing hangs");
+    assert!(done.iter().any(|c| c.result == Err(Error::Aborted)));
+    let fe_state = w
+        .xsd
+        .read(
+            DomId(0),
+            &format!("/local/domain/1/device/vbd/{VDEV}/state"),
+        )
+        .unwrap();
+    assert_eq!(fe_state, "6", "frontend went Closing then Closed");
+    let (grants, ports, _) = held(&w);
+    assert_eq!((grants, ports), (0, 0));
+    assert_eq!(
+        disk.submit_read(0, vec![0; 512]).unwrap_err().error,
+        Error::NotConnected
+    );
+}
+
+#[test]
+fn reconnect_after_the_backend_returns_picks_up_a_new_size() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    disk.write(0, &pattern(1, 4096)).unwrap();
+    be.update_faults(|f| f.closing_after = Some(0));
+    let mut probe = vec![0; 512];
+    assert_eq!(disk.read(0, &mut probe), Err(Error::Aborted));
+    assert_eq!(disk.state(), DeviceState::Disconnected);
+    be.set_size_bytes(16 << 20).unwrap();
+    disk.reconnect().expect("reconnect");
+    assert_eq!(disk.state(), DeviceState::Connected);
+    assert_eq!(disk.info().capacity_bytes, 16 << 20);
+    let mut back = vec![0; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(
+        back,
+        pattern(1, 4096),
+        "data survives, nothing replayed twice"
+    );
+    assert_eq!(be.stats().writes, 1);
+}
+
+#[test]
+fn resize_while_connected_is_seen() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    be.set_size_bytes(32 << 20).unwrap();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(
+        disk.check_backend(),
+        Ok(BackendEvent::Resized {
+            old_bytes: 8 << 20,
+            new_bytes: 32 << 20
+        })
+    );
+    assert_eq!(disk.sectors(), (32 << 20) / 512);
+    disk.write((32 << 20) / 512 - 8, &pattern(2, 4096)).unwrap();
+}
+
+#[test]
+fn close_gives_back_every_grant_port_and_page() {
+    for cfg in [BackendConfig::blkback(), BackendConfig::qdisk()] {
+        let w = World::new();
+        let _be = w.backend(VDEV, small(cfg));
+        connect!(w, gt, store, disk, Config::default());
+        disk.write(0, &pattern(5, 1 << 20)).unwrap();
+        disk.flush().unwrap();
+        assert_eq!(disk.close(), Ok(0));
+        assert_eq!(disk.state(), DeviceState::Closed);
+        assert_eq!(held(&w), (0, 0, 0));
+        assert_eq!(gt.in_use(), 0);
+    }
+}
+
+#[test]
+fn a_grant_the_backend_keeps_mapped_is_quarantined() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.persistent = false;
+    let be = w.backend(VDEV, cfg);
+    connect!(w, gt, store, disk, Config::default());
+    be.update_faults(|f| f.keep_grants_mapped = true);
+    disk.write(0, &pattern(1, 8192)).unwrap();
+    assert!(
+        disk.quarantined() > 0,
+        "pages still mapped are never reused"
+    );
+    be.update_faults(|f| f.keep_grants_mapped = false);
+    let _ = be.release_kept_grants();
+    disk.write(0, &pattern(2, 8192)).unwrap();
+    let mut back = vec![0; 8192];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(back, pattern(2, 8192));
+    let a = w.xen.accounting(GUEST);
+    assert_eq!(a.bad_frees, 0, "{a:?}");
+}
+
+#[test]
+fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
+    let w = World::new();
+    let mut cfg = small(BackendConfig::qdisk());
+    cfg.direct_io_safe = Some(true);
+    cfg.stall_with_direct_io_safe = true;
+    let _be = w.backend(VDEV, cfg);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let store = w.store();
+    let cfg = Config {
+        connect_timeout_ns: 5_000_000_000,
+        ..Config::default()
+    };
+    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg)
+        .err()
+        .expect("must not connect");
+    assert_eq!(
+        err.error,
+        Error::StateTimeout {
+            wanted: XenbusState::InitWait,
+            seen: XenbusState::Initialising
+        }
+    );
+    let stall = err.stall.expect("stall report");
+    assert_eq!(stall.cause, StallCause::QdiskDirectIoSafe);
+    assert_eq!(stall.direct_io_safe, DirectIoSafe::On);
+    assert_eq!(stall.kind, BackendKind::Qdisk);
+    let line = stall.disk_line();
+    assert!(
+        line.contains("connected=no backend-state=1 direct-io-safe=1 cause=qdisk-direct-io-safe"),
+        "{line}"
+    );
+    assert_eq!(held(&w), (0, 0, 0), "nothing leaked");
+}
+
+#[test]
+fn enumerate_lists_every_disk() {
+    let w = World::new();
+    let _a = w.backend(51712, small(BackendConfig::blkback()));
+    let _b = w.backend(51728, small(BackendConfig::qdisk()));
+    let store = w.store();
+    assert_eq!(
+        BlockFront::<SimHal, _>::enumerate(&store).unwrap(),
+        vec![51712, 51728]
+    );
+}
+
+#[test]
+fn threaded_backend_moves_data_too() {
+    let w = World::threaded();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    connect!(w, gt, store, disk, Config::default());
+    let data = pattern(11, 256 * 1024);
+    disk.write(10, &data).unwrap();
+    let mut back = vec![0; data.len()];
+    disk.read(10, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(be.disk_read(10 * 512, data.len()).unwrap(), data);
+    disk.close().unwrap();
+    w.xen.stop_threads();
+}
+
+/// Random reads and writes of random sizes and offsets, in both directions,
+/// checked against an in-memory model of the disk.
+#[test]
+fn random_io_matches_a_model_of_the_disk() {
+    for (personality, seed) in [
+        (BackendConfig::blkback(), 1u64),
+        (BackendConfig::qdisk(), 2),
+    ] {
+        let w = World::new();
+        let be = w.backend(VDEV, small(personality));
+        connect!(w, gt, store, disk, Config::default());
+        let size = (8usize << 20) as u64;
+        let mut model = vec![0u8; size as usize];
+        let mut x = seed;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for op in 0..300u64 {
+            let big = next(8) == 0;
+            let sectors = 1 + next(if big { 600 } else { 24 });
+            let start = next(size / 512 - sectors);
+            let len = (sectors * 512) as usize;
+            let off = (start * 512) as usize;
+            if next(2) == 0 {
+                let data = pattern(op ^ seed << 32, len);
+                disk.write(start, &data).unwrap();
+                model[off..off + len].copy_from_slice(&data);
+            } else {
+                let mut buf = vec![0xa5; len];
+                disk.read(start, &mut buf).unwrap();
+                assert_eq!(
+                    buf,
+                    &model[off..off + len],
+                    "op {op}: read {len} at {start}"
+                );
+            }
+        }
+        assert_eq!(be.disk_read(0, size as usize).unwrap(), model);
+    }
+}
