@@ -3,7 +3,7 @@
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$LAB_DIR/../.." && pwd)
-LAB_CACHE=${XENBLK_CACHE:-$HOME/.cache/xenblk}
+LAB_CACHE=${XENBLK_CACHE:-${HOME:-/root}/.cache/xenblk}
 LAB_T0=${LAB_T0:-$(date +%s)}
 export LAB_T0
 
