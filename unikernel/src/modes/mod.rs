@@ -5,13 +5,12 @@
 //! platform itself; `bench` is a stub. Adding a mode: a module here with a
 //! `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
 //! [`Mode::parse`] and [`run`]. Block modes start with
-//! [`disks::Platform::open`], [`disks::config`] and [`disks::attach_all`]
-//! and end with [`disks::close_all`].
+//! [`info::Platform::open`], [`info::config`] and [`info::attach_all`]
+//! and end with [`info::close_all`].
 //!
 //! Every check prints `xenblk-check <name>: ok|FAIL <detail>`
 //! ([`Outcome::report`]) and counts toward the closing line.
 
-mod disks;
 mod info;
 mod platform;
 mod verify;

@@ -4,7 +4,7 @@
 //! work.
 //!
 //! It starts like `info` (the same report and `xenblk-disk` line per disk,
-//! see [`super::disks`]). Then, per writable disk (offsets in logical
+//! see [`super::info`]). Then, per writable disk (offsets in logical
 //! sectors, sizes for 512-byte sectors; every region is also clipped to the
 //! disk and skipped, saying so, when it does not fit):
 //!
@@ -43,7 +43,7 @@ use xenblk::hal::{Hal, PAGE_SIZE};
 use xenblk::pvh::Xen;
 use xenblk::Error;
 
-use super::disks::{self, Disk, Platform};
+use super::info::{self, Disk, Platform};
 use super::{Context, Outcome};
 use crate::cksum::Cksum;
 
@@ -73,11 +73,11 @@ struct Kept {
 /// Runs `verify`.
 pub fn run(ctx: &Context<'_>) -> Outcome {
     let mut outcome = Outcome::default();
-    let cfg = disks::config(ctx, &mut outcome);
+    let cfg = info::config(ctx, &mut outcome);
     let Some(platform) = Platform::open(ctx, &mut outcome) else {
         return outcome;
     };
-    let mut attached = disks::attach_all(&platform, cfg, &mut outcome);
+    let mut attached = info::attach_all(&platform, cfg, &mut outcome);
     for a in &mut attached {
         let Some(disk) = a.disk.as_mut() else {
             continue;
@@ -94,7 +94,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             dev.writable(disk);
         }
     }
-    disks::close_all(&platform, attached, &mut outcome);
+    info::close_all(&platform, attached, &mut outcome);
     outcome
 }
 
