@@ -18,10 +18,10 @@
 //! - **threaded mode**: the simulator's device thread runs the backend; the
 //!   front thread polls (spinning, yielding the CPU after a while). Depends
 //!   on the scheduler of a shared 2-core machine; reported for a subset.
-//! - **callgrind**: instructions per request of the guest side (driver plus
-//!   the simulated hypercalls it makes; the backend's steps are subtracted
-//!   ), in step mode, single-threaded, fixed seed, setup excluded. Exact
-//!   and repeatable; compared against `benches/baseline.txt`.
+//! - **callgrind**: instructions per request of the guest side (the driver
+//!   and the simulated hypercalls it makes, with the backend's steps
+//!   subtracted), in step mode, single-threaded, fixed seed, setup
+//!   excluded. Exact and repeatable; compared against `benches/baseline.txt`.
 //!
 //! The run closes with one line per (queue depth, queues, persistent) of
 //! the canonical workload, null-backend 4 KiB reads:
