@@ -858,7 +858,7 @@ fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
     assert_eq!(stall.kind, BackendKind::Qdisk);
     let line = stall.disk_line();
     assert!(
-        line.contains("connected=no backend-state=1 direct-io-safe=1 cause=qdisk-direct-io-safe"),
+        line.contains("type=qdisk mode=w connected=no backend-state=1 direct-io-safe=1 cause=qdisk-direct-io-safe"),
         "{line}"
     );
     assert_eq!(held(&w), (0, 0, 0), "nothing leaked");

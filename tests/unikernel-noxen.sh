@@ -5,7 +5,10 @@
 #      exit through isa-debug-exit with code 0x10 (QEMU status 33);
 #   2. selftest=panic and selftest=exception: a "xenblk-panic:" line and the
 #      panic exit code 0x11 (QEMU status 35) — the panic handler and the
-#      exception stubs work, so a bug is never a silent triple fault.
+#      exception stubs work, so a bug is never a silent triple fault;
+#   3. the host unit tests of unikernel/src/cksum.rs (the CRC that `verify`
+#      prints for dom0), built on their own with rustc --test: known vectors
+#      and a comparison with the cksum binary.
 # Port 0xe9 is QEMU's debugcon (Xen's HVM debug port, too).
 # Usage: tests/unikernel-noxen.sh [ELF]  (default: the release build)
 set -euo pipefail
@@ -57,6 +60,17 @@ for what in panic exception; do
     [[ $rc == 35 ]] && ok "selftest=$what exits 0x11 (status 35)" || not_ok "selftest=$what: exit status $rc, wanted 35"
 done
 expect "an exception names its vector and rip" '^xenblk-panic: CPU exception 6 \(error 0x0\) at rip 0x'
+
+# The CRC module is core-only, so the host can build it as a test crate.
+ckdir=$(mktemp -d)
+if rustc --edition 2021 --test -o "$ckdir/cksum-test" unikernel/src/cksum.rs 2>"$ckdir/err" &&
+    "$ckdir/cksum-test" >"$ckdir/out" 2>&1; then
+    ok "cksum.rs host tests ($(grep -o '[0-9]* passed' "$ckdir/out"))"
+else
+    cat "$ckdir/err" "$ckdir/out" 2>/dev/null | sed 's/^/    | /'
+    not_ok "cksum.rs host tests"
+fi
+rm -rf "$ckdir"
 
 echo "unikernel-noxen: $passed passed, $failed failed"
 ((failed == 0))

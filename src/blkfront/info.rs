@@ -769,11 +769,12 @@ impl StallReport {
     /// The machine-readable line for a disk that did not connect.
     pub fn disk_line(&self) -> String {
         alloc::format!(
-            "xenblk-disk vdev={} backend={} type={} connected=no backend-state={} \
+            "xenblk-disk vdev={} backend={} type={} mode={} connected=no backend-state={} \
              direct-io-safe={} cause={}",
             self.vdev,
             self.backend_path,
             self.raw.get("type").map_or("-", String::as_str),
+            self.raw.get("mode").map_or("-", String::as_str),
             self.backend_state.map_or(0, |s| s as u8),
             self.direct_io_safe.token(),
             self.cause.token(),
@@ -1057,7 +1058,7 @@ mod tests {
         );
         assert_eq!(r.cause, StallCause::QdiskDirectIoSafe);
         let line = r.disk_line();
-        assert!(line.contains("connected=no"), "{line}");
+        assert!(line.contains("mode=w connected=no"), "{line}");
         assert!(line.contains("backend-state=1"), "{line}");
         assert!(line.contains("direct-io-safe=1"), "{line}");
         assert!(line.contains("type=qdisk"), "{line}");

@@ -330,7 +330,7 @@ pub(super) fn probe<'a, H: Hal, T: XsTransport>(
         queues: Vec::new(),
         next_queue: 0,
         next_token: 1,
-        pending: BTreeMap::new(),
+        pending: Default::default(),
         done: VecDeque::new(),
         handle: vdev as u16,
         leaked: 0,
@@ -362,13 +362,22 @@ fn connect<H: Hal, T: XsTransport>(
         .min(cfg.max_ring_page_order)
         .min(MAX_RING_ORDER);
     let nq = offered.max_queues.min(cfg.max_queues).max(1);
-    let persistent = offered.persistent && cfg.persistent_grants && trusted;
-    let mut t = setup_queues(hal, gt, be_id, nq, order, persistent)?;
+    // Like Linux's blkfront: advertise persistent grants now, decide at
+    // Connected. Real blkback publishes `feature-persistent` only with
+    // Connected, so the InitWait snapshot cannot tell.
+    let advertise_persistent = cfg.persistent_grants && trusted;
+    let mut t = setup_queues(hal, gt, be_id, nq, order, false)?;
     let fail = |t: &mut Transport, e: ProbeError| {
         let _ = release(hal, gt, &mut t.queues);
         e
     };
-    if let Err(e) = publish(store, &fe, &t, persistent, cfg.transaction_retries) {
+    if let Err(e) = publish(
+        store,
+        &fe,
+        &t,
+        advertise_persistent,
+        cfg.transaction_retries,
+    ) {
         return Err(fail(&mut t, e.into()));
     }
     if let Err(e) = switch_state(store, &fe, XenbusState::Initialised) {
@@ -392,6 +401,11 @@ fn connect<H: Hal, T: XsTransport>(
             Ok(i) => i,
             Err(e) => return Err(fail(&mut t, e.into())),
         };
+    let persistent = advertise_persistent && info.offered.persistent;
+    for q in &mut t.queues {
+        // No data page was granted yet: the pool starts in the right mode.
+        q.persistent = persistent;
+    }
     let slots = t.queues.first().map_or(0, |q| q.shadow.len() as u32);
     let indirect = info
         .offered

@@ -22,6 +22,7 @@
 extern crate alloc;
 
 mod boot;
+mod cksum;
 mod console;
 mod heap;
 mod modes;

@@ -325,13 +325,14 @@ pub fn toolstack_backend_keys(cfg: &BackendConfig, frontend_path: &str, fe: DomI
     k
 }
 
-/// What the backend adds on its way to InitWait. blkback: only the transport
-/// keys. qdisk: discard, flush, ring order, and the geometry already.
+/// What the backend adds on its way to InitWait. blkback: only the ring
+/// transport keys (`feature-persistent` comes with Connected, as the lab saw
+/// real blkback do). qdisk: discard, flush, ring order, and the geometry
+/// already.
 pub fn initwait_keys(cfg: &BackendConfig, disk_bytes: u64) -> Keys {
     let mut k = Keys::new();
     match cfg.personality {
         Personality::Blkback => {
-            k.push(kv("feature-persistent", flag(cfg.persistent)));
             if let Some(o) = cfg.max_ring_page_order {
                 k.push(kv("max-ring-page-order", o));
             }
@@ -410,14 +411,7 @@ mod tests {
     fn blkback_initwait_has_only_transport_keys() {
         let c = BackendConfig::blkback();
         let k = initwait_keys(&c, c.disk_bytes);
-        assert_eq!(
-            names(&k),
-            [
-                "feature-persistent",
-                "max-ring-page-order",
-                "multi-queue-max-queues"
-            ]
-        );
+        assert_eq!(names(&k), ["max-ring-page-order", "multi-queue-max-queues"]);
         assert_eq!(get(&k, "max-ring-page-order"), Some("4"));
         assert_eq!(get(&k, "multi-queue-max-queues"), Some("2"));
     }
@@ -512,7 +506,7 @@ mod tests {
         assert_eq!(get(&k, "discard-granularity"), None);
         assert_eq!(get(&k, "feature-max-indirect-segments"), None);
         assert_eq!(get(&k, "physical-sector-size"), None);
-        assert_eq!(names(&initwait_keys(&c, 4096)), ["feature-persistent"]);
+        assert!(initwait_keys(&c, 4096).is_empty());
     }
 
     #[test]

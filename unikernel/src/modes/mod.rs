@@ -1,13 +1,19 @@
 //! What the unikernel runs, chosen by the first word of its command line.
 //!
-//! `info` (the default) lists the disks; `platform` checks the Xen platform
-//! itself; `verify` and `bench` are stubs until the block driver is wired
-//! in. Adding a mode: a module here with a
+//! `info` (the default) connects every disk and reports on it; `verify`
+//! writes, reads back and checks patterns on them; `platform` checks the Xen
+//! platform itself; `bench` is a stub. Adding a mode: a module here with a
 //! `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
-//! [`Mode::parse`] and [`run`].
+//! [`Mode::parse`] and [`run`]. Block modes start with
+//! [`info::Platform::open`], [`info::config`] and [`info::attach_all`]
+//! and end with [`info::close_all`].
+//!
+//! Every check prints `xenblk-check <name>: ok|FAIL <detail>`
+//! ([`Outcome::report`]) and counts toward the closing line.
 
 mod info;
 mod platform;
+mod verify;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -100,6 +106,15 @@ impl Outcome {
             self.failed += 1;
         }
     }
+
+    /// Counts one check and prints `xenblk-check <name>: ok|FAIL <detail>`.
+    pub fn report(&mut self, name: &str, ok: bool, detail: &str) {
+        crate::out!(
+            "xenblk-check {name}: {} {detail}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        self.check(ok);
+    }
 }
 
 /// Everything a mode gets.
@@ -114,7 +129,7 @@ pub struct Context<'a> {
 pub fn run(ctx: &Context<'_>) -> Outcome {
     match ctx.command.mode {
         Some(Mode::Info) => info::run(ctx),
-        Some(Mode::Verify) => not_yet("verify"),
+        Some(Mode::Verify) => verify::run(ctx),
         Some(Mode::Bench) => not_yet("bench"),
         Some(Mode::Platform) => platform::run(ctx),
         None => {
