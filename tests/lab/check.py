@@ -117,8 +117,8 @@ def parse_log(path):
                          and posix_cksum(data) == int(m.group(4))))
                 cur["sections"][sec[0]] = body
                 sec = None
-            elif sec[0] != "xl-dmesg" and line.startswith("(XEN) "):
-                pass  # Xen's own asynchronous messages, interleaved on the serial
+            elif sec[0] != "xl-dmesg" and re.match(r"^\((XEN|d\d+)\) ", line):
+                pass  # Xen's and the guests' (port 0xe9) lines, interleaved live
             else:
                 sec[1].append(line)
             continue
@@ -164,28 +164,46 @@ def guest_lines(cfg):
     return [ln for ln in lines], src
 
 
-FEATURE_KEYS = [  # backend key, features= token, valued?
-    ("feature-flush-cache", "flush-cache", False),
-    ("feature-barrier", "barrier", False),
-    ("feature-discard", "discard", False),
-    ("feature-persistent", "persistent", False),
-    ("feature-max-indirect-segments", "indirect", True),
-    ("max-ring-page-order", "ring-order", True),
-    ("multi-queue-max-queues", "queues", True),
-]
-
-
-def expected_features(xs, be):
-    want = {}
-    for key, tok, valued in FEATURE_KEYS:
-        v = xs.get(f"{be}/{key}")
-        if v is None:
-            continue
-        if valued:
-            want[tok] = v
-        elif v == "1":
-            want[tok] = None
-    return want
+def check_features(c, p, xs, be, fe, listed):
+    """features= is what is in use (README, "The `xenblk-disk` line"),
+    checked against the backend's offers and the frontend's own keys."""
+    got = got_features(listed)
+    offered = lambda key: xs.get(f"{be}/{key}") == "1"  # noqa: E731
+    known = {"flush-cache", "barrier", "barrier-offered", "discard", "discard-secure",
+             "persistent", "indirect", "ring-order", "queues"}
+    for tok in sorted(set(got) - known):
+        c.check(False, f"{p} feature {tok}: not a documented features= token")
+    fc, bar = offered("feature-flush-cache"), offered("feature-barrier")
+    c.check(("flush-cache" in got) == fc and ("barrier" in got) == (bar and not fc),
+            f"{p} flush method: line {'flush-cache' if 'flush-cache' in got else 'barrier' if 'barrier' in got else 'none'}, "
+            f"backend offers feature-flush-cache={int(fc)} feature-barrier={int(bar)}")
+    c.check(bar == (("barrier" in got) != ("barrier-offered" in got)),
+            f"{p} barrier {'offered' if bar else 'not offered'}: line says "
+            f"{[t for t in ('barrier', 'barrier-offered') if t in got] or 'nothing'}")
+    c.check(("discard" in got) == offered("feature-discard"),
+            f"{p} discard: line {show(got, 'discard')}, backend feature-discard="
+            f"{xs.get(f'{be}/feature-discard', 'absent')}")
+    c.check(("discard-secure" in got) == (offered("feature-discard") and offered("discard-secure")),
+            f"{p} discard-secure: line {show(got, 'discard-secure')}, backend discard-secure="
+            f"{xs.get(f'{be}/discard-secure', 'absent')}")
+    fe_p = xs.get(f"{fe}/feature-persistent") == "1"
+    c.check(("persistent" in got) == (offered("feature-persistent") and fe_p),
+            f"{p} persistent: line {show(got, 'persistent')}, backend "
+            f"{xs.get(f'{be}/feature-persistent', 'absent')}, frontend {int(fe_p)}")
+    offer = xs.get(f"{be}/feature-max-indirect-segments")
+    n = got.get("indirect")
+    ok = (n is None and "indirect" not in got) if offer is None else (
+        n is not None and n.isdigit() and 0 < int(n) <= int(offer))
+    c.check(ok, f"{p} indirect: line {show(got, 'indirect')}, backend offers {offer or 'absent'}")
+    for tok, fkey, bkey, dflt in (("ring-order", "ring-page-order", "max-ring-page-order", 0),
+                                  ("queues", "multi-queue-num-queues", "multi-queue-max-queues", 1)):
+        used = int(xs.get(f"{fe}/{fkey}", dflt))
+        cap = int(xs.get(f"{be}/{bkey}", dflt))
+        line = got.get(tok)
+        ok = (line is not None and line.isdigit() and int(line) == used) or (
+            tok not in got and used == dflt)
+        c.check(ok and used <= cap,
+                f"{p} {tok}: line {show(got, tok)}, frontend {fkey}={used}, backend {bkey}={cap}")
 
 
 def got_features(s):
@@ -317,11 +335,7 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
                    f"{p} connected={connected}, backend reached Connected (state now {state}, "
                    f"frontend ring {'published' if ring else 'MISSING'}, error nodes {errors or 'none'})"):
         return
-    want = expected_features(xs, be)
-    got = got_features(d.get("features"))
-    for tok in sorted(set(want) | set(got)):
-        c.check(want.get(tok, "absent") == got.get(tok, "absent"),
-                f"{p} feature {tok}: line {show(got, tok)}, backend {show(want, tok)}")
+    check_features(c, p, xs, be, fe, d.get("features"))
 
 
 def show(feats, tok):

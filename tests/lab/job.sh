@@ -78,7 +78,6 @@ run_config() {
     rc=$?
     domid=$(xl domid "$dom" 2>/dev/null)
     echo "LAB domU $dom created domid=${domid:-none} rc=$rc in $(since "$tc") s"
-    section xl-create "$NAME" "$WORK/create.out"
     status=timeout
     closed=
     tw=$(now)
@@ -108,6 +107,9 @@ run_config() {
     fi
     echo "LAB domU $dom finished state=${st:-?} status=$status after $(since "$tw") s"
     tf=$(now)
+    # Printed only now: while the guest runs, Xen writes its port-0xe9
+    # lines ("(dN) ...") into the same serial log.
+    section xl-create "$NAME" "$WORK/create.out"
     sleep 1  # let xenconsoled drain the console ring into its log
     xl list >"$WORK/xl-list" 2>&1
     section xl-list "$NAME" "$WORK/xl-list"

@@ -21,17 +21,25 @@ bad() { fail=$((fail + 1)); echo "xenblk-standin: FAIL $*"; }
 (insmod /xen-blkfront.ko || echo "xenblk-standin: FAIL insmod xen-blkfront") &
 xsr() { xenstore-read "$1" 2>/dev/null; }
 
-feat() {  # the features= list from the backend's keys
-    b=$1 out=
-    [ "$(xsr "$b/feature-flush-cache")" = 1 ] && out="$out,flush-cache"
-    [ "$(xsr "$b/feature-barrier")" = 1 ] && out="$out,barrier"
-    [ "$(xsr "$b/feature-discard")" = 1 ] && out="$out,discard"
-    [ "$(xsr "$b/feature-persistent")" = 1 ] && out="$out,persistent"
+feat() {  # features= as README defines it: what is in use
+    b=$1 f=$2 out=
+    if [ "$(xsr "$b/feature-flush-cache")" = 1 ]; then
+        out="$out,flush-cache"
+        [ "$(xsr "$b/feature-barrier")" = 1 ] && out="$out,barrier-offered"
+    elif [ "$(xsr "$b/feature-barrier")" = 1 ]; then
+        out="$out,barrier"
+    fi
+    if [ "$(xsr "$b/feature-discard")" = 1 ]; then
+        out="$out,discard"
+        [ "$(xsr "$b/discard-secure")" = 1 ] && out="$out,discard-secure"
+    fi
+    [ "$(xsr "$b/feature-persistent")" = 1 ] && [ "$(xsr "$f/feature-persistent")" = 1 ] && out="$out,persistent"
     v=$(xsr "$b/feature-max-indirect-segments") && [ -n "$v" ] && out="$out,indirect:$v"
-    v=$(xsr "$b/max-ring-page-order") && [ -n "$v" ] && out="$out,ring-order:$v"
-    v=$(xsr "$b/multi-queue-max-queues") && [ -n "$v" ] && out="$out,queues:$v"
-    out=${out#,}
-    echo "${out:--}"
+    v=$(xsr "$f/ring-page-order") || v=0
+    out="$out,ring-order:${v:-0}"
+    v=$(xsr "$f/multi-queue-num-queues") || v=1
+    out="$out,queues:${v:-1}"
+    echo "${out#,}"
 }
 
 VDEVS=$(xenstore-list device/vbd 2>/dev/null)
@@ -44,7 +52,7 @@ for v in $VDEVS; do
     bst=$(xsr "$be/state")
     typ=$(xsr "$be/type") dio=$(xsr "$be/direct-io-safe")
     if [ "$bst" = 4 ]; then
-        echo "xenblk-disk vdev=$v backend=$be type=$typ sectors=$(xsr "$be/sectors") sector-size=$(xsr "$be/sector-size") mode=$(xsr "$be/mode") direct-io-safe=${dio:-absent} features=$(feat "$be") connected=yes"
+        echo "xenblk-disk vdev=$v backend=$be type=$typ sectors=$(xsr "$be/sectors") sector-size=$(xsr "$be/sector-size") mode=$(xsr "$be/mode") direct-io-safe=${dio:-absent} features=$(feat "$be" "device/vbd/$v") connected=yes"
         ok
         [ "$(xsr "$be/mode")" = w ] && WRITABLE="$WRITABLE $v"
         dev=/dev/$(grep -l "^202:$(((v - 51712)))\$" /sys/block/*/dev 2>/dev/null | cut -d/ -f4)
