@@ -72,6 +72,23 @@ impl Queue {
             + self.kept.iter().filter(|f| loose(f)).count()
     }
 
+    /// Whether a non-persistent mapping in `frames` maps a frame that a
+    /// held or kept request of this queue still maps.
+    pub(super) fn maps_any_of(&self, frames: &[Frame]) -> bool {
+        let gfn_of = |f: &Frame| match f {
+            Frame::Mapped(m) if !self.is_persistent(m) => Some(m.gfn()),
+            _ => None,
+        };
+        let held: std::collections::BTreeSet<_> = self
+            .pending
+            .iter()
+            .flat_map(|p| &p.frames)
+            .chain(&self.kept)
+            .filter_map(gfn_of)
+            .collect();
+        frames.iter().filter_map(gfn_of).any(|g| held.contains(&g))
+    }
+
     fn is_persistent(&self, m: &Arc<GrantMapping>) -> bool {
         m.gref()
             .and_then(|g| self.persistent.get(&g.0))
@@ -290,7 +307,14 @@ impl SimBlkBack {
             self.stats.unanswered += 1;
             return;
         }
-        let mut due_ns = xen.now_ns().saturating_add(self.faults.delay_ns);
+        if self.faults.hold_responses {
+            self.stats.reused_while_mapped += u64::from(q.maps_any_of(&out.frames));
+        }
+        let mut due_ns = if self.faults.hold_responses {
+            u64::MAX
+        } else {
+            xen.now_ns().saturating_add(self.faults.delay_ns)
+        };
         if out.kind == Kind::Barrier {
             // Drain: the barrier completes after everything before it.
             due_ns = q.pending.iter().map(|p| p.due_ns).fold(due_ns, u64::max);
@@ -391,6 +415,7 @@ impl SimBlkBack {
             .queues
             .iter()
             .flat_map(|q| q.pending.iter().map(|p| p.due_ns))
+            .filter(|&t| t != u64::MAX)
             .min()
     }
 }
