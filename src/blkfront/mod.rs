@@ -152,6 +152,29 @@ struct Pending {
     parts_left: u32,
     error: Option<Error>,
     buf: Option<Vec<u8>>,
+    /// Read data of the parts that completed, held in their pages: it is
+    /// copied into `buf` only once every part has succeeded, so a failed
+    /// read never writes into the caller's buffer.
+    staged: Vec<Staged>,
+}
+
+/// One completed read part waiting for its siblings.
+struct Staged {
+    queue: usize,
+    offset: usize,
+    len: usize,
+    pages: Vec<queue::DataPage>,
+}
+
+impl Pending {
+    fn new(parts_left: u32, error: Option<Error>, buf: Option<Vec<u8>>) -> Pending {
+        Pending {
+            parts_left,
+            error,
+            buf,
+            staged: Vec::new(),
+        }
+    }
 }
 
 /// What [`BlockFront::check_backend`] saw.
@@ -374,26 +397,14 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 Err(error) => {
                     // Parts already pushed will complete; the request fails
                     // as a whole once they do.
-                    self.pending.insert(
-                        token,
-                        Pending {
-                            parts_left: pushed,
-                            error: Some(error),
-                            buf: Some(buf),
-                        },
-                    );
+                    self.pending
+                        .insert(token, Pending::new(pushed, Some(error), Some(buf)));
                     return Ok(RequestToken(token));
                 }
             }
         }
-        self.pending.insert(
-            token,
-            Pending {
-                parts_left: pushed,
-                error: None,
-                buf: Some(buf),
-            },
-        );
+        self.pending
+            .insert(token, Pending::new(pushed, None, Some(buf)));
         Ok(RequestToken(token))
     }
 
@@ -455,14 +466,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let q = self.pick_queue();
         let handle = self.handle;
         self.queues[q].push_control(token, op, |id| RequestSlot::direct(op, handle, id, 0, &[]))?;
-        self.pending.insert(
-            token,
-            Pending {
-                parts_left: 1,
-                error: None,
-                buf: None,
-            },
-        );
+        self.pending.insert(token, Pending::new(1, None, None));
         Ok(RequestToken(token))
     }
 
@@ -537,14 +541,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         self.queues[q].push_control(token, BLKIF_OP_DISCARD, |id| {
             RequestSlot::discard(flag, handle, id, s512, n512)
         })?;
-        self.pending.insert(
-            token,
-            Pending {
-                parts_left: 1,
-                error: None,
-                buf: None,
-            },
-        );
+        self.pending.insert(token, Pending::new(1, None, None));
         Ok(RequestToken(token))
     }
 
@@ -601,28 +598,13 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let mut last = false;
         if let Some(p) = self.pending.get_mut(&d.token) {
             match d.status {
-                Ok(()) if d.op == BLKIF_OP_READ => {
-                    if let Some(dst) = p
-                        .buf
-                        .as_mut()
-                        .and_then(|b| b.get_mut(d.offset..d.offset + d.len))
-                    {
-                        for (i, page) in d.pages.iter().enumerate() {
-                            let n = (d.len - i * PAGE_SIZE).min(PAGE_SIZE);
-                            // SAFETY: the page is ours and PAGE_SIZE long; its
-                            // request is complete and its per-request grant
-                            // (if any) was revoked. `dst` holds at least
-                            // `i * PAGE_SIZE + n` bytes (parts never exceed
-                            // their slice of the buffer).
-                            unsafe {
-                                core::ptr::copy_nonoverlapping(
-                                    page.page.as_ptr(),
-                                    dst[i * PAGE_SIZE..].as_mut_ptr(),
-                                    n,
-                                )
-                            };
-                        }
-                    }
+                Ok(()) if d.op == BLKIF_OP_READ && p.error.is_none() => {
+                    p.staged.push(Staged {
+                        queue: qi,
+                        offset: d.offset,
+                        len: d.len,
+                        pages: core::mem::take(&mut d.pages),
+                    });
                 }
                 Ok(()) => {}
                 Err(e) => {
@@ -641,13 +623,57 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         }
         if last {
             if let Some(p) = self.pending.remove(&d.token) {
-                self.done.push_back(Completion {
-                    token: RequestToken(d.token),
-                    result: p.error.map_or(Ok(()), Err),
-                    buf: p.buf,
-                });
+                self.retire(d.token, p, None);
             }
         }
+    }
+
+    /// Completes a request whose parts are all accounted for: copies the
+    /// staged read data into the caller's buffer if every part succeeded
+    /// (and `err` is `None`), gives the staged pages back, and queues the
+    /// completion.
+    fn retire(&mut self, token: u64, mut p: Pending, err: Option<Error>) {
+        let result = match p.error.or(err) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        for mut s in core::mem::take(&mut p.staged) {
+            if result.is_ok() {
+                if let Some(dst) = p
+                    .buf
+                    .as_mut()
+                    .and_then(|b| b.get_mut(s.offset..s.offset + s.len))
+                {
+                    for (i, page) in s.pages.iter().enumerate() {
+                        let n = (s.len - i * PAGE_SIZE).min(PAGE_SIZE);
+                        // SAFETY: the page is ours and PAGE_SIZE long; its
+                        // request is complete and its per-request grant (if
+                        // any) was revoked. `dst` holds at least
+                        // `i * PAGE_SIZE + n` bytes (parts never exceed
+                        // their slice of the buffer).
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                page.page.as_ptr(),
+                                dst[i * PAGE_SIZE..].as_mut_ptr(),
+                                n,
+                            )
+                        };
+                    }
+                }
+            }
+            match self.queues.get_mut(s.queue) {
+                Some(q) => q.recycle(self.hal, self.gt, &mut s.pages),
+                // The queue is gone (never after a disconnect, which retires
+                // everything first): the pages may still be granted, so they
+                // are given up, never reused.
+                None => self.leaked += s.pages.len(),
+            }
+        }
+        self.done.push_back(Completion {
+            token: RequestToken(token),
+            result,
+            buf: p.buf,
+        });
     }
 
     fn turn_off(&mut self, feat: Feature) {
@@ -687,11 +713,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let all: Vec<u64> = self.pending.keys().copied().collect();
         for t in all {
             if let Some(p) = self.pending.remove(&t) {
-                self.done.push_back(Completion {
-                    token: RequestToken(t),
-                    result: Err(p.error.unwrap_or(err)),
-                    buf: p.buf,
-                });
+                self.retire(t, p, Some(err));
             }
         }
     }
