@@ -513,9 +513,19 @@ pub fn run(data: &[u8]) {
         ss,
     };
     let mut steps = 0;
+    let trace = std::env::var_os("XENBLK_FUZZ_TRACE").is_some();
     while inp.more() && steps < 400 {
         steps += 1;
-        match inp.u8() % 16 {
+        let op = inp.u8() % 16;
+        if trace {
+            eprintln!(
+                "step {steps}: op {op} state {:?} in flight {} held {:?}",
+                rig.disk.state(),
+                rig.disk.in_flight(),
+                rig.be.held_responses()
+            );
+        }
+        match op {
             0 | 1 => rig.submit_read(&mut inp),
             2 => rig.submit_write(&mut inp),
             3 => {

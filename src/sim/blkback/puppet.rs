@@ -129,6 +129,25 @@ impl SimBlkBackHandle {
         true
     }
 
+    /// Publishes `rsp` through the backend's own producer of ring `queue`
+    /// (next slot, `rsp_prod` moved, notification if asked for) without
+    /// touching any held response or its mappings: a response the backend
+    /// makes up. Returns whether the ring exists and had room.
+    pub fn push_forged(&self, xen: &SimXen, queue: usize, rsp: BlkifResponse) -> bool {
+        let mut d = self.dev.lock();
+        let Some(q) = d.conn.as_mut().and_then(|c| c.queues.get_mut(queue)) else {
+            return false;
+        };
+        if q.ring.push_response(&rsp).is_err() {
+            return false;
+        }
+        let port = q.port;
+        if q.ring.push_responses_and_check_notify() && xen.send(DomId::DOM0, port).is_ok() {
+            d.stats.notifications_sent += 1;
+        }
+        true
+    }
+
     /// Writes `rsp` raw into the response slot of free-running index `idx`
     /// of ring `queue`, leaving `rsp_prod` alone. Returns whether the ring
     /// exists.
