@@ -52,6 +52,18 @@ fn stream(seed: u64, n: usize, len: usize) -> Vec<Vec<u8>> {
 }
 
 fn replay(target: &str, run: fn(&[u8]), random: usize, len: usize) {
+    // XENBLK_FUZZ_DIR=<dir>: also replay (and time) every file of <dir>/<target>,
+    // e.g. a whole local corpus.
+    if let Some(dir) = std::env::var_os("XENBLK_FUZZ_DIR") {
+        if let Ok(rd) = std::fs::read_dir(Path::new(&dir).join(target)) {
+            for e in rd.flatten() {
+                let data = std::fs::read(e.path()).expect("read input");
+                let t = std::time::Instant::now();
+                run(&data);
+                eprintln!("{:?} {:?}", t.elapsed(), e.path());
+            }
+        }
+    }
     for (name, data) in inputs(target) {
         eprintln!("{target}/{name}");
         run(&data);

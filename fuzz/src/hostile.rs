@@ -539,8 +539,20 @@ pub fn run(data: &[u8]) {
             7 => rig.poke(&mut inp),
             8 => rig.poke_prod(&mut inp),
             9 => {
-                let q = usize::from(inp.u8() % 2);
-                rig.be.notify_frontend(&xen, q);
+                let b = inp.u8();
+                let q = usize::from(b % 2);
+                if b & 2 == 0 {
+                    rig.be.notify_frontend(&xen, q);
+                } else {
+                    // A response the backend makes up, through its own producer.
+                    let base = BlkifResponse {
+                        id: 0,
+                        operation: BLKIF_OP_READ,
+                        status: BLKIF_RSP_OKAY,
+                    };
+                    let rsp = Rig::forged(&mut inp, base);
+                    rig.be.push_forged(&xen, q, rsp);
+                }
             }
             10 | 11 => rig.drain(),
             12 => rig.faults(&mut inp),
