@@ -121,9 +121,8 @@ struct Rig<'a> {
     live: BTreeMap<u64, Kind>,
     /// 512-byte units a discard may have zeroed.
     zeroed: BTreeSet<u64>,
-    /// Whether every submitted request was taken by the backend before any
-    /// forged response could name it (then successful reads must carry the
-    /// disk's data exactly).
+    /// Whether every response so far named a request the backend had taken
+    /// (then successful reads must carry the disk's data exactly).
     strict: bool,
     ss: u64,
 }
@@ -187,6 +186,13 @@ impl Rig<'_> {
         if self.be.untaken_requests() > 0 {
             self.strict = false;
         }
+    }
+
+    /// A response may now complete a request whose I/O the backend never
+    /// did (a made-up id, a stale slot behind a moved `rsp_prod`): from here
+    /// on a successful read's data is the backend's word, not checked.
+    fn forged_ids(&mut self) {
+        self.strict = false;
     }
 
     fn check_always(&self) {
@@ -315,6 +321,9 @@ impl Rig<'_> {
         }
         let n = usize::from(inp.u8()) % held.len();
         let rsp = Self::forged(inp, held[n].1);
+        if rsp.id != held[n].1.id {
+            self.forged_ids();
+        }
         self.be.release_held(self.xen, n, |r| *r = rsp);
     }
 
@@ -332,6 +341,7 @@ impl Rig<'_> {
                 status: BLKIF_RSP_OKAY,
             },
         );
+        self.forged_ids();
         self.be.poke_response(q, idx, rsp);
     }
 
@@ -344,6 +354,7 @@ impl Rig<'_> {
             0xff => inp.u32(),
             b => pvt.wrapping_add(u32::from(b % 16)).wrapping_sub(4),
         };
+        self.forged_ids();
         self.be.poke_rsp_prod(q, v);
         if inp.u8() & 1 == 1 {
             self.be.notify_frontend(self.xen, q);
@@ -365,6 +376,9 @@ impl Rig<'_> {
         });
         if v % 9 == 1 {
             let _ = self.be.release_kept_grants();
+        }
+        if matches!(v % 9, 3 | 4 | 8) {
+            self.forged_ids();
         }
         let _ = self.xen.run_until_idle();
     }
@@ -551,6 +565,7 @@ pub fn run(data: &[u8]) {
                         status: BLKIF_RSP_OKAY,
                     };
                     let rsp = Rig::forged(&mut inp, base);
+                    rig.forged_ids();
                     rig.be.push_forged(&xen, q, rsp);
                 }
             }
