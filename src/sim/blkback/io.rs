@@ -73,10 +73,15 @@ impl Queue {
     }
 
     /// Whether a non-persistent mapping in `frames` maps a frame that a
-    /// held or kept request of this queue still maps.
+    /// held or kept request of this queue still maps through another grant:
+    /// the frontend reused a page the backend could still write. (The same
+    /// frame through the same grant reference is not that: a hostile
+    /// backend that takes a request after its forged answer let the
+    /// frontend revoke and reissue the reference maps whatever it now
+    /// grants.)
     pub(super) fn maps_any_of(&self, frames: &[Frame]) -> bool {
-        let gfn_of = |f: &Frame| match f {
-            Frame::Mapped(m) if !self.is_persistent(m) => Some(m.gfn()),
+        let key = |f: &Frame| match f {
+            Frame::Mapped(m) if !self.is_persistent(m) => Some((m.gfn(), m.gref())),
             _ => None,
         };
         let held: std::collections::BTreeSet<_> = self
@@ -84,9 +89,12 @@ impl Queue {
             .iter()
             .flat_map(|p| &p.frames)
             .chain(&self.kept)
-            .filter_map(gfn_of)
+            .filter_map(key)
             .collect();
-        frames.iter().filter_map(gfn_of).any(|g| held.contains(&g))
+        frames
+            .iter()
+            .filter_map(key)
+            .any(|(gfn, gref)| held.iter().any(|&(g, r)| g == gfn && r != gref))
     }
 
     fn is_persistent(&self, m: &Arc<GrantMapping>) -> bool {
