@@ -6,7 +6,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
-        unikernel unikernel-test bench bench-ring bench-driver
+        unikernel unikernel-test bench bench-ring bench-driver fuzz fuzz-smoke soak soak-smoke
 
 all: test
 
@@ -56,7 +56,7 @@ run: unikernel
 lab: unikernel
 	bash tests/lab/lab.sh matrix
 
-test: fmt clippy clippy-pvh doc unit layout miri unikernel-test lab
+test: fmt clippy clippy-pvh doc unit layout miri fuzz-smoke soak-smoke unikernel-test lab
 	@echo "make test: all stages passed"
 
 # Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
@@ -73,3 +73,37 @@ bench-ring: setup
 # callgrind instructions per request, deltas against benches/baseline.txt.
 bench-driver: setup
 	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --features sim --bench driver
+
+# Fuzzing (cargo-fuzz, nightly; fuzz/ is its own crate). Every target runs
+# FUZZ_SECS seconds from its seed corpus (fuzz/corpus/<target>/seed-*); any
+# finding fails the target and leaves the input in fuzz/artifacts/<target>/
+# (copy it to fuzz/regressions/<target>/ so tests/fuzz_replay.rs keeps it).
+# `make fuzz` defaults to an hour per target under AddressSanitizer;
+# `make fuzz-smoke` (part of `make test`) to a minute each, uninstrumented for
+# five times the executions (FUZZ_SMOKE_SANITIZER=address to change that).
+FUZZ_TARGETS := hostile_backend xenstore_replies backend_keys
+FUZZ_SECS ?= 3600
+FUZZ_SANITIZER ?= address
+FUZZ_SMOKE_SECS ?= 60
+FUZZ_SMOKE_SANITIZER ?= none
+
+fuzz: setup
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	    $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- \
+	        -max_total_time=$(FUZZ_SECS) -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-smoke: setup
+	$(MAKE) fuzz FUZZ_SECS=$(FUZZ_SMOKE_SECS) FUZZ_SANITIZER=$(FUZZ_SMOKE_SANITIZER)
+
+# Data-integrity soak in release mode: XENBLK_SOAK_SECS seconds of random
+# I/O against a model of the disk (`make soak XENBLK_SOAK_SECS=86400`).
+XENBLK_SOAK_SECS ?= 600
+SOAK_SMOKE_SECS ?= 30
+
+soak: setup
+	XENBLK_SOAK_SECS=$(XENBLK_SOAK_SECS) $(CARGO) test --release --features sim \
+	    --test soak -- --nocapture
+
+soak-smoke: setup
+	$(MAKE) soak XENBLK_SOAK_SECS=$(SOAK_SMOKE_SECS)

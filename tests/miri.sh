@@ -12,3 +12,18 @@ cargo +nightly miri test --features sim --lib -- gnttab:: evtchn:: sim::xen:: si
 # (each schedule takes about a second).
 MIRIFLAGS="$MIRIFLAGS -Zmiri-many-seeds=0..16" \
     cargo +nightly miri test --features sim --lib ring::tests::threads_
+# The xenstore client and its wire decoder, over a scripted daemon, the
+# ring transport and the simulated xenstored (not the threaded-mode test).
+cargo +nightly miri test --features sim --lib xenstore::
+cargo +nightly miri test --features sim --test xenstore_ring
+cargo +nightly miri test --features sim --test xenstore_sim -- \
+    every_operation_over_the_ring garbage_replies_break_only_that_connection \
+    dropped_connections_and_broken_indices_are_connection_errors
+# The driver against the simulated blkback (about a minute under Miri): a
+# read split in two parts, answered by the puppet backend, one part failed,
+# then both succeeding, and close. The simulated blkback and xenstored hold
+# the simulator and it holds them (a cycle the test does not break), hence
+# -Zmiri-ignore-leaks here only.
+MIRIFLAGS="$MIRIFLAGS -Zmiri-ignore-leaks" \
+    cargo +nightly miri test --features sim --test faults -- \
+    a_read_with_one_failed_part_leaves_the_buffer_alone

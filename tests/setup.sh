@@ -63,4 +63,6 @@ fi
 have_nightly_component() { rustup component list --installed --toolchain nightly 2>/dev/null | grep -q "^$1"; }
 have_nightly_component miri || rustup component add miri --toolchain nightly
 have_nightly_component rust-src || rustup component add rust-src --toolchain nightly
+# Fuzzing (make fuzz, fuzz-smoke): cargo-fuzz from crates.io.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 say "done"

@@ -154,6 +154,10 @@ struct Pending {
     parts_left: u32,
     error: Option<Error>,
     buf: Option<Vec<u8>>,
+    /// Read data of parts that completed while siblings are still in
+    /// flight: it reaches `buf` only once every part has succeeded, so a
+    /// failed read never writes into the caller's buffer.
+    staging: Option<Vec<u8>>,
 }
 
 /// The requests in flight: a slab indexed by a small number that each part's
@@ -408,6 +412,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             parts_left: 0,
             error: None,
             buf: None,
+            staging: None,
         });
         let mut pushed = 0u32;
         let mut failed = None;
@@ -518,6 +523,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             parts_left: 1,
             error: None,
             buf: None,
+            staging: None,
         });
         let r =
             self.queues[q].push_control(req, op, |id| RequestSlot::direct(op, handle, id, 0, &[]));
@@ -601,6 +607,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             parts_left: 1,
             error: None,
             buf: None,
+            staging: None,
         });
         let r = self.queues[q].push_control(req, BLKIF_OP_DISCARD, |id| {
             RequestSlot::discard(flag, handle, id, s512, n512)
@@ -676,12 +683,16 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let q = &self.queues[qi];
         if let Some(p) = self.pending.get_mut(d.req) {
             match d.status {
-                Ok(()) if d.op == BLKIF_OP_READ => {
-                    if let Some(dst) = p
-                        .buf
-                        .as_mut()
-                        .and_then(|b| b.get_mut(d.offset..d.offset + d.len))
-                    {
+                Ok(()) if d.op == BLKIF_OP_READ && p.error.is_none() => {
+                    if p.parts_left > 1 && p.staging.is_none() {
+                        let n = p.buf.as_ref().map_or(0, Vec::len);
+                        p.staging = Some(alloc::vec![0u8; n]);
+                    }
+                    let target = match p.staging.as_mut() {
+                        Some(st) => Some(st),
+                        None => p.buf.as_mut(),
+                    };
+                    if let Some(dst) = target.and_then(|b| b.get_mut(d.offset..d.offset + d.len)) {
                         for (i, page) in q.data_pages(d.id).iter().enumerate() {
                             let n = (d.len - i * PAGE_SIZE).min(PAGE_SIZE);
                             // SAFETY: the page is ours and PAGE_SIZE long; its
@@ -709,6 +720,11 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             }
             p.parts_left = p.parts_left.saturating_sub(1);
             last = p.parts_left == 0;
+            if last && p.error.is_none() {
+                if let (Some(st), Some(buf)) = (p.staging.take(), p.buf.as_mut()) {
+                    buf.copy_from_slice(&st);
+                }
+            }
         }
         self.queues[qi].release(self.hal, self.gt, d.id);
         if let Some(feat) = turn_off {

@@ -52,6 +52,11 @@ pub struct Faults {
     /// Answer the next this-many reads, writes and discards with
     /// `BLKIF_RSP_ERROR` without touching the disk (an I/O error).
     pub io_errors: u32,
+    /// Puppet mode: take requests and do their I/O, but hold every response
+    /// (and the frames its request maps) until the test releases it with
+    /// [`release_held`](super::SimBlkBackHandle::release_held), edited as it
+    /// likes. See the `puppet` module for the raw ring writes that go with it.
+    pub hold_responses: bool,
 }
 
 /// What a simulated backend counted since it was created.
@@ -94,6 +99,11 @@ pub struct Stats {
     /// Protocol violations by the frontend (a bad `req_prod`); the ring stops
     /// being served after one.
     pub protocol_errors: u64,
+    /// Requests (in puppet mode) that mapped a frame another request of the
+    /// same ring still had mapped, not through a persistent grant: the
+    /// frontend reused a page the backend could still write. Always 0 for a
+    /// correct frontend.
+    pub reused_while_mapped: u64,
     /// Data and indirect grants mapped right now (rings not counted).
     pub grants_mapped: usize,
     /// Of those, grants kept mapped persistently.

@@ -72,6 +72,31 @@ impl Queue {
             + self.kept.iter().filter(|f| loose(f)).count()
     }
 
+    /// Whether a non-persistent mapping in `frames` maps a frame that a
+    /// held or kept request of this queue still maps through another grant:
+    /// the frontend reused a page the backend could still write. (The same
+    /// frame through the same grant reference is not that: a hostile
+    /// backend that takes a request after its forged answer let the
+    /// frontend revoke and reissue the reference maps whatever it now
+    /// grants.)
+    pub(super) fn maps_any_of(&self, frames: &[Frame]) -> bool {
+        let key = |f: &Frame| match f {
+            Frame::Mapped(m) if !self.is_persistent(m) => Some((m.gfn(), m.gref())),
+            _ => None,
+        };
+        let held: std::collections::BTreeSet<_> = self
+            .pending
+            .iter()
+            .flat_map(|p| &p.frames)
+            .chain(&self.kept)
+            .filter_map(key)
+            .collect();
+        frames
+            .iter()
+            .filter_map(key)
+            .any(|(gfn, gref)| held.iter().any(|&(g, r)| g == gfn && r != gref))
+    }
+
     fn is_persistent(&self, m: &Arc<GrantMapping>) -> bool {
         m.gref()
             .and_then(|g| self.persistent.get(&g.0))
@@ -290,7 +315,14 @@ impl SimBlkBack {
             self.stats.unanswered += 1;
             return;
         }
-        let mut due_ns = xen.now_ns().saturating_add(self.faults.delay_ns);
+        if self.faults.hold_responses {
+            self.stats.reused_while_mapped += u64::from(q.maps_any_of(&out.frames));
+        }
+        let mut due_ns = if self.faults.hold_responses {
+            u64::MAX
+        } else {
+            xen.now_ns().saturating_add(self.faults.delay_ns)
+        };
         if out.kind == Kind::Barrier {
             // Drain: the barrier completes after everything before it.
             due_ns = q.pending.iter().map(|p| p.due_ns).fold(due_ns, u64::max);
@@ -391,6 +423,7 @@ impl SimBlkBack {
             .queues
             .iter()
             .flat_map(|q| q.pending.iter().map(|p| p.due_ns))
+            .filter(|&t| t != u64::MAX)
             .min()
     }
 }

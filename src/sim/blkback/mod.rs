@@ -57,6 +57,7 @@ pub mod config;
 mod disk;
 mod faults;
 mod io;
+mod puppet;
 mod request;
 mod store;
 mod xenbus;

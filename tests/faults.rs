@@ -1,0 +1,457 @@
+//! Fault injection: one scenario per fault of issue 5, each driven through
+//! the simulator (blkback in its normal or puppet mode, xenstored's fault
+//! hooks), each checking that the driver survives it and gives back what it
+//! holds: backend dead mid-I/O, backend Closing mid-I/O, a grant revoked
+//! while the backend still maps it, `EAGAIN` storms on transactions,
+//! spurious event storms, a full ring under back-pressure, and xenstore
+//! connection errors.
+#![cfg(feature = "sim")]
+
+use std::sync::Arc;
+
+use xenblk::abi::blkif::{BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
+use xenblk::blkfront::{BackendEvent, BlockFront, Config, DeviceState};
+use xenblk::error::Error;
+use xenblk::gnttab::GrantTable;
+use xenblk::hal::DomId;
+use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
+use xenblk::sim::xenstored::{SimXsTransport, XenStored};
+use xenblk::sim::{Accounting, SimHal, SimXen};
+use xenblk::xenstore::XenStore;
+
+const GUEST: DomId = DomId(1);
+const VDEV: u32 = 51712;
+
+type Store<'h> = spin::Mutex<XenStore<SimXsTransport<'h>>>;
+type Disk<'a> = BlockFront<'a, SimHal, SimXsTransport<'a>>;
+
+struct World {
+    xen: SimXen,
+    xsd: XenStored,
+    hal: SimHal,
+}
+
+impl World {
+    fn new() -> World {
+        let xen = SimXen::new();
+        let xsd = XenStored::new(&xen);
+        xsd.with_store(|s| s.introduce_domain(GUEST));
+        let hal = xen.hal(GUEST);
+        World { xen, xsd, hal }
+    }
+
+    fn backend(&self, persistent: bool) -> SimBlkBackHandle {
+        let mut cfg = BackendConfig::blkback();
+        // Miri runs a few of these: a smaller disk is much cheaper there.
+        cfg.disk_bytes = if cfg!(miri) { 1 << 20 } else { 4 << 20 };
+        cfg.persistent = persistent;
+        cfg.hotplug_delay_ns = 0;
+        let store: Arc<dyn BackendStore> = Arc::new(self.xsd.clone());
+        SimBlkBack::new(&self.xen, store, GUEST, VDEV, cfg).expect("backend")
+    }
+
+    fn store(&self) -> (Store<'_>, Accounting) {
+        let s = spin::Mutex::new(XenStore::new(
+            self.xsd.connect(&self.hal).expect("xenstore"),
+        ));
+        (s, self.xen.accounting(GUEST))
+    }
+
+    /// Grants, ports and pages the guest holds beyond `base`.
+    fn held(&self, base: Accounting) -> (usize, usize, usize) {
+        let a = self.xen.accounting(GUEST);
+        assert_eq!(
+            a.bad_frees, 0,
+            "a page was freed while granted or mapped: {a:?}"
+        );
+        (
+            a.grants_active - base.grants_active,
+            a.ports_open - base.ports_open,
+            a.pages - base.pages,
+        )
+    }
+
+    /// Every grant the guest still has active is one the backend maps.
+    fn only_mapped_grants_left(&self, base: Accounting) {
+        let a = self.xen.accounting(GUEST);
+        let granted = a.grants_active - base.grants_active;
+        let mapped = a.grants_mapped_by_others - base.grants_mapped_by_others;
+        assert!(
+            granted <= mapped,
+            "{granted} grants active, {mapped} mapped"
+        );
+        assert_eq!(a.ports_open, base.ports_open, "event channel left open");
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31) ^ (i as u64 / 7)) as u8)
+        .collect()
+}
+
+fn one_queue() -> Config {
+    Config {
+        max_queues: 1,
+        max_ring_page_order: 0,
+        io_timeout_ns: 1_000_000_000,
+        connect_timeout_ns: 2_000_000_000,
+        ..Config::default()
+    }
+}
+
+fn drain(disk: &mut Disk<'_>) -> Vec<xenblk::blkfront::Completion> {
+    std::iter::from_fn(|| disk.poll()).collect()
+}
+
+#[test]
+fn backend_dead_mid_io_times_out_within_the_bound() {
+    let w = World::new();
+    let be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    disk.write(0, &pattern(1, 8192)).unwrap();
+    be.update_faults(|f| f.swallow_requests = true);
+    let queued: Vec<_> = (0..5u64)
+        .map(|i| disk.submit_read(i * 8, vec![0xcc; 4096]).unwrap())
+        .collect();
+    let start = w.xen.now_ns();
+    let mut buf = vec![0x5a; 4096];
+    assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
+    let waited = w.xen.now_ns() - start;
+    assert!(
+        (1_000_000_000..1_100_000_000).contains(&waited),
+        "timed out after {waited} ns, bound 1 s"
+    );
+    assert_eq!(
+        buf,
+        vec![0x5a; 4096],
+        "a timed-out read leaves the buffer alone"
+    );
+    assert_eq!(disk.state(), DeviceState::Broken(Error::Timeout));
+    let done = drain(&mut disk);
+    assert_eq!(
+        done.len(),
+        queued.len(),
+        "every request in flight completes"
+    );
+    for c in done {
+        assert_eq!(c.result, Err(Error::Timeout));
+        assert_eq!(c.buf, Some(vec![0xcc; 4096]));
+    }
+    assert_eq!(disk.in_flight(), 0);
+    assert_eq!(
+        disk.submit_read(0, vec![0; 512]).unwrap_err().error,
+        Error::Broken
+    );
+    let _ = disk.close();
+    w.only_mapped_grants_left(base);
+    assert_eq!(
+        w.held(base).0,
+        0,
+        "the dead backend mapped nothing: all revoked"
+    );
+}
+
+#[test]
+fn backend_closing_mid_io_aborts_then_reconnects() {
+    let w = World::new();
+    let be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    be.update_faults(|f| f.closing_after = Some(3));
+    let tokens: Vec<_> = (0..8u64)
+        .map(|i| disk.submit_write(i * 8, pattern(i, 4096)).unwrap())
+        .collect();
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(disk.check_backend(), Ok(BackendEvent::Closed));
+    assert_eq!(disk.state(), DeviceState::Disconnected);
+    let done = drain(&mut disk);
+    assert_eq!(done.len(), tokens.len(), "nothing hangs");
+    let aborted = done
+        .iter()
+        .filter(|c| c.result == Err(Error::Aborted))
+        .count();
+    assert!(aborted >= 6, "{aborted} of 8 aborted");
+    let (grants, ports, _) = w.held(base);
+    assert_eq!(
+        (grants, ports),
+        (0, 0),
+        "everything given back while closed"
+    );
+    // The backend comes back (frontend Initialising -> backend InitWait).
+    disk.reconnect().expect("reconnect");
+    disk.write(0, &pattern(9, 4096)).unwrap();
+    let mut back = vec![0; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(back, pattern(9, 4096));
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+}
+
+#[test]
+fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
+    let w = World::new();
+    let be = w.backend(false);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    be.update_faults(|f| f.hold_responses = true);
+    let t = disk.submit_read(0, vec![0xcc; 8192]).unwrap();
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(
+        be.held_responses().len(),
+        1,
+        "the backend holds the request"
+    );
+    // The backend answers early while it keeps the pages mapped.
+    let rsp = BlkifResponse {
+        id: be.held_responses()[0].1.id,
+        operation: BLKIF_OP_READ,
+        status: BLKIF_RSP_OKAY,
+    };
+    assert!(be.push_forged(&w.xen, 0, rsp));
+    let c = disk.poll().expect("the forged response completes the read");
+    assert_eq!((c.token, c.result), (t, Ok(())));
+    let q = disk.quarantined();
+    assert_eq!(q, 2, "both data pages are still mapped: quarantined");
+    // Lots of I/O afterwards: no quarantined page comes back.
+    be.update_faults(|f| f.hold_responses = false);
+    for i in 0..if cfg!(miri) { 4 } else { 64u64 } {
+        disk.write(i * 16, &pattern(i, 8192)).unwrap();
+        let mut back = vec![0; 8192];
+        disk.read(i * 16, &mut back).unwrap();
+        assert_eq!(back, pattern(i, 8192));
+    }
+    assert_eq!(
+        be.stats().reused_while_mapped,
+        0,
+        "a mapped page was reused"
+    );
+    assert_eq!(disk.quarantined(), q);
+    let (grants, ..) = w.held(base);
+    assert!(grants >= 2, "the quarantined grants are still active");
+    // The backend unmaps everything once the frontend is Closed; close
+    // retries the quarantined revocations then, and nothing is left.
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+}
+
+#[test]
+fn eagain_storms_on_transactions_are_retried_then_reported() {
+    // A storm shorter than the retry budget: probe succeeds.
+    let w = World::new();
+    let _be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    w.xsd.fail_next_commits(5);
+    let cfg = Config {
+        transaction_retries: 8,
+        ..one_queue()
+    };
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg).expect("retried");
+    disk.write(0, &pattern(2, 4096)).unwrap();
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+
+    // A storm longer than it: a typed error, nothing left behind.
+    let w = World::new();
+    let _be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    w.xsd.fail_next_commits(1000);
+    let cfg = Config {
+        transaction_retries: 8,
+        ..one_queue()
+    };
+    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg)
+        .err()
+        .expect("must fail");
+    assert_eq!(err.error, Error::XsTransactionRetriesExhausted);
+    assert_eq!(w.held(base), (0, 0, 0));
+}
+
+#[test]
+fn spurious_event_storms_do_not_livelock() {
+    let w = World::new();
+    let be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    be.update_faults(|f| f.hold_responses = true);
+    let t = disk.submit_read(8, vec![0; 4096]).unwrap();
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    // 20 000 notifications with nothing on the ring: every poll returns at
+    // once with nothing.
+    for _ in 0..20_000 {
+        assert!(be.notify_frontend(&w.xen, 0));
+        assert!(disk.poll().is_none());
+    }
+    be.update_faults(|f| f.spurious_notifications = 50_000);
+    let _ = w.xen.run_until_idle();
+    assert!(disk.poll().is_none());
+    // The real response still gets through, and blocking I/O amid a storm
+    // completes.
+    assert!(be.release_held(&w.xen, 0, |_| {}));
+    let c = disk.poll().expect("completion after the storm");
+    assert_eq!((c.token, c.result), (t, Ok(())));
+    be.update_faults(|f| {
+        f.hold_responses = false;
+        f.spurious_notifications = 50_000;
+    });
+    disk.write(0, &pattern(4, 4096)).unwrap();
+    assert_eq!(disk.state(), DeviceState::Connected);
+    assert!(be.stats().notifications_sent > 100_000);
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+}
+
+#[test]
+fn a_full_ring_pushes_back_and_recovers() {
+    let w = World::new();
+    let be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    be.update_faults(|f| f.hold_responses = true);
+    let slots = disk.info().negotiated.ring_slots as usize;
+    assert_eq!(slots, 32);
+    let mut tokens = Vec::new();
+    let rejected = loop {
+        let data = pattern(tokens.len() as u64, 4096);
+        match disk.submit_write(tokens.len() as u64 * 8, data.clone()) {
+            Ok(t) => {
+                tokens.push(t);
+                disk.kick();
+            }
+            Err(r) => {
+                assert_eq!(r.buf, data, "the refused buffer comes back intact");
+                break r.error;
+            }
+        }
+    };
+    assert_eq!(rejected, Error::RingFull);
+    assert_eq!(tokens.len(), slots);
+    assert_eq!(disk.submit_flush(), Err(Error::RingFull));
+    let _ = w.xen.run_until_idle();
+    assert_eq!(be.held_responses().len(), slots);
+    // One answer frees one slot, and one more request fits.
+    assert!(be.release_held(&w.xen, 0, |_| {}));
+    let c = disk.poll().expect("one completion");
+    assert_eq!((c.token, c.result), (tokens[0], Ok(())));
+    let t = disk
+        .submit_write(0, pattern(99, 4096))
+        .expect("a slot is free");
+    assert_eq!(
+        disk.submit_read(0, vec![0; 512]).unwrap_err().error,
+        Error::RingFull
+    );
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    while !be.held_responses().is_empty() {
+        assert!(be.release_held(&w.xen, 0, |_| {}));
+    }
+    let done = drain(&mut disk);
+    assert_eq!(done.len(), slots);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    assert!(done.iter().any(|c| c.token == t));
+    be.update_faults(|f| f.hold_responses = false);
+    let mut back = vec![0; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(back, pattern(99, 4096));
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+}
+
+#[test]
+fn xenstore_connection_errors_are_typed_and_leak_nothing() {
+    // Garbage instead of a reply during probe: a typed error, nothing held.
+    let w = World::new();
+    let _be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    assert!(w.xsd.reply_garbage(GUEST, vec![0xff; 40]));
+    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue())
+        .err()
+        .expect("garbage must fail the probe");
+    assert!(
+        matches!(err.error, Error::XsMalformed(_) | Error::XsConnection),
+        "{err}"
+    );
+    assert_eq!(w.held(base), (0, 0, 0));
+    assert!(store.lock().is_broken());
+
+    // The connection dropped while connected: the rings keep working (they
+    // do not need xenstore), state checks fail with a typed error, and
+    // close still gives back everything the backend does not map.
+    let w = World::new();
+    let be = w.backend(true);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    disk.write(0, &pattern(5, 4096)).unwrap();
+    assert!(w.xsd.drop_connection(GUEST));
+    assert!(disk.check_backend().is_err());
+    let mut back = vec![0; 4096];
+    disk.read(0, &mut back).unwrap();
+    assert_eq!(back, pattern(5, 4096));
+    assert!(disk.close().is_err(), "close says the state switch failed");
+    assert_eq!(disk.state(), DeviceState::Closed);
+    w.only_mapped_grants_left(base);
+    // The backend never heard of the close and still maps its rings; once
+    // it lets go, nothing the frontend holds is granted any more.
+    w.xen.remove_device(be.device_id());
+    drop(be);
+    let a = w.xen.accounting(GUEST);
+    assert_eq!(a.grants_mapped_by_others, base.grants_mapped_by_others);
+    assert_eq!(a.bad_frees, 0);
+}
+
+/// Regression (found by the `hostile_backend` fuzz target): a read split
+/// into parts copied each successful part into the caller's buffer at once,
+/// so a read that failed as a whole had still written into the buffer.
+#[test]
+fn a_read_with_one_failed_part_leaves_the_buffer_alone() {
+    let w = World::new();
+    let be = w.backend(false);
+    let gt = GrantTable::new(&w.hal).unwrap();
+    let (store, base) = w.store();
+    let cfg = Config {
+        max_indirect_segments: 0,
+        ..one_queue()
+    };
+    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg).unwrap();
+    disk.write(0, &pattern(7, 16 * 4096)).unwrap();
+    be.update_faults(|f| f.hold_responses = true);
+    // 16 pages: a part of 11 segments and one of 5.
+    let t = disk.submit_read(0, vec![0xcc; 16 * 4096]).unwrap();
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    assert_eq!(be.held_responses().len(), 2);
+    assert!(be.release_held(&w.xen, 0, |_| {}));
+    assert!(disk.poll().is_none(), "one part is still out");
+    assert!(be.release_held(&w.xen, 0, |r| r.status =
+        xenblk::abi::blkif::BLKIF_RSP_ERROR));
+    let c = disk.poll().expect("the read completes");
+    assert_eq!((c.token, c.result), (t, Err(Error::IoError)));
+    assert_eq!(
+        c.buf,
+        Some(vec![0xcc; 16 * 4096]),
+        "a failed read wrote into the caller's buffer"
+    );
+    // Both parts succeeding still delivers the data.
+    let t = disk.submit_read(0, vec![0xcc; 16 * 4096]).unwrap();
+    disk.kick();
+    let _ = w.xen.run_until_idle();
+    while be.release_held(&w.xen, 0, |_| {}) {}
+    let c = disk.poll().expect("the read completes");
+    assert_eq!((c.token, c.result), (t, Ok(())));
+    assert_eq!(c.buf, Some(pattern(7, 16 * 4096)));
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(w.held(base), (0, 0, 0));
+}
