@@ -14,17 +14,38 @@ if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]]; then
                debootstrap cpio busybox-static)
 fi
 
+qemu72() { qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.'; }
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]] && ! qemu72 && [[ " ${missing[*]} " != *" qemu-system-x86 "* ]]; then
+    missing+=(qemu-system-x86)
+fi
 if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # bookworm's QEMU 7.2: QEMU 10 from backports breaks nested SVM for PVH guests.
-    apt-get install -y -qq -t bookworm "${missing[@]}" >/dev/null 2>&1 \
-        || apt-get install -y -qq "${missing[@]}" >/dev/null
+    sel=()
+    for p in "${missing[@]}"; do
+        if [[ $p == qemu-system-x86 ]]; then
+            # bookworm's QEMU 7.2: QEMU 10 from backports breaks nested SVM
+            # for PVH guests. The machine's qemu-utils from backports Breaks
+            # qemu-system-common << 8, so it is taken back to bookworm's too.
+            # (Not `-t bookworm` for everything: that would prefer bookworm's
+            # Xen 4.17.5 over bookworm-security's 4.17.7, which dom0's tools
+            # come from.)
+            sel+=(qemu-system-x86/bookworm qemu-system-common/bookworm qemu-system-data/bookworm)
+            dpkg-query -W qemu-utils >/dev/null 2>&1 && sel+=(qemu-utils/bookworm)
+        else
+            sel+=("$p")
+        fi
+    done
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "${sel[@]}" >/dev/null
+fi
+if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]] && ! qemu72; then
+    say "qemu-system-x86_64 is not bookworm's 7.2: $(qemu-system-x86_64 --version | head -n1)"
+    exit 1
 fi
 
 if ! test -c /dev/null; then

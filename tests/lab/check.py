@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Checks a lab serial log against what the toolstack really wrote.
+
+usage: check.py MATRIX SERIAL_LOG [--show]
+
+For every configuration of MATRIX (its last attempt in the log) it compares
+each `xenblk-disk` line of the guest (LINES.md) field by field with the
+xenstore-ls dump that dom0 took before destroying the guest, checks the
+closing `xenblk: N passed, M failed` line, the dom0-side cksums of every
+`xenblk-verify` region, and that the dump matches the disk specs of MATRIX.
+One line per check, then `lab: N passed, M failed`; exit 1 on any failure.
+--show also prints each guest's console lines (the unikernel's report).
+"""
+import re
+import sys
+
+
+def _crc_table():
+    table = []
+    for i in range(256):
+        c = i << 24
+        for _ in range(8):
+            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else (c << 1)
+        table.append(c & 0xFFFFFFFF)
+    return table
+
+
+_TABLE = _crc_table()
+
+
+def posix_cksum(data: bytes) -> int:
+    """The CRC that POSIX `cksum` prints (CRC-32/CKSUM over data + length)."""
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _TABLE[(crc >> 24) ^ b]
+    n = len(data)
+    while n:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _TABLE[(crc >> 24) ^ (n & 0xFF)]
+        n >>= 8
+    return ~crc & 0xFFFFFFFF
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+        return ok
+
+
+def parse_matrix(path):
+    """[(name, mode, [disk spec dict])] from a matrix file."""
+    out = []
+    with open(path) as f:
+        for raw in f:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, mode, disks = line.split(None, 2)
+            specs = []
+            for d in disks.split(";"):
+                spec = {"flags": set()}
+                for item in d.split(","):
+                    item = item.strip()
+                    if "=" in item:
+                        k, v = item.split("=", 1)
+                        spec[k.strip()] = v.strip()
+                    elif item:
+                        spec["flags"].add(item)
+                specs.append(spec)
+            out.append((name, mode, specs))
+    return out
+
+
+def vdev_number(name):
+    m = re.fullmatch(r"xvd([a-z])", name)
+    return str(51712 + 16 * (ord(m.group(1)) - 97)) if m else None
+
+
+BEGIN = re.compile(r"^LAB BEGIN (\S+) (\S+)(?: (.*))?$")
+END = re.compile(r"^LAB END (\S+) (\S+)(?: lines=(\d+) cksum=(\d+))?")
+RESULT = re.compile(r"^LAB RESULT name=(\S+) attempt=(\d+) status=(\S+)")
+
+
+def parse_log(path):
+    """{name: [attempt dict]}: sections and result of each config attempt."""
+    with open(path, "rb") as f:
+        text = f.read().decode("latin-1")
+    configs = {}
+    cur = None
+    sec = None
+    for raw in text.split("\n"):
+        line = raw.rstrip("\r")
+        m = BEGIN.match(line)
+        if m and m.group(1) == "config":
+            cur = {"name": m.group(2), "head": m.group(3) or "", "sections": {},
+                   "integrity": [], "status": None, "attempt": None}
+            configs.setdefault(m.group(2), []).append(cur)
+            sec = None
+            continue
+        if cur is None:
+            continue
+        if sec is not None:
+            m = END.match(line)
+            if m and m.group(1) == sec[0] and m.group(2) == cur["name"]:
+                body = sec[1]
+                if m.group(3) is not None and sec[0] != "xl-dmesg":
+                    data = "".join(ln + "\n" for ln in body).encode("latin-1")
+                    cur["integrity"].append(
+                        (sec[0], len(body) == int(m.group(3))
+                         and posix_cksum(data) == int(m.group(4))))
+                cur["sections"][sec[0]] = body
+                sec = None
+            elif sec[0] != "xl-dmesg" and line.startswith("(XEN) "):
+                pass  # Xen's own asynchronous messages, interleaved on the serial
+            else:
+                sec[1].append(line)
+            continue
+        m = BEGIN.match(line)
+        if m:
+            sec = (m.group(1), [])
+            continue
+        m = RESULT.match(line)
+        if m:
+            cur["status"] = m.group(3)
+            cur["attempt"] = int(m.group(2))
+            continue
+        if line.startswith("LAB END config "):
+            cur = None
+    return configs
+
+
+def parse_xenstore(lines):
+    xs = {}
+    for line in lines:
+        m = re.match(r'^(/\S+) = "(.*)"', line)
+        if m:
+            xs[m.group(1)] = m.group(2)
+    return xs
+
+
+def fields(line):
+    out = {}
+    for tok in line.split()[1:]:
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            out[k] = v
+    return out
+
+
+def guest_lines(cfg):
+    lines = cfg["sections"].get("console")
+    src = "console log"
+    if not lines:  # fall back to the 0xe9 lines in `xl dmesg`
+        src = "xl dmesg (0xe9)"
+        lines = [re.sub(r"^\(d\d+\) ", "", ln) for ln in cfg["sections"].get("xl-dmesg", [])
+                 if re.match(r"^\(d\d+\) ", ln)]
+    return [ln for ln in lines], src
+
+
+FEATURE_KEYS = [  # backend key, features= token, valued?
+    ("feature-flush-cache", "flush-cache", False),
+    ("feature-barrier", "barrier", False),
+    ("feature-discard", "discard", False),
+    ("feature-persistent", "persistent", False),
+    ("feature-max-indirect-segments", "indirect", True),
+    ("max-ring-page-order", "ring-order", True),
+    ("multi-queue-max-queues", "queues", True),
+]
+
+
+def expected_features(xs, be):
+    want = {}
+    for key, tok, valued in FEATURE_KEYS:
+        v = xs.get(f"{be}/{key}")
+        if v is None:
+            continue
+        if valued:
+            want[tok] = v
+        elif v == "1":
+            want[tok] = None
+    return want
+
+
+def got_features(s):
+    got = {}
+    if s in (None, "", "-"):
+        return got
+    for tok in s.split(","):
+        k, _, v = tok.partition(":")
+        got[k] = v or None
+    return got
+
+
+STALL_QEMU = "aio=native was specified, but is not supported in this build"
+
+
+def check_config(c, name, mode, specs, attempts):
+    cfg = attempts[-1]
+    p = f"{name}:"
+    if len(attempts) > 1:
+        print(f"note {p} RETRIED: attempt 1 ended with status={attempts[0]['status']}")
+    if not c.check(cfg["status"] == "ok",
+                   f"{p} guest ran to its end (attempt {cfg['attempt']}, status={cfg['status']})"):
+        tail = cfg["sections"].get("console", [])[-5:]
+        for ln in tail:
+            print(f"     | {ln}")
+    c.check(all(ok for _, ok in cfg["integrity"]) and cfg["integrity"],
+            f"{p} serial log sections intact (line counts + cksums of "
+            f"{len(cfg['integrity'])} sections; bad: "
+            f"{[k for k, ok in cfg['integrity'] if not ok] or 'none'})")
+    lines, src = guest_lines(cfg)
+    xs = parse_xenstore(cfg["sections"].get("xenstore", []))
+    closing = [ln for ln in lines if re.match(r"^xenblk: \d+ passed, \d+ failed$", ln)]
+    ok = len(closing) == 1 and re.match(r"^xenblk: \d+ passed, 0 failed$", closing[0])
+    c.check(ok, f"{p} one closing line with 0 failed ({closing or 'none'}, from {src})")
+    for ln in lines:
+        if ln.startswith("xenblk-panic") or "FAIL" in ln.split(":")[0]:
+            c.check(False, f"{p} guest reported: {ln}")
+
+    disks = [fields(ln) for ln in lines if ln.startswith("xenblk-disk ")]
+    stalls = [ln for ln in lines if ln.startswith("xenblk-stall ")]
+    verifies = [fields(ln) for ln in lines if ln.startswith("xenblk-verify ")]
+    by_vdev = {d.get("vdev"): d for d in disks}
+    fe_vdevs = sorted({m.group(1) for k in xs
+                       for m in [re.match(r"^/local/domain/\d+/device/vbd/(\d+)/", k)] if m})
+    c.check(fe_vdevs and sorted(by_vdev) == fe_vdevs,
+            f"{p} one xenblk-disk line per frontend device (lines {sorted(by_vdev)}, "
+            f"xenstore {fe_vdevs})")
+    for spec in specs:
+        v = vdev_number(spec.get("vdev", ""))
+        check_disk(c, name, spec, v, by_vdev.get(v), xs, stalls, cfg)
+
+    if mode == "verify" and cfg["status"] == "ok":
+        writable = {v for v, d in by_vdev.items() if d.get("mode") == "w"
+                    and d.get("connected", "yes") == "yes"}
+        c.check(writable <= {v.get("vdev") for v in verifies},
+                f"{p} xenblk-verify regions for every writable disk "
+                f"(writable {sorted(writable)}, verified {sorted({v.get('vdev') for v in verifies})})")
+        for v in verifies:
+            c.check(v.get("vdev") in writable,
+                    f"{p} verify region on vdev {v.get('vdev')} is on a writable connected disk")
+        sums = [fields("x " + ln) for ln in cfg["sections"].get("cksum", [])
+                if ln.startswith("LAB-CKSUM ")]
+        c.check(len(sums) == len(verifies),
+                f"{p} dom0 checked every verify region ({len(sums)} of {len(verifies)})")
+        for s in sums:
+            c.check(s.get("match") == "yes",
+                    f"{p} dom0 cksum vdev={s.get('vdev')} sector={s.get('sector')} "
+                    f"count={s.get('count')}: guest {s.get('want')} image {s.get('got')}")
+
+
+def check_disk(c, name, spec, v, d, xs, stalls, cfg):
+    vname = spec.get("vdev")
+    p = f"{name}: {vname}"
+    fe = next((k.rsplit("/", 1)[0] for k in xs
+               if re.match(rf"^/local/domain/\d+/device/vbd/{v}/backend$", k or "")), None)
+    be = xs.get(f"{fe}/backend") if fe else None
+    if not c.check(be is not None, f"{p} frontend dir has a backend path ({be})"):
+        return
+    # The toolstack wrote what the matrix asked for.
+    want_type = spec.get("backendtype", "phy")
+    want_mode = "r" if spec.get("access", "rw") in ("r", "ro") else "w"
+    want_dio = "1" if "direct-io-safe" in spec["flags"] else None
+    c.check(f"/backend/{'qdisk' if want_type == 'qdisk' else 'vbd'}/" in be
+            and xs.get(f"{be}/type") == want_type and xs.get(f"{be}/mode") == want_mode
+            and xs.get(f"{be}/direct-io-safe") == want_dio,
+            f"{p} xenstore has what the disk spec asked (type={xs.get(f'{be}/type')} "
+            f"mode={xs.get(f'{be}/mode')} direct-io-safe={xs.get(f'{be}/direct-io-safe', 'absent')})")
+    if not c.check(d is not None, f"{p} has a xenblk-disk line"):
+        return
+    c.check(d.get("backend") == be, f"{p} backend {d.get('backend')} == frontend's {be}")
+    for field, key in (("type", "type"), ("sectors", "sectors"), ("sector-size", "sector-size"),
+                       ("mode", "mode")):
+        # A key the backend has not written (a disk that never connected) may
+        # be printed empty, as "-", or as "absent".
+        got = d.get(field)
+        got = None if got in (None, "", "-", "absent") else got
+        c.check(got == xs.get(f"{be}/{key}"),
+                f"{p} {field}={d.get(field, '(missing)')} == xenstore "
+                f"{key}={xs.get(f'{be}/{key}', 'absent')}")
+    c.check(d.get("direct-io-safe") == xs.get(f"{be}/direct-io-safe", "absent"),
+            f"{p} direct-io-safe={d.get('direct-io-safe')} == xenstore "
+            f"{xs.get(f'{be}/direct-io-safe', 'absent')}")
+    state = xs.get(f"{be}/state")
+    connected = d.get("connected", "yes")
+    stall_expected = want_type == "qdisk" and want_dio == "1"
+    if stall_expected:
+        # Debian's qemu-system-xen has no libaio: qdisk + direct-io-safe never
+        # connects. The guest must say so after a bounded wait.
+        c.check(connected == "no" and d.get("backend-state") == "1" and state == "1",
+                f"{p} qdisk+direct-io-safe reported as not connected: connected={connected} "
+                f"backend-state={d.get('backend-state')} (xenstore state={state})")
+        c.check(d.get("cause") == "qdisk-direct-io-safe", f"{p} cause={d.get('cause')}")
+        vdev_stalls = [s for s in stalls if s.startswith(f"xenblk-stall vdev={v}:")]
+        c.check(any(all(w in s.lower() for w in ("direct-io-safe", "qdisk", "aio"))
+                    for s in vdev_stalls),
+                f"{p} xenblk-stall explanation names direct-io-safe, qdisk and aio "
+                f"({vdev_stalls or 'none'})")
+        qlog = cfg["sections"].get("qemu-dm", [])
+        c.check(any(STALL_QEMU in ln for ln in qlog),
+                f"{p} dom0's qemu-dm log says \"{STALL_QEMU}\"")
+        return
+    # The dump is taken after the guest finished, when a frontend that closed
+    # its devices left the backend Closing/Closed: Connected (4) was reached if
+    # the state is 4..6, the frontend published its ring, and nothing was
+    # written under an error/ node.
+    ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs)
+    errors = [k for k in xs if "/error/" in k and f"/{v}" in k]
+    if not c.check(connected == "yes" and state in ("4", "5", "6") and ring and not errors,
+                   f"{p} connected={connected}, backend reached Connected (state now {state}, "
+                   f"frontend ring {'published' if ring else 'MISSING'}, error nodes {errors or 'none'})"):
+        return
+    want = expected_features(xs, be)
+    got = got_features(d.get("features"))
+    for tok in sorted(set(want) | set(got)):
+        c.check(want.get(tok, "absent") == got.get(tok, "absent"),
+                f"{p} feature {tok}: line {show(got, tok)}, backend {show(want, tok)}")
+
+
+def show(feats, tok):
+    if tok not in feats:
+        return "absent"
+    return feats[tok] or "present"
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    show = "--show" in sys.argv
+    if len(args) != 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    matrix = parse_matrix(args[0])
+    configs = parse_log(args[1])
+    c = Checks()
+    for name, mode, specs in matrix:
+        attempts = configs.get(name)
+        if show and attempts:
+            lines, src = guest_lines(attempts[-1])
+            print(f"---- {name} ({mode}): guest output ({src}) ----")
+            for ln in lines:
+                print(f"  {ln}")
+        if not c.check(bool(attempts), f"{name}: configuration ran"):
+            continue
+        check_config(c, name, mode, specs, attempts)
+    print(f"lab: {c.passed} passed, {c.failed} failed")
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
