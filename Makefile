@@ -6,7 +6,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
-        unikernel unikernel-test bench bench-ring
+        unikernel unikernel-test bench bench-ring bench-inguest
 
 all: test
 
@@ -62,9 +62,15 @@ test: fmt clippy clippy-pvh doc unit layout miri unikernel-test lab
 # Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
 # (driver, in-guest) add a bench-* target and list it in BENCHES.
 # XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
-BENCHES := bench-ring
+BENCHES := bench-ring bench-inguest
 
 bench: $(BENCHES)
 
 bench-ring: setup
 	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --bench ring
+
+# In-guest benchmark under real Xen (tests/lab/bench/, about 10 minutes): the
+# example unikernel's `bench` mode against Linux's blkfront + fio in a PV domU,
+# same boot, same backends (blkback on null_blk, qdisk on a file).
+bench-inguest: unikernel
+	bash tests/lab/bench/run.sh
