@@ -6,7 +6,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
-        unikernel unikernel-test bench bench-ring bench-inguest
+        unikernel unikernel-test bench bench-ring bench-driver bench-inguest
 
 all: test
 
@@ -62,12 +62,17 @@ test: fmt clippy clippy-pvh doc unit layout miri unikernel-test lab
 # Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
 # (driver, in-guest) add a bench-* target and list it in BENCHES.
 # XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
-BENCHES := bench-ring bench-inguest
+BENCHES := bench-ring bench-driver bench-inguest
 
 bench: $(BENCHES)
 
 bench-ring: setup
 	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --bench ring
+
+# The driver over the simulated blkback (benches/driver.rs): IOPS, ns and
+# callgrind instructions per request, deltas against benches/baseline.txt.
+bench-driver: setup
+	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --features sim --bench driver
 
 # In-guest benchmark under real Xen (tests/lab/bench/, about 10 minutes): the
 # example unikernel's `bench` mode against Linux's blkfront + fio in a PV domU,

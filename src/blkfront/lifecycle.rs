@@ -330,7 +330,7 @@ pub(super) fn probe<'a, H: Hal, T: XsTransport>(
         queues: Vec::new(),
         next_queue: 0,
         next_token: 1,
-        pending: BTreeMap::new(),
+        pending: Default::default(),
         done: VecDeque::new(),
         handle: vdev as u16,
         leaked: 0,

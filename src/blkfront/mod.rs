@@ -19,7 +19,7 @@ mod lifecycle;
 mod queue;
 pub mod wire;
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -148,10 +148,65 @@ pub enum DeviceState {
     Closed,
 }
 
+/// A caller-visible request whose parts are in flight.
 struct Pending {
+    token: u64,
     parts_left: u32,
     error: Option<Error>,
     buf: Option<Vec<u8>>,
+}
+
+/// The requests in flight: a slab indexed by a small number that each part's
+/// shadow entry carries (so a completion finds its request without a search),
+/// with a free list so that steady-state I/O allocates nothing.
+#[derive(Default)]
+struct PendingTable {
+    slots: Vec<Option<Pending>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl PendingTable {
+    fn insert(&mut self, p: Pending) -> u32 {
+        self.len += 1;
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.slots.get_mut(i as usize) {
+                    *slot = Some(p);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(p));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut Pending> {
+        self.slots.get_mut(i as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, i: u32) -> Option<Pending> {
+        let p = self.slots.get_mut(i as usize)?.take()?;
+        self.len -= 1;
+        self.free.push(i);
+        Some(p)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Removes every entry, in token order.
+    fn drain_sorted(&mut self) -> Vec<Pending> {
+        let mut all: Vec<Pending> = self.slots.iter_mut().filter_map(Option::take).collect();
+        all.sort_unstable_by_key(|p| p.token);
+        self.slots.clear();
+        self.free.clear();
+        self.len = 0;
+        all
+    }
 }
 
 /// What [`BlockFront::check_backend`] saw.
@@ -183,7 +238,7 @@ pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     queues: Vec<Queue>,
     next_queue: usize,
     next_token: u64,
-    pending: BTreeMap<u64, Pending>,
+    pending: PendingTable,
     done: VecDeque<Completion>,
     handle: u16,
     /// Pages given up for good because the backend kept them mapped.
@@ -347,7 +402,15 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         }
         let token = self.new_token();
         let indirect = self.info.negotiated.indirect_segments as usize;
+        // The entry exists before its parts, which carry its index.
+        let req = self.pending.insert(Pending {
+            token,
+            parts_left: 0,
+            error: None,
+            buf: None,
+        });
         let mut pushed = 0u32;
+        let mut failed = None;
         for k in 0..parts {
             let off = k * per_part;
             let plen = per_part.min(len - off);
@@ -362,7 +425,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 self.gt,
                 self.handle,
                 wire_sector + (off / 512) as u64,
-                token,
+                req,
                 off,
                 src,
                 plen,
@@ -370,30 +433,26 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             );
             match r {
                 Ok(()) => pushed += 1,
-                Err(error) if pushed == 0 => return Err(Rejected { error, buf }),
                 Err(error) => {
-                    // Parts already pushed will complete; the request fails
-                    // as a whole once they do.
-                    self.pending.insert(
-                        token,
-                        Pending {
-                            parts_left: pushed,
-                            error: Some(error),
-                            buf: Some(buf),
-                        },
-                    );
-                    return Ok(RequestToken(token));
+                    failed = Some(error);
+                    break;
                 }
             }
         }
-        self.pending.insert(
-            token,
-            Pending {
-                parts_left: pushed,
-                error: None,
-                buf: Some(buf),
-            },
-        );
+        if pushed == 0 {
+            self.pending.remove(req);
+            return Err(Rejected {
+                error: failed.unwrap_or(Error::RingFull),
+                buf,
+            });
+        }
+        if let Some(p) = self.pending.get_mut(req) {
+            // Parts already pushed will complete; after a failure the request
+            // fails as a whole once they do.
+            p.parts_left = pushed;
+            p.error = failed;
+            p.buf = Some(buf);
+        }
         Ok(RequestToken(token))
     }
 
@@ -454,15 +513,18 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let token = self.new_token();
         let q = self.pick_queue();
         let handle = self.handle;
-        self.queues[q].push_control(token, op, |id| RequestSlot::direct(op, handle, id, 0, &[]))?;
-        self.pending.insert(
+        let req = self.pending.insert(Pending {
             token,
-            Pending {
-                parts_left: 1,
-                error: None,
-                buf: None,
-            },
-        );
+            parts_left: 1,
+            error: None,
+            buf: None,
+        });
+        let r =
+            self.queues[q].push_control(req, op, |id| RequestSlot::direct(op, handle, id, 0, &[]));
+        if let Err(e) = r {
+            self.pending.remove(req);
+            return Err(e);
+        }
         Ok(RequestToken(token))
     }
 
@@ -534,17 +596,19 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let (s512, n512) = (first / 512, (last - first) / 512);
         let q = self.pick_queue();
         let handle = self.handle;
-        self.queues[q].push_control(token, BLKIF_OP_DISCARD, |id| {
-            RequestSlot::discard(flag, handle, id, s512, n512)
-        })?;
-        self.pending.insert(
+        let req = self.pending.insert(Pending {
             token,
-            Pending {
-                parts_left: 1,
-                error: None,
-                buf: None,
-            },
-        );
+            parts_left: 1,
+            error: None,
+            buf: None,
+        });
+        let r = self.queues[q].push_control(req, BLKIF_OP_DISCARD, |id| {
+            RequestSlot::discard(flag, handle, id, s512, n512)
+        });
+        if let Err(e) = r {
+            self.pending.remove(req);
+            return Err(e);
+        }
         Ok(RequestToken(token))
     }
 
@@ -566,13 +630,23 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         }
         if self.state == DeviceState::Connected {
             self.kick();
-            self.harvest();
+            self.harvest(false);
         }
         self.done.pop_front()
     }
 
-    fn harvest(&mut self) {
+    /// Takes the responses of every queue with requests in flight, or of
+    /// every queue with `all`. A queue with nothing in flight has nothing to
+    /// answer: skipping it saves an event-channel consume and a final check
+    /// per queue and poll. Whatever a backend puts on an idle ring is read,
+    /// and validated like any response, the next time the queue is busy or
+    /// a blocking call waits (which harvests `all`, so that the pending
+    /// flags it waits on are clear).
+    fn harvest(&mut self, all: bool) {
         for qi in 0..self.queues.len() {
+            if !all && self.queues[qi].in_flight() == 0 {
+                continue;
+            }
             let port = self.queues[qi].port;
             self.hal.evtchn_consume(port);
             loop {
@@ -596,10 +670,11 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         }
     }
 
-    fn finish(&mut self, qi: usize, mut d: queue::Done) {
+    fn finish(&mut self, qi: usize, d: queue::Done) {
         let mut turn_off = None;
         let mut last = false;
-        if let Some(p) = self.pending.get_mut(&d.token) {
+        let q = &self.queues[qi];
+        if let Some(p) = self.pending.get_mut(d.req) {
             match d.status {
                 Ok(()) if d.op == BLKIF_OP_READ => {
                     if let Some(dst) = p
@@ -607,7 +682,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                         .as_mut()
                         .and_then(|b| b.get_mut(d.offset..d.offset + d.len))
                     {
-                        for (i, page) in d.pages.iter().enumerate() {
+                        for (i, page) in q.data_pages(d.id).iter().enumerate() {
                             let n = (d.len - i * PAGE_SIZE).min(PAGE_SIZE);
                             // SAFETY: the page is ours and PAGE_SIZE long; its
                             // request is complete and its per-request grant
@@ -635,14 +710,14 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             p.parts_left = p.parts_left.saturating_sub(1);
             last = p.parts_left == 0;
         }
-        self.queues[qi].recycle(self.hal, self.gt, &mut d.pages);
+        self.queues[qi].release(self.hal, self.gt, d.id);
         if let Some(feat) = turn_off {
             self.turn_off(feat);
         }
         if last {
-            if let Some(p) = self.pending.remove(&d.token) {
+            if let Some(p) = self.pending.remove(d.req) {
                 self.done.push_back(Completion {
-                    token: RequestToken(d.token),
+                    token: RequestToken(p.token),
                     result: p.error.map_or(Ok(()), Err),
                     buf: p.buf,
                 });
@@ -672,27 +747,24 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
 
     /// Fails every in-flight request with `err`, revoking grants.
     fn abort_in_flight(&mut self, err: Error) {
-        let mut tokens = Vec::new();
+        let mut reqs = Vec::new();
         for q in &mut self.queues {
-            q.abort_all(self.hal, self.gt, |t| tokens.push(t));
+            q.abort_all(self.hal, self.gt, |r| reqs.push(r));
         }
-        for t in tokens {
-            if let Some(p) = self.pending.get_mut(&t) {
+        for r in reqs {
+            if let Some(p) = self.pending.get_mut(r) {
                 p.parts_left = p.parts_left.saturating_sub(1);
                 if p.error.is_none() {
                     p.error = Some(err);
                 }
             }
         }
-        let all: Vec<u64> = self.pending.keys().copied().collect();
-        for t in all {
-            if let Some(p) = self.pending.remove(&t) {
-                self.done.push_back(Completion {
-                    token: RequestToken(t),
-                    result: Err(p.error.unwrap_or(err)),
-                    buf: p.buf,
-                });
-            }
+        for p in self.pending.drain_sorted() {
+            self.done.push_back(Completion {
+                token: RequestToken(p.token),
+                result: Err(p.error.unwrap_or(err)),
+                buf: p.buf,
+            });
         }
     }
 
@@ -743,7 +815,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
 
     fn harvest_into_done(&mut self) {
         if self.state == DeviceState::Connected {
-            self.harvest();
+            self.harvest(true);
         }
     }
 

@@ -43,28 +43,31 @@ pub(crate) struct Shadow {
     /// The operation a matching response must carry (`indirect_op` for an
     /// indirect request: that is what backends echo).
     pub(crate) op: u8,
-    /// The caller-visible request this slot is part of.
-    pub(crate) token: u64,
+    /// The caller-visible request this slot is part of (its index in the
+    /// driver's table of pending requests).
+    pub(crate) req: u32,
     /// Byte offset of this part within the caller's buffer.
     pub(crate) offset: usize,
     /// Bytes this part carries.
     pub(crate) len: usize,
-    /// Data pages, in order.
+    /// Data pages, in order. Emptied when the slot is released, keeping its
+    /// capacity for the next request (no allocation per request).
     pub(crate) pages: Vec<DataPage>,
-    /// Indirect descriptor pages.
+    /// Indirect descriptor pages (likewise reused).
     pub(crate) indirect: Vec<DataPage>,
 }
 
-/// The outcome of one validated response.
+/// The outcome of one validated response. Its slot stays taken, with its
+/// data pages, until [`Queue::release`]: read data is copied out of
+/// [`Queue::data_pages`] in between.
 pub(crate) struct Done {
-    pub(crate) token: u64,
+    /// The slot (the wire id).
+    pub(crate) id: u32,
+    pub(crate) req: u32,
     pub(crate) op: u8,
     pub(crate) status: Result<()>,
     pub(crate) offset: usize,
     pub(crate) len: usize,
-    /// Data pages to copy read data out of (when `status` is Ok and the
-    /// operation is a read); hand them back with [`Queue::recycle`].
-    pub(crate) pages: Vec<DataPage>,
 }
 
 /// One ring and everything that belongs to it.
@@ -211,7 +214,7 @@ impl Queue {
         gt: &GrantTable<'_, H>,
         handle: u16,
         sector: u64,
-        token: u64,
+        req: u32,
         offset: usize,
         src: Option<&[u8]>,
         len: usize,
@@ -226,15 +229,15 @@ impl Queue {
         }
         let id = *self.free_ids.last().ok_or(Error::RingFull)?;
         let write = src.is_some();
-        let mut pages = Vec::with_capacity(nsegs);
-        let mut indirect = Vec::new();
-        match self.prepare(hal, gt, &mut pages, &mut indirect, src, len, nsegs, write) {
-            Ok(()) => {}
-            Err(e) => {
-                self.recycle(hal, gt, &mut pages);
-                self.recycle(hal, gt, &mut indirect);
-                return Err(e);
-            }
+        // The free slot's own (empty) vectors, with their capacity.
+        let s = &mut self.shadow[id as usize];
+        let mut pages = core::mem::take(&mut s.pages);
+        let mut indirect = core::mem::take(&mut s.indirect);
+        pages.clear();
+        indirect.clear();
+        if let Err(e) = self.prepare(hal, gt, &mut pages, &mut indirect, src, len, nsegs, write) {
+            self.give_back(hal, gt, id, pages, indirect);
+            return Err(e);
         }
         let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
         let slot = if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
@@ -258,21 +261,38 @@ impl Queue {
             )
         };
         if let Err(e) = self.ring.push_request(&slot) {
-            self.recycle(hal, gt, &mut pages);
-            self.recycle(hal, gt, &mut indirect);
+            self.give_back(hal, gt, id, pages, indirect);
             return Err(e);
         }
         self.free_ids.pop();
         let s = &mut self.shadow[id as usize];
         s.in_flight = true;
         s.op = op;
-        s.token = token;
+        s.req = req;
         s.offset = offset;
         s.len = len;
         s.pages = pages;
         s.indirect = indirect;
         self.unpublished = true;
         Ok(())
+    }
+
+    /// Returns the pages of a part that was not sent to the pool, and the
+    /// emptied vectors to free slot `id`.
+    fn give_back<H: Hal>(
+        &mut self,
+        hal: &H,
+        gt: &GrantTable<'_, H>,
+        id: u32,
+        mut pages: Vec<DataPage>,
+        mut indirect: Vec<DataPage>,
+    ) {
+        self.recycle(hal, gt, &mut pages);
+        self.recycle(hal, gt, &mut indirect);
+        if let Some(s) = self.shadow.get_mut(id as usize) {
+            s.pages = pages;
+            s.indirect = indirect;
+        }
     }
 
     /// Takes and fills the data pages (and indirect pages) of one part.
@@ -333,7 +353,7 @@ impl Queue {
     /// `slot_of(id)`; `op` is the operation its response must echo.
     pub(crate) fn push_control(
         &mut self,
-        token: u64,
+        req: u32,
         op: u8,
         slot_of: impl FnOnce(u64) -> RequestSlot,
     ) -> Result<()> {
@@ -343,7 +363,7 @@ impl Queue {
         let s = &mut self.shadow[id as usize];
         s.in_flight = true;
         s.op = op;
-        s.token = token;
+        s.req = req;
         s.offset = 0;
         s.len = 0;
         self.unpublished = true;
@@ -360,9 +380,10 @@ impl Queue {
         self.ring.push_requests_and_check_notify()
     }
 
-    /// Validates one response against the shadow and retires its slot. A bad
-    /// response returns the violation and changes nothing; the caller then
-    /// breaks the device.
+    /// Validates one response against the shadow and takes its slot out of
+    /// flight (revoking per-request grants); [`release`](Queue::release)
+    /// frees it once the data is copied out. A bad response returns the
+    /// violation and changes nothing; the caller then breaks the device.
     pub(crate) fn complete<H: Hal>(
         &mut self,
         hal: &H,
@@ -394,14 +415,14 @@ impl Queue {
             other => return Err(Violation::UnknownStatus(other)),
         };
         s.in_flight = false;
-        let mut pages = core::mem::take(&mut s.pages);
+        let (req, op, offset, len) = (s.req, s.op, s.offset, s.len);
         let mut indirect = core::mem::take(&mut s.indirect);
-        let (token, op, offset, len) = (s.token, s.op, s.offset, s.len);
-        self.free_ids.push(idx as u32);
         self.recycle(hal, gt, &mut indirect);
+        let s = &mut self.shadow[idx];
+        s.indirect = indirect;
         // Per-request grants of data pages end now, before anyone reads the
         // data: after a successful revoke the backend can no longer change it.
-        for p in pages.iter_mut().filter(|p| p.transient) {
+        for p in s.pages.iter_mut().filter(|p| p.transient) {
             let g = p.gref.unwrap_or(GrantRef(0));
             if gt.end_access_and_free(g).is_ok() {
                 p.gref = None;
@@ -409,13 +430,33 @@ impl Queue {
             }
         }
         Ok(Done {
-            token,
+            id: idx as u32,
+            req,
             op,
             status,
             offset,
             len,
-            pages,
         })
+    }
+
+    /// The data pages of slot `id` (completed, not yet released).
+    pub(crate) fn data_pages(&self, id: u32) -> &[DataPage] {
+        self.shadow.get(id as usize).map_or(&[], |s| &s.pages)
+    }
+
+    /// Frees slot `id` after [`complete`](Queue::complete): its pages go
+    /// back to the pool (or quarantine), the slot to the free list.
+    pub(crate) fn release<H: Hal>(&mut self, hal: &H, gt: &GrantTable<'_, H>, id: u32) {
+        let Some(s) = self.shadow.get_mut(id as usize) else {
+            return;
+        };
+        if s.in_flight {
+            return;
+        }
+        let mut pages = core::mem::take(&mut s.pages);
+        self.recycle(hal, gt, &mut pages);
+        self.shadow[id as usize].pages = pages;
+        self.free_ids.push(id);
     }
 
     /// Retires every in-flight slot without a response (the backend went
@@ -425,7 +466,7 @@ impl Queue {
         &mut self,
         hal: &H,
         gt: &GrantTable<'_, H>,
-        mut f: impl FnMut(u64),
+        mut f: impl FnMut(u32),
     ) {
         for idx in 0..self.shadow.len() {
             if !self.shadow[idx].in_flight {
@@ -433,13 +474,12 @@ impl Queue {
             }
             let s = &mut self.shadow[idx];
             s.in_flight = false;
-            let mut pages = core::mem::take(&mut s.pages);
-            let mut indirect = core::mem::take(&mut s.indirect);
-            let token = s.token;
+            let pages = core::mem::take(&mut s.pages);
+            let indirect = core::mem::take(&mut s.indirect);
+            let req = s.req;
+            self.give_back(hal, gt, idx as u32, pages, indirect);
             self.free_ids.push(idx as u32);
-            self.recycle(hal, gt, &mut pages);
-            self.recycle(hal, gt, &mut indirect);
-            f(token);
+            f(req);
         }
         self.unpublished = false;
     }
