@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # /init of the Linux anchor guest of the in-guest benchmark (built into
-# fio.cpio by build-fio.sh): dom0's own Debian kernel booted as a PV domU,
+# fio.cpio by build-fio.sh): dom0's own Debian kernel booted as a PV (or PVH) domU,
 # Linux's xen-blkfront with its default module parameters, and fio.
 #
 # Command line (after the kernel's own words): `bench [secs=<s>] [ramp=<s>]`.
@@ -84,7 +84,7 @@ for v in $(xenstore-list device/vbd 2>/dev/null); do
         if [ "$rc" = 0 ] && [ "$err" = 0 ] && [ "$ms" -gt 0 ] 2>/dev/null; then
             awk -v v="$v" -v t="$typ" -v j="$job" -v kib="$kib" -v ms="$ms" -v bs="$bs" -v qd="$qd" 'BEGIN {
                 ops = kib * 1024 / bs; ns = ms * 1000000
-                printf "linux-bench vdev=%s backend=%s job=%s iops=%d mbps=%.2f ops=%d ns=%d qd=%d bs=%d\n",
+                printf "linux-bench vdev=%s backend=%s job=%s iops=%.0f mbps=%.2f ops=%.0f ns=%.0f qd=%d bs=%d\n",
                     v, t, j, ops * 1e9 / ns, kib * 1024 * 1e3 / ns, ops, ns, qd, bs }'
             pass=$((pass + 1))
         else

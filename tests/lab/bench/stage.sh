@@ -6,7 +6,7 @@
 #     bench-job.sh), /run/lab/img/qdisk.img -> /run/bench/qdisk.img (sparse);
 #     the lab job makes no images for them;
 #   - unikernel guests: cmdline "bench vdev=all secs=S ramp=R <MODE args>";
-#   - `linux*` guests: PV, dom0's kernel + fio.cpio, 256 MiB, same vcpus and
+#   - `linux*` guests: PV (PVH for `*-pvh`), dom0's kernel + fio.cpio, 384 MiB, same vcpus and
 #     disks, cmdline "... bench secs=S ramp=R".
 # and puts bench-job.sh in front of the lab's job (it becomes /lab/job.sh and
 # runs the lab's, now /lab/lab-job.sh, after setting up the backends).
@@ -42,10 +42,12 @@ for cfg in "$S"/cfg/*.cfg; do
     sed -i -e 's|/run/lab/img/nullb0.img|/dev/nullb0|' \
         -e 's|/run/lab/img/qdisk.img|/run/bench/qdisk.img|' "$cfg"
     if [[ $NAME == linux* ]]; then
-        sed -i -e 's|^type = .*|type = "pv"|' \
+        gtype=pv
+        [[ $NAME == *-pvh ]] && gtype=pvh
+        sed -i -e "s|^type = .*|type = \"$gtype\"|" \
             -e 's|^kernel = .*|kernel = "/lab/guest/vmlinuz"\nramdisk = "/lab/guest/fio.cpio"|' \
             -e "s|^cmdline = .*|cmdline = \"console=hvc0 quiet loglevel=1 bench $args\"|" \
-            -e 's|^memory = .*|memory = 256|' "$cfg"
+            -e 's|^memory = .*|memory = 384|' "$cfg"
     else
         sed -i -e "s|^cmdline = .*|cmdline = \"bench vdev=all $args$extra\"|" "$cfg"
     fi
