@@ -6,7 +6,8 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
-        unikernel unikernel-test bench bench-ring bench-driver fuzz fuzz-smoke soak soak-smoke
+        unikernel unikernel-test bench bench-ring bench-driver bench-inguest \
+        fuzz fuzz-smoke soak soak-smoke
 
 all: test
 
@@ -62,7 +63,7 @@ test: fmt clippy clippy-pvh doc unit layout miri fuzz-smoke soak-smoke unikernel
 # Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
 # (driver, in-guest) add a bench-* target and list it in BENCHES.
 # XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
-BENCHES := bench-ring bench-driver
+BENCHES := bench-ring bench-driver bench-inguest
 
 bench: $(BENCHES)
 
@@ -107,3 +108,9 @@ soak: setup
 
 soak-smoke: setup
 	$(MAKE) soak XENBLK_SOAK_SECS=$(SOAK_SMOKE_SECS)
+
+# In-guest benchmark under real Xen (tests/lab/bench/, about 10 minutes): the
+# example unikernel's `bench` mode against Linux's blkfront + fio in a PV domU,
+# same boot, same backends (blkback on null_blk, qdisk on a file).
+bench-inguest: unikernel
+	bash tests/lab/bench/run.sh

@@ -112,6 +112,11 @@ disk = [ $specs ]
 CFG
 done <"$MATRIX"
 ((n > 0)) || die "$MATRIX: no configurations"
+# XENBLK_LAB_STAGE_HOOK=SCRIPT: run as `bash SCRIPT STAGEDIR` before packing,
+# to add or rewrite files (the in-guest benchmark, tests/lab/bench/stage.sh).
+if [[ -n ${XENBLK_LAB_STAGE_HOOK:-} ]]; then
+    bash "$XENBLK_LAB_STAGE_HOOK" "$S" || die "stage hook $XENBLK_LAB_STAGE_HOOK failed"
+fi
 (cd "$OUT/stage" && find lab | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$OUT/run.cpio"
 cat "$LAB_CACHE/dom0.cpio" "$OUT/run.cpio" >"$OUT/initrd.cpio"
 say "run cpio: $n configuration(s), $(stat -c %s "$OUT/run.cpio") bytes appended to dom0.cpio"
