@@ -524,6 +524,48 @@ fn ring_full_is_a_typed_back_pressure_error() {
     assert!(disk.submit_read(0, vec![0; 512]).is_ok());
 }
 
+#[test]
+fn the_non_blocking_api_waits_on_the_device_ports() {
+    let w = World::new();
+    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let cfg = Config {
+        max_queues: 2,
+        ..Config::default()
+    };
+    connect!(w, gt, store, disk, cfg);
+    let ports = disk.ports();
+    assert_eq!(ports.len(), disk.info().negotiated.queues as usize);
+    assert_eq!(ports.len(), 2);
+    assert!(ports[0] != ports[1] && ports.iter().all(|p| p.0 != 0));
+
+    // Nothing in flight: the wait runs to its deadline and says so.
+    let deadline = w.xen.now_ns() + 1_000_000;
+    assert_eq!(disk.wait(deadline), Err(Error::Timeout));
+    assert!(w.xen.now_ns() >= deadline);
+
+    // A slow backend: the wait ends on the response's event, long before
+    // its deadline, and the completion is then there to poll.
+    be.update_faults(|f| f.delay_ns = 5_000_000);
+    let t = disk.submit_read(8, vec![0; 4096]).unwrap();
+    disk.kick();
+    assert!(disk.poll().is_none());
+    let start = w.xen.now_ns();
+    let deadline = start + 1_000_000_000;
+    let mut c = None;
+    while c.is_none() {
+        assert_eq!(disk.wait(deadline), Ok(()));
+        c = disk.poll();
+    }
+    let c = c.unwrap();
+    assert_eq!((c.token, c.result), (t, Ok(())));
+    let now = w.xen.now_ns();
+    assert!(now >= start + 5_000_000 && now < deadline, "woke at {now}");
+
+    disk.close().unwrap();
+    assert!(disk.ports().is_empty());
+    assert_eq!(disk.wait(w.xen.now_ns() + 1_000_000), Ok(()));
+}
+
 trait Waiter {
     fn hal_wait(&self, disk: &BlockFront<'_, SimHal, SimXsTransport<'_>>) -> Result<(), Error>;
 }

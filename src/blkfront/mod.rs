@@ -35,7 +35,7 @@ use crate::abi::blkif::{
 };
 use crate::error::Feature;
 use crate::gnttab::GrantTable;
-use crate::hal::{Hal, XsTransport, PAGE_SIZE};
+use crate::hal::{Hal, Port, XsTransport, PAGE_SIZE};
 use crate::xenstore::XenStore;
 use crate::{Error, Result};
 use queue::Queue;
@@ -314,6 +314,44 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// Ring slots in use across all queues.
     pub fn in_flight(&self) -> usize {
         self.queues.iter().map(Queue::in_flight).sum()
+    }
+
+    /// The event channels of the device's queues, in queue order (one per
+    /// queue; empty when the device holds no rings, e.g. after
+    /// [`close`](Self::close)). For callers that wait in their own way on
+    /// several devices at once; [`wait`](Self::wait) waits on these.
+    pub fn ports(&self) -> Vec<Port> {
+        self.queues.iter().map(|q| q.port).collect()
+    }
+
+    /// Blocks until an event arrives on one of the device's queues, a
+    /// completion is ready for [`poll`](Self::poll), or `deadline`
+    /// ([`Hal::now_ns`] time) passes: the waiting half of the non-blocking
+    /// API, for a caller whose [`poll`](Self::poll) found nothing. Race
+    /// free: [`poll`](Self::poll) consumes a queue's event before its final
+    /// check of the ring, so a response published after that check leaves
+    /// the event pending and this returns at once. Early returns are
+    /// allowed; the caller polls again either way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when `deadline` passed without an event (the
+    /// caller may still find work: it polls again), and the platform's
+    /// errors from [`Hal::evtchn_wait`].
+    pub fn wait(&self, deadline: u64) -> Result<()> {
+        if !self.done.is_empty() || self.queues.is_empty() {
+            return Ok(());
+        }
+        let mut ports = [Port(0); 8];
+        if self.queues.len() <= ports.len() {
+            for (p, q) in ports.iter_mut().zip(&self.queues) {
+                *p = q.port;
+            }
+            self.hal
+                .evtchn_wait(&ports[..self.queues.len()], Some(deadline))
+        } else {
+            self.hal.evtchn_wait(&self.ports(), Some(deadline))
+        }
     }
 
     /// Pages quarantined because the backend kept them mapped after
