@@ -8,7 +8,8 @@
 #      exception stubs work, so a bug is never a silent triple fault;
 #   3. the host unit tests of unikernel/src/cksum.rs (the CRC that `verify`
 #      prints for dom0), built on their own with rustc --test: known vectors
-#      and a comparison with the cksum binary.
+#      and a comparison with the cksum binary; and those of
+#      unikernel/src/benchcmd.rs (the parser of dom0's `bench serve` commands).
 # Port 0xe9 is QEMU's debugcon (Xen's HVM debug port, too).
 # Usage: tests/unikernel-noxen.sh [ELF]  (default: the release build)
 set -euo pipefail
@@ -61,15 +62,18 @@ for what in panic exception; do
 done
 expect "an exception names its vector and rip" '^xenblk-panic: CPU exception 6 \(error 0x0\) at rip 0x'
 
-# The CRC module is core-only, so the host can build it as a test crate.
+# The CRC module and the bench-command parser are core-only, so the host
+# can build each as a test crate.
 ckdir=$(mktemp -d)
-if rustc --edition 2021 --test -o "$ckdir/cksum-test" unikernel/src/cksum.rs 2>"$ckdir/err" &&
-    "$ckdir/cksum-test" >"$ckdir/out" 2>&1; then
-    ok "cksum.rs host tests ($(grep -o '[0-9]* passed' "$ckdir/out"))"
-else
-    cat "$ckdir/err" "$ckdir/out" 2>/dev/null | sed 's/^/    | /'
-    not_ok "cksum.rs host tests"
-fi
+for m in cksum benchcmd; do
+    if rustc --edition 2021 --test -o "$ckdir/$m-test" "unikernel/src/$m.rs" 2>"$ckdir/err" &&
+        "$ckdir/$m-test" >"$ckdir/out" 2>&1; then
+        ok "$m.rs host tests ($(grep -o '[0-9]* passed' "$ckdir/out"))"
+    else
+        cat "$ckdir/err" "$ckdir/out" 2>/dev/null | sed 's/^/    | /'
+        not_ok "$m.rs host tests"
+    fi
+done
 rm -rf "$ckdir"
 
 echo "unikernel-noxen: $passed passed, $failed failed"

@@ -148,7 +148,7 @@ boot_once() {
                 say "dom0 up after $elapsed s (${line#LAB dom0-ready })"
                 ;;
             "LAB dom0-failed"*) infra="dom0 failed: ${line#LAB dom0-failed: }" ;;
-            "LAB domU "* | "LAB RESULT "* | "LAB !!!"* | "LAB images "*) say "${line#LAB }" ;;
+            "LAB domU "* | "LAB bench-turn "* | "LAB bench-round "* | "LAB RESULT "* | "LAB !!!"* | "LAB images "*) say "${line#LAB }" ;;
             "LAB job done"*) say "job done after $elapsed s"; done_=1 ;;
             *"Panic on CPU"* | *"Kernel panic - not syncing"*)
                 say "!!! ${line}"

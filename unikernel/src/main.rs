@@ -21,6 +21,7 @@
 
 extern crate alloc;
 
+mod benchcmd;
 mod boot;
 mod cksum;
 mod console;

@@ -1,9 +1,9 @@
 #!/bin/sh
-# The in-guest benchmark's job in dom0 (/lab/job.sh; stage.sh put it in front
-# of the lab's own job, /lab/lab-job.sh). It sets up the two backends every
-# guest of bench/matrix.txt gets, then hands over to the lab's job, which
-# creates each guest, waits for it, dumps its console log and xenstore
-# directories into the serial log and retries a crashed guest once.
+# The in-guest benchmark's job in dom0 (/lab/job.sh; stage.sh put it in place
+# of the lab's own job). It sets up the two backends every guest of
+# bench/matrix.txt gets, then hands over to serve.sh (/lab/serve.sh), which
+# boots every guest at once, alternates them job by job and dumps their
+# console logs and xenstore directories into the serial log.
 #   blkback: null_blk, 1 GiB, blk-mq, completions inline, no data kept
 #            (reads cost no copy and no media: the backend and the ring
 #            protocol are what is measured);
@@ -12,19 +12,24 @@
 PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 [ -f /lab/run.conf ] && . /lab/run.conf
-NULLB_ARGS="nr_devices=1 gb=1 bs=512 queue_mode=2 irqmode=0 memory_backed=0"
-echo "LAB bench setup: null_blk $NULLB_ARGS, qdisk file 1 GiB sparse, secs=${BENCH_SECS:-?} ramp=${BENCH_RAMP:-?}"
+GUESTS=${BENCH_GUESTS:-1}
+NULLB_ARGS="nr_devices=$GUESTS gb=1 bs=512 queue_mode=2 irqmode=0 memory_backed=0"
+echo "LAB bench setup: null_blk $NULLB_ARGS, qdisk files 1 GiB sparse, one of each per guest, secs=${BENCH_SECS:-?} ramp=${BENCH_RAMP:-?} rounds=${BENCH_ROUNDS:-?}"
 modprobe -r null_blk 2>/dev/null
 # shellcheck disable=SC2086
 modprobe null_blk $NULLB_ARGS || echo "LAB bench: modprobe null_blk FAILED"
 i=0
-while [ ! -b /dev/nullb0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-[ -b /dev/nullb0 ] || echo "LAB bench: /dev/nullb0 missing"
+while [ ! -b /dev/nullb$((GUESTS - 1)) ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 mkdir -p /run/bench
-truncate -s 1G /run/bench/qdisk.img
+g=0
+while [ $g -lt "$GUESTS" ]; do
+    [ -b /dev/nullb$g ] || echo "LAB bench: /dev/nullb$g missing"
+    truncate -s 1G /run/bench/qdisk$g.img
+    g=$((g + 1))
+done
 echo "LAB bench nullb0 size=$(cat /sys/block/nullb0/size 2>/dev/null) sched=$(cat /sys/block/nullb0/queue/scheduler 2>/dev/null | tr ' ' ,)" \
     "params=$(for p in queue_mode irqmode memory_backed gb bs hw_queue_depth submit_queues; do
         printf '%s:%s,' "$p" "$(cat /sys/module/null_blk/parameters/$p 2>/dev/null)"; done)"
 echo "LAB bench dom0 cpus=$(grep -c ^processor /proc/cpuinfo) blkback=$(for p in /sys/module/xen_blkback/parameters/*; do
     printf '%s:%s,' "$(basename "$p")" "$(cat "$p")"; done)"
-exec /lab/lab-job.sh
+exec /lab/serve.sh

@@ -2,7 +2,8 @@
 # build-fio.sh: the Linux anchor guest of the in-guest benchmark, cached as
 #   $LAB_CACHE/fio.cpio   an uncompressed newc initramfs for dom0's own kernel
 #                         booted as a PV domU: busybox, fio and exactly the
-#                         shared libraries it needs, xenstore-read/-list,
+#                         shared libraries it needs, xenstore-read/-list/
+#                         -write/-watch,
 #                         xen-blkfront.ko, and
 #                         tests/lab/bench/fio-init.sh as /init.
 # Everything comes from Debian's packages: fio and its libraries are taken
@@ -55,7 +56,7 @@ mkdir -p "$S"/{bin,dev,proc,sys,tmp,lib64}
 install -m 0755 "$(command -v busybox)" "$S/bin/busybox"
 install -m 0755 "$BENCH_DIR/fio-init.sh" "$S/init"
 cp "/lib/modules/$KREL/kernel/drivers/block/xen-blkfront.ko" "$S/"
-BINS="fio xenstore-read xenstore-list"
+BINS="fio xenstore-read xenstore-list xenstore-write xenstore-watch"
 : >"$LAB_CACHE/fio-libs.txt"
 for b in $BINS; do
     cp -L "$ROOT/usr/bin/$b" "$S/bin/$b"

@@ -3,25 +3,28 @@
 
 usage: parse.py MATRIX SERIAL_LOG [--doc PERFORMANCE.md] [--meta KEY=VALUE ...]
 (meta keys shown in the text: date cpu cpus qemu kernel load_before load_after
-secs ramp; boot_log= boot.sh's progress output and load_file= `secs load`
-samples give each guest's mean host load)
+secs ramp rounds; boot_log= boot.sh's progress output and load_file= `secs
+load` samples give the host's load during the turns)
 
-For every guest of MATRIX (its last attempt in the log, through the lab's own
-log parser, tests/lab/check.py) it collects the per-job lines of the example
-unikernel (`xenblk-bench ...`) and of the Linux anchor guest
-(`linux-bench ...`), prints a table and the machine lines
+The guests ran together, and dom0 (serve.sh) handed out the jobs one at a
+time, alternating the example unikernel (`xenblk`) and the Linux anchor
+(`linux`) job by job. Each turn is one line of dom0's:
+
+    LAB bench-turn round=<r> guest=<name> status=<ok|...> secs=<s> seq=<n>
+        vdev=<n> backend=<phy|qdisk> job=<name> iops=<n> mbps=<n> ...
+
+For every round, disk and job the ratio of the two guests' IOPS (the two runs
+are seconds apart); per disk and job the median of those ratios over the
+rounds (of an even count, the lower middle: the cautious one) with the
+lowest and highest, the median IOPS (and MB/s) of each guest, and the machine
+lines
 
     inguest job=<4k-qd1|4k-qd32|1m-seq> backend=<phy|qdisk> xenblk/linux=<ratio>
 
-Guests `xenblk`, `xenblk-N` are the unikernel's rounds, `linux`, `linux-N` the
-Linux PV guest's; the ratio of each round is IOPS over IOPS (for one block
-size also the MB/s ratio) and the line gives the median over the rounds (of
-an even count, the lower middle). Other `linux*` guests (linux-pvh) give
-`inguest-extra ... xenblk/<name>=<ratio>` lines against the unikernel's
-median.
-With --doc it replaces the part of the file between
+The guests' console logs (through tests/lab/check.py's parser) give what each
+negotiated. With --doc it replaces the part of the file between
 `<!-- inguest-bench:begin -->` and `<!-- inguest-bench:end -->` with the
-results. Exit 1 when a guest did not finish or a job line is missing.
+results. Exit 1 when a guest did not finish cleanly or a pair is missing.
 """
 import os
 import re
@@ -37,14 +40,27 @@ BEGIN_MARK = "<!-- inguest-bench:begin -->"
 END_MARK = "<!-- inguest-bench:end -->"
 
 
-def collect(matrix, configs):
-    """{guest: {"status", "attempts", "results": {(backend, job): fields},
-    "info": [lines]}}"""
+OURS, ANCHOR = "xenblk", "linux"
+TURN = re.compile(r"^LAB bench-turn (.*)$")
+
+
+def turns(path):
+    """The `LAB bench-turn` lines of the serial log, as field dicts."""
+    out = []
+    with open(path, "rb") as f:
+        for raw in f.read().decode("latin-1").split("\n"):
+            m = TURN.match(raw.rstrip("\r"))
+            if m:
+                out.append(fields("x " + m.group(1)))
+    return out
+
+
+def guest_info(matrix, configs):
+    """{guest: {"status", "info": [lines], "closing": (passed, failed)}}"""
     out = {}
     for name, _mode, _specs in matrix:
         attempts = configs.get(name, [])
-        g = {"status": "missing", "attempts": len(attempts), "results": {}, "info": [],
-             "closing": None}
+        g = {"status": "missing", "info": [], "closing": None}
         out[name] = g
         if not attempts:
             continue
@@ -53,14 +69,8 @@ def collect(matrix, configs):
         lines, _src = guest_lines(last)
         for ln in lines:
             ln = re.sub(r"^\(d\d+\) ", "", ln)
-            if ln.startswith(("xenblk-bench ", "linux-bench ")) and "job=" in ln:
-                f = fields(ln)
-                if "iops" in f and "backend" in f:
-                    g["results"][(f["backend"], f["job"])] = f
-                else:
-                    g["info"].append(ln)
-            elif ln.startswith(("xenblk-unikernel: bench ", "linux-disk ", "linux-guest ",
-                                "linux-blkfront-param ", "xenblk-check ")) or "FAIL" in ln:
+            if ln.startswith(("xenblk-unikernel: bench ", "linux-disk ", "linux-guest ",
+                              "linux-blkfront-param ")) or "FAIL" in ln:
                 g["info"].append(ln)
             m = re.match(r"^xenblk: (\d+) passed, (\d+) failed", ln)
             if m:
@@ -74,24 +84,16 @@ def lab_lines(path):
     with open(path, "rb") as f:
         for raw in f.read().decode("latin-1").split("\n"):
             ln = raw.rstrip("\r")
-            if ln.startswith(("LAB bench", "LAB dom0-ready")):
+            if ln.startswith(("LAB bench ", "LAB bench:", "LAB dom0-ready")):
                 keep.append(ln)
     return keep
 
 
-def ratio(a, b):
+def num(v):
     try:
-        x, y = float(a), float(b)
+        return float(v)
     except (TypeError, ValueError):
         return None
-    return x / y if y > 0 else None
-
-
-def round_of(name, kind):
-    """The round of guest `name` of `kind` (xenblk, linux): `kind` is 1,
-    `kind-N` is N; None for any other name (e.g. linux-pvh)."""
-    m = re.fullmatch(kind + r"(?:-(\d+))?", name)
-    return int(m.group(1) or 1) if m else None
 
 
 def low_median(xs):
@@ -100,156 +102,136 @@ def low_median(xs):
     return xs[(len(xs) - 1) // 2] if xs else None
 
 
-def guest_windows(boot_log):
-    """{guest: (start s, end s)} from boot.sh's progress lines (last attempt)."""
-    win = {}
-    if not boot_log or not os.path.exists(boot_log):
-        return win
-    start = {}
-    with open(boot_log, errors="replace") as f:
-        for ln in f:
-            m = re.match(r"^\[lab +(\d+)s\] (.*)$", ln.rstrip("\n"))
-            if not m:
-                continue
-            t, msg = int(m.group(1)), m.group(2)
-            m2 = re.match(r"images ready for (\S+) ", msg + " ")
-            if m2:
-                start[m2.group(1)] = t
-            m2 = re.match(r"RESULT name=(\S+) ", msg)
-            if m2 and m2.group(1) in start:
-                win[m2.group(1)] = (start[m2.group(1)], t)
-    return win
-
-
-def mean_load(load_file, window):
-    """Mean 1-minute host load average over `window` from `secs load` lines."""
-    if not load_file or not window or not os.path.exists(load_file):
-        return None
-    vals = []
+def turn_loads(boot_log, load_file):
+    """{seq: mean host load during that turn}, from boot.sh's progress lines
+    (`[lab <s>s] bench-turn ... seq=<n>` at the turn's end, `secs=` its
+    length) and the `secs load` samples."""
+    out = {}
+    if not boot_log or not load_file or not os.path.exists(boot_log) \
+            or not os.path.exists(load_file):
+        return out
+    samples = []
     with open(load_file) as f:
         for ln in f:
             parts = ln.split()
-            if len(parts) >= 2:
-                try:
-                    t, v = int(parts[0]), float(parts[1])
-                except ValueError:
-                    continue
-                if window[0] <= t <= window[1]:
-                    vals.append(v)
-    return sum(vals) / len(vals) if vals else None
+            if len(parts) >= 2 and num(parts[0]) is not None and num(parts[1]) is not None:
+                samples.append((num(parts[0]), num(parts[1])))
+    with open(boot_log, errors="replace") as f:
+        for ln in f:
+            m = re.match(r"^\[lab +(\d+)s\] bench-turn (.*)$", ln.rstrip("\n"))
+            if not m:
+                continue
+            t = fields("x " + m.group(2))
+            end, length = int(m.group(1)), num(t.get("secs")) or 0
+            vals = [v for (ts, v) in samples if end - length - 1 <= ts <= end + 1]
+            if t.get("seq") and vals:
+                out[t["seq"]] = sum(vals) / len(vals)
+    return out
 
 
-def render(guests, lab, meta, loads):
+def render(guests, tlist, lab, meta, loads):
     """(markdown, machine lines, problems)."""
     problems = []
     for name, g in guests.items():
         if g["status"] != "ok":
             problems.append(f"guest {name}: status {g['status']}")
-        if g["attempts"] > 1:
-            problems.append(f"guest {name}: retried ({g['attempts']} attempts; the last counts)")
         if g["closing"] and g["closing"][1]:
             problems.append(f"guest {name}: {g['closing'][1]} check(s) failed")
-    names = list(guests)
-    ours = {round_of(n, "xenblk"): n for n in names if round_of(n, "xenblk")}
-    anchors = {round_of(n, "linux"): n for n in names if round_of(n, "linux")}
-    rounds = sorted(set(ours) & set(anchors))
-    extra_anchors = [n for n in names if n.startswith("linux") and round_of(n, "linux") is None]
-
-    def iops(n, be, job):
-        return guests[n]["results"].get((be, job), {}).get("iops")
+    # (round, backend, job) -> {guest: turn}
+    pairs = {}
+    for t in tlist:
+        if t.get("status") != "ok":
+            problems.append(f"turn seq={t.get('seq')} of {t.get('guest')} round {t.get('round')}"
+                            f" ({t.get('backend', '?')} {t.get('job', '?')}): {t.get('status')}")
+            continue
+        pairs.setdefault((t.get("round"), t.get("backend"), t.get("job")), {})[t.get("guest")] = t
+    rounds = sorted({r for (r, _b, _j) in pairs}, key=lambda r: int(r) if r.isdigit() else 0)
 
     md = []
     md.append(f"Measured {meta.get('date', '?')} on {meta.get('cpu', '?')}, "
               f"{meta.get('cpus', '?')} host CPUs, host load average {meta.get('load_before', '?')} "
-              f"before and {meta.get('load_after', '?')} after the run.")
+              f"before and {meta.get('load_after', '?')} after the run"
+              + (f", {sum(loads.values()) / len(loads):.2f} on average during the turns"
+                 if loads else "") + ".")
     md.append("")
     md.append(f"Stack: `{meta.get('qemu', '?')}` (TCG, `-cpu qemu64,+svm,+npt`, 2 vCPUs), "
               + "; ".join(ln.split("(dom0 uptime")[0].replace("LAB dom0-ready ", "Xen/tools: ")
                           .strip() for ln in lab if ln.startswith("LAB dom0-ready"))
               + f"; dom0 kernel {meta.get('kernel', '?')}; each guest 1 vCPU; "
-              f"{meta.get('secs', '?')} s per job after a {meta.get('ramp', '?')} s ramp.")
+              f"{meta.get('rounds', '?')} rounds, {meta.get('secs', '?')} s per job after a "
+              f"{meta.get('ramp', '?')} s ramp.")
     md.append("")
     md.append("**These are nested-emulation figures**: Xen and every guest run on QEMU's TCG "
               "binary translator, on a shared 2-core machine. Absolute IOPS and MB/s say nothing "
               "about hardware; only ratios of runs made next to each other in the same boot, "
-              "against the same backends, mean something, and even they move with the host's "
-              "load (the last row gives it per guest).")
+              "against the same backends, mean something. Both guests were up for the whole "
+              "run; dom0 handed out one job at a time, alternating the guests job by job (round "
+              "1 unikernel first, round 2 Linux first, ...), so the two runs of a pair are "
+              "seconds apart and the other guest sat idle, blocked, meanwhile.")
     md.append("")
-    md.append("IOPS (MB/s) per guest, in the order they ran:")
+    md.append(f"xenblk/linux per round (IOPS over IOPS of the pair), the median over the rounds "
+              f"(of an even count the lower middle), and each guest's median:")
     md.append("")
-    md.append("| backend | job | " + " | ".join(names) + " |")
-    md.append("|---|---|" + "---|" * len(names))
+    md.append("| backend | job | " + " | ".join(f"r{r}" for r in rounds)
+              + " | median | min-max | xenblk | linux | target |")
+    md.append("|---|---|" + "---|" * (len(rounds) + 5))
+    machine = []
     for be in BACKENDS:
         for job in JOBS:
+            qs, ours, theirs = [], [], []
             row = [be, job]
-            for n in names:
-                r = guests[n]["results"].get((be, job))
-                if r is None:
-                    if guests[n]["status"] == "ok":
-                        problems.append(f"guest {n}: no result for {be} {job}")
+            for r in rounds:
+                p = pairs.get((r, be, job), {})
+                a, b = p.get(OURS), p.get(ANCHOR)
+                q = None
+                if a and b and num(b.get("iops")):
+                    q = num(a.get("iops")) / num(b.get("iops"))
+                if a:
+                    ours.append(a)
+                if b:
+                    theirs.append(b)
+                if q is None:
+                    problems.append(f"round {r} {be} {job}: no pair")
                     row.append("-")
                 else:
-                    row.append(f"{r.get('iops', '-')} ({r.get('mbps', '-')})")
+                    qs.append(q)
+                    row.append(f"{q:.2f}")
+            med = low_median(qs)
+            t = TARGETS.get(job)
+            row.append("-" if med is None else f"**{med:.2f}**")
+            row.append("-" if not qs else f"{min(qs):.2f}-{max(qs):.2f}")
+            for side in (ours, theirs):
+                i = low_median([num(x.get("iops")) for x in side if num(x.get("iops")) is not None])
+                mb = low_median([num(x.get("mbps")) for x in side if num(x.get("mbps")) is not None])
+                row.append("-" if i is None else
+                           (f"{i:.0f} IOPS" + (f", {mb:.1f} MB/s" if job == "1m-seq" and mb else "")))
+            row.append("-" if t is None or med is None else
+                       f">= {t}: {'met' if med >= t else 'MISSED'}")
             md.append("| " + " | ".join(row) + " |")
-    row = ["", "host load"]
-    for n in names:
-        v = loads.get(n)
-        st = guests[n]["status"]
-        row.append((f"{v:.1f}" if v is not None else "?")
-                   + ("" if st == "ok" else f" ({st})"))
-    md.append("| " + " | ".join(row) + " |")
+            machine.append(f"inguest job={job} backend={be} xenblk/linux="
+                           + ("nan" if med is None else f"{med:.3f}"))
     md.append("")
-    machine = []
-    if rounds:
-        md.append("xenblk/linux, IOPS over IOPS of the unikernel and the Linux PV guest of the "
-                  "same round (for one block size also the MB/s ratio); the `inguest` line "
-                  "takes the median over the rounds (of two, the lower):")
+    if loads:
+        per_round = {}
+        for t in tlist:
+            if t.get("seq") in loads:
+                per_round.setdefault(t.get("round"), []).append(loads[t["seq"]])
+        md.append("Host load average (1 min) during the turns, per round: "
+                  + ", ".join(f"r{r} {sum(v) / len(v):.2f}" for r, v in
+                              sorted(per_round.items(), key=lambda kv: int(kv[0])))
+                  + ".")
         md.append("")
-        md.append("| backend | job | " + " | ".join(f"round {k}" for k in rounds)
-                  + " | median | target | "
-                  + " | ".join(f"xenblk/{n}" for n in extra_anchors) + (" |" if extra_anchors else "")
-                  .rstrip() )
-        md[-1] = md[-1].rstrip(" |") + " |"
-        md.append("|---|---|" + "---|" * (len(rounds) + 2 + len(extra_anchors)))
-        for be in BACKENDS:
-            for job in JOBS:
-                qs = [ratio(iops(ours[k], be, job), iops(anchors[k], be, job)) for k in rounds]
-                good = [q for q in qs if q is not None]
-                med = low_median(good)
-                t = TARGETS.get(job)
-                verdict = "-" if t is None or med is None else \
-                    f">= {t}: {'met' if med >= t else 'MISSED'}"
-                row = [be, job] + ["-" if q is None else f"{q:.2f}" for q in qs]
-                row += ["-" if med is None else f"{med:.2f}", verdict]
-                ours_med = low_median([float(v) for v in (iops(ours[k], be, job) for k in rounds)
-                                       if v is not None])
-                for n in extra_anchors:
-                    q = ratio(ours_med, iops(n, be, job))
-                    row.append("-" if q is None else f"{q:.2f}")
-                    if q is not None:
-                        machine.append(f"inguest-extra job={job} backend={be} xenblk/{n}={q:.3f}")
-                md.append("| " + " | ".join(row) + " |")
-                machine.insert(sum(1 for m in machine if m.startswith("inguest ")),
-                               f"inguest job={job} backend={be} xenblk/linux="
-                               + ("nan" if med is None else f"{med:.3f}"))
-        md.append("")
-    else:
-        problems.append("no round with both a xenblk and a linux result")
     md.append("What each guest negotiated and ran with (from its own lines):")
     md.append("")
     md.append("```text")
     for ln in lab:
         if ln.startswith("LAB bench"):
             md.append(ln)
-    shown = set()
-    for n in names:
-        for ln in guests[n]["info"]:
+    for n, g in guests.items():
+        for ln in g["info"]:
             if ln.startswith(("xenblk-unikernel: bench ", "linux-disk ", "linux-guest ",
                               "linux-blkfront-param ")):
-                key = (n.split("-")[0] if not n.endswith("-pvh") else n, ln)
-                if key not in shown:
-                    shown.add(key)
-                    md.append(f"[{n}] {ln}")
+                md.append(f"[{n}] {ln}")
     md.append("```")
     md.append("")
     md.append("```text")
@@ -295,10 +277,10 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         return 2
     matrix = parse_matrix(pos[0])
-    guests = collect(matrix, parse_log(pos[1]))
-    win = guest_windows(meta.get("boot_log"))
-    loads = {n: mean_load(meta.get("load_file"), win.get(n)) for n in guests}
-    md, machine, problems = render(guests, lab_lines(pos[1]), meta, loads)
+    guests = guest_info(matrix, parse_log(pos[1]))
+    tlist = turns(pos[1])
+    loads = turn_loads(meta.get("boot_log"), meta.get("load_file"))
+    md, machine, problems = render(guests, tlist, lab_lines(pos[1]), meta, loads)
     print(md)
     if doc:
         update_doc(doc, md)
@@ -307,12 +289,7 @@ def main():
         print(f"PROBLEM: {p}", file=sys.stderr)
     # The bench closes with its machine lines.
     print("\n".join(machine))
-    # Only the two guests of the `inguest` lines decide; other guests (a
-    # second anchor, a variant) are reported but may fail.
-    complete = not any(re.match(r"guest (xenblk|linux)(-\d+)?:", p) and "retried" not in p
-                       or p.startswith("no round") for p in problems)
-    return 0 if machine and complete else 1
-
+    return 0 if machine and not problems else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,17 +3,20 @@
 # Builds (cached) the lab (../build.sh), the Linux anchor guest (build-fio.sh)
 # and the example unikernel; boots the lab ONCE with the guests of
 # matrix.txt (stage.sh turns boot.sh's configs into bench configs, bench-job.sh
-# sets up null_blk and the qdisk file in dom0); parses the log (parse.py),
+# sets up null_blk and the qdisk file in dom0, serve.sh boots both guests and
+# alternates them job by job); parses the log (parse.py),
 # prints the table and the `inguest ...` lines and rewrites the results part
 # of docs/PERFORMANCE.md. Output: target/lab/bench/{serial.log,results.txt,
 # boot.log (boot.sh's progress), load.txt (the host's load, sampled)}.
-# XENBLK_BENCH_SECS (8) and XENBLK_BENCH_RAMP (1): seconds per job.
+# XENBLK_BENCH_SECS (5) and XENBLK_BENCH_RAMP (1): seconds per job;
+# XENBLK_BENCH_ROUNDS (5): how many times every guest runs every job.
 # XENBLK_BENCH_DOC=0: leave docs/PERFORMANCE.md alone.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 B=$LAB_DIR/bench
 out=$REPO_DIR/target/lab/bench
-export XENBLK_BENCH_SECS=${XENBLK_BENCH_SECS:-8} XENBLK_BENCH_RAMP=${XENBLK_BENCH_RAMP:-1}
+export XENBLK_BENCH_SECS=${XENBLK_BENCH_SECS:-5} XENBLK_BENCH_RAMP=${XENBLK_BENCH_RAMP:-1}
+export XENBLK_BENCH_ROUNDS=${XENBLK_BENCH_ROUNDS:-5}
 
 bash "$LAB_DIR/build.sh"
 bash "$B/build-fio.sh"
@@ -29,7 +32,7 @@ mkdir -p "$out.tmp"
 sampler=$!
 set +e
 XENBLK_LAB_GUEST=unikernel XENBLK_LAB_STAGE_HOOK=$B/stage.sh \
-    XENBLK_LAB_WAIT=${XENBLK_LAB_WAIT:-$((120 + 2 * 3 * (XENBLK_BENCH_SECS + XENBLK_BENCH_RAMP + 5)))} \
+    XENBLK_LAB_WAIT=${XENBLK_LAB_WAIT:-$(((300 + XENBLK_BENCH_ROUNDS * 12 * (XENBLK_BENCH_SECS + XENBLK_BENCH_RAMP + 5)) / 4))} \
     bash "$LAB_DIR/boot.sh" "$B/matrix.txt" "$out" 2> >(tee "$out.tmp/boot.log" >&2)
 brc=$?
 set -e
@@ -50,6 +53,7 @@ python3 "$B/parse.py" "$B/matrix.txt" "$out/serial.log" "${doc[@]}" \
     --meta "kernel=$(kernel_release)" \
     --meta "load_before=$load_before" --meta "load_after=$load_after" \
     --meta "secs=$XENBLK_BENCH_SECS" --meta "ramp=$XENBLK_BENCH_RAMP" \
+    --meta "rounds=$XENBLK_BENCH_ROUNDS" \
     --meta "boot_log=$out/boot.log" --meta "load_file=$out/load.txt" | tee "$out/results.txt"
 prc=${PIPESTATUS[0]}
 set -e

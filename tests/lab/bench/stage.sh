@@ -2,27 +2,32 @@
 # stage.sh STAGEDIR: boot.sh's stage hook for the in-guest benchmark
 # (XENBLK_LAB_STAGE_HOOK). boot.sh has written one xl config per line of
 # bench/matrix.txt for the example unikernel; this rewrites them:
-#   - disks: /run/lab/img/nullb0.img -> /dev/nullb0 (null_blk, set up by
-#     bench-job.sh), /run/lab/img/qdisk.img -> /run/bench/qdisk.img (sparse);
-#     the lab job makes no images for them;
-#   - unikernel guests: cmdline "bench vdev=all secs=S ramp=R <MODE args>";
+#   - disks: /run/lab/img/nullb0.img -> /dev/nullb<n> (null_blk, set up by
+#     bench-job.sh), /run/lab/img/qdisk.img -> /run/bench/qdisk<n>.img
+#     (sparse), n = the guest's index: every guest its own, all alike;
+#   - unikernel guests: cmdline "bench serve vdev=all secs=S ramp=R <MODE args>";
 #   - `linux*` guests: PV (PVH for `*-pvh`), dom0's kernel + fio.cpio, 384 MiB, same vcpus and
-#     disks, cmdline "... bench secs=S ramp=R".
-# and puts bench-job.sh in front of the lab's job (it becomes /lab/job.sh and
-# runs the lab's, now /lab/lab-job.sh, after setting up the backends).
-# Settings: XENBLK_BENCH_SECS (8), XENBLK_BENCH_RAMP (1).
+#     disks, cmdline "... bench serve secs=S ramp=R".
+# and replaces the lab's job: bench-job.sh becomes /lab/job.sh, sets up the
+# backends and hands over to serve.sh (/lab/serve.sh), which boots every
+# guest at once and alternates them job by job.
+# Settings: XENBLK_BENCH_SECS (5), XENBLK_BENCH_RAMP (1), XENBLK_BENCH_ROUNDS (5).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 S=${1:?usage: stage.sh STAGEDIR}
-SECS=${XENBLK_BENCH_SECS:-8}
+SECS=${XENBLK_BENCH_SECS:-5}
 RAMP=${XENBLK_BENCH_RAMP:-1}
-[[ $SECS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ ]] || die "XENBLK_BENCH_SECS/RAMP must be whole seconds"
+ROUNDS=${XENBLK_BENCH_ROUNDS:-5}
+[[ $SECS =~ ^[1-9][0-9]*$ && $RAMP =~ ^[0-9]+$ ]] || die "XENBLK_BENCH_SECS/RAMP must be whole seconds"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "XENBLK_BENCH_ROUNDS must be a positive count"
 [[ -f $S/job.sh ]] || die "stage.sh: no job.sh in $S"
 [[ -f $LAB_CACHE/fio.cpio ]] || die "$LAB_CACHE/fio.cpio missing: run tests/lab/bench/build-fio.sh"
 
-mv "$S/job.sh" "$S/lab-job.sh"
+rm "$S/job.sh"
 install -m 0755 "$LAB_DIR/bench/bench-job.sh" "$S/job.sh"
-printf 'BENCH_SECS=%s\nBENCH_RAMP=%s\n' "$SECS" "$RAMP" >>"$S/run.conf"
+install -m 0755 "$LAB_DIR/bench/serve.sh" "$S/serve.sh"
+printf 'BENCH_SECS=%s\nBENCH_RAMP=%s\nBENCH_ROUNDS=%s\nBENCH_GUESTS=%s\n' "$SECS" "$RAMP" "$ROUNDS" \
+    "$(find "$S/cfg" -name '*.cfg' | wc -l)" >>"$S/run.conf"
 cp "$LAB_CACHE/vmlinuz" "$S/guest/vmlinuz"
 cp "$LAB_CACHE/fio.cpio" "$S/guest/fio.cpio"
 
@@ -36,11 +41,14 @@ for cfg in "$S"/cfg/*.cfg; do
         die "stage.sh: $cfg does not have the @nullb0@ and @qdisk@ disks of bench/matrix.txt"
     grep -q '^kernel = ' "$cfg" && grep -q '^cmdline = ' "$cfg" && grep -q '^type = ' "$cfg" ||
         die "stage.sh: $cfg lacks the type/kernel/cmdline lines boot.sh writes"
-    args="secs=$SECS ramp=$RAMP"
+    args="serve secs=$SECS ramp=$RAMP"
     extra=${MODE#bench}
     extra=${extra//:/ }
-    sed -i -e 's|/run/lab/img/nullb0.img|/dev/nullb0|' \
-        -e 's|/run/lab/img/qdisk.img|/run/bench/qdisk.img|' "$cfg"
+    # Guest n gets its own null_blk device and file (the same for all):
+    # Xen's block script refuses to give one writable device to two guests,
+    # and each guest's qdisk QEMU locks its image.
+    sed -i -e "s|/run/lab/img/nullb0.img|/dev/nullb$n|" \
+        -e "s|/run/lab/img/qdisk.img|/run/bench/qdisk$n.img|" "$cfg"
     if [[ $NAME == linux* ]]; then
         gtype=pv
         [[ $NAME == *-pvh ]] && gtype=pvh
@@ -55,4 +63,4 @@ for cfg in "$S"/cfg/*.cfg; do
     n=$((n + 1))
 done
 ((n > 0)) || die "stage.sh: no configurations in $S/cfg"
-say "bench stage: $n guest(s), ${SECS} s per job after a ${RAMP} s ramp"
+say "bench stage: $n guest(s), $ROUNDS round(s), ${SECS} s per job after a ${RAMP} s ramp"

@@ -1,5 +1,6 @@
 //! `bench [vdev=<n>|all] [secs=<s>] [ramp=<s>] [ops=<n>] [wait=event|spin]
-//! [timeout=<s>] [io-timeout=<s>]`: measures read throughput on real Xen.
+//! [timeout=<s>] [io-timeout=<s>] [serve]`: measures read throughput on real
+//! Xen.
 //!
 //! It starts like `info` (the report and `xenblk-disk` line of every disk,
 //! see [`super::info`]), then runs three jobs on the first connected disk
@@ -28,13 +29,22 @@
 //!
 //! Waiting: with `wait=event` (the default, like Linux's interrupt-driven
 //! blkfront) a poll that found nothing blocks in `SCHEDOP_poll` on the
-//! disk's event channels (read back from the frontend's own xenstore keys),
-//! so that dom0's backend gets the CPU; `wait=spin` polls without blocking.
+//! disk's event channels (`BlockFront::wait`), so that dom0's backend gets
+//! the CPU; `wait=spin` polls without blocking.
+//!
+//! With `serve`, the jobs are not run in a row: dom0 hands them out one at a
+//! time through xenstore (see [`serve`]), so that the in-guest benchmark
+//! (`tests/lab/bench/`) can alternate this guest with the Linux anchor job
+//! by job while both stay booted.
 //!
 //! Per job and disk one line, the machine line of this mode:
 //! `xenblk-bench vdev=<n> backend=<phy|qdisk|..> job=<name> iops=<n>
-//! mbps=<n> ops=<n> ns=<n> qd=<n> bs=<n> wait=<event|spin>` (mbps =
-//! 10^6 bytes per second, with two decimals), and one check per job
+//! mbps=<n> ops=<n> ns=<n> qd=<n> bs=<n> wait=<event|spin> waits=<n>
+//! slept-out=<n> max-gap-us=<n>` (blocking waits, those that ran to the end
+//! of their slice without an event, the longest time without a completion;
+//! served jobs
+//! begin with `seq=<n>`; mbps = 10^6 bytes per second, with two decimals),
+//! and one check per job
 //! (`xenblk-check <vdev>/bench-<job>`: every request completed without an
 //! error and at least one was counted; a job gives up when nothing
 //! completes for `io-timeout=` seconds).
@@ -45,12 +55,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use xenblk::blkfront::BackendKind;
-use xenblk::hal::{Hal, Port};
+use xenblk::hal::Hal;
 use xenblk::pvh::Xen;
 use xenblk::Error;
 
 use super::info::{self, Disk, Platform};
 use super::{Context, Outcome};
+use crate::benchcmd::{self, Cmd};
 
 /// One measured job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +157,11 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             );
         }
     }
+    if ctx.command.args.iter().any(|a| a == "serve") {
+        serve(&platform, &mut attached, opts, &mut outcome);
+        info::close_all(&platform, attached, &mut outcome);
+        return outcome;
+    }
     let mut ran = 0;
     for a in &mut attached {
         let Some(disk) = a.disk.as_mut() else {
@@ -160,24 +176,10 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
             continue;
         }
         ran += 1;
-        let ports = ports(&platform, a.vdev);
-        crate::out!(
-            "xenblk-unikernel: bench vdev={} backend={} ring-order={} queues={} indirect={} \
-             persistent={} ports={:?} wait={} secs={} ramp={}",
-            a.vdev,
-            kind(disk),
-            disk.info().negotiated.ring_page_order,
-            disk.info().negotiated.queues,
-            disk.info().negotiated.indirect_segments,
-            u8::from(disk.info().negotiated.persistent),
-            ports.iter().map(|p| p.0).collect::<Vec<_>>(),
-            opts.wait.token(),
-            opts.measure_ns / 1_000_000_000,
-            opts.ramp_ns / 1_000_000_000,
-        );
+        announce(a.vdev, disk, opts);
         for job in JOBS {
-            let r = run_job(platform.xen, disk, &ports, job, opts);
-            report(a.vdev, kind(disk), job, opts, r, &mut outcome);
+            let r = run_job(platform.xen, disk, job, opts);
+            report(a.vdev, kind(disk), job, opts, r, None, &mut outcome);
         }
     }
     if ran == 0 && which != Which::All && attached.iter().all(|a| a.disk.is_none()) {
@@ -264,26 +266,162 @@ fn kind(d: &Disk<'_>) -> &'static str {
     }
 }
 
-/// The event channels of disk `vdev`, as the frontend published them
-/// (`event-channel`, or `queue-<i>/event-channel` with several queues;
-/// io/blkif.h, "Multiple Hardware Queues"). Empty when none can be read:
-/// the loop then waits in short slices without a port.
-fn ports(p: &Platform, vdev: u32) -> Vec<Port> {
-    let mut store = p.store.lock();
-    let dir = format!("device/vbd/{vdev}");
-    let read = |s: &mut xenblk::xenstore::XenStore<info::Transport>, key: &str| {
-        s.read_opt(key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-    };
-    if let Some(port) = read(&mut store, &format!("{dir}/event-channel")) {
-        return vec![Port(port)];
+/// Prints the line that says what a disk negotiated and how it is measured.
+fn announce(vdev: u32, disk: &Disk<'_>, opts: Opts) {
+    let n = &disk.info().negotiated;
+    crate::out!(
+        "xenblk-unikernel: bench vdev={} backend={} ring-order={} queues={} indirect={} \
+         persistent={} ports={:?} wait={} secs={} ramp={}",
+        vdev,
+        kind(disk),
+        n.ring_page_order,
+        n.queues,
+        n.indirect_segments,
+        u8::from(n.persistent),
+        disk.ports().iter().map(|p| p.0).collect::<Vec<_>>(),
+        opts.wait.token(),
+        opts.measure_ns / 1_000_000_000,
+        opts.ramp_ns / 1_000_000_000,
+    );
+}
+
+/// Where dom0 puts the next job (`serve`), relative to the domain's home.
+const CMD_KEY: &str = "data/bench-cmd";
+/// Where the guest says it is ready, and answers.
+const READY_KEY: &str = "data/bench-ready";
+const RESULT_KEY: &str = "data/bench-result";
+const DONE_KEY: &str = "data/bench-done";
+/// The token of the watch on [`CMD_KEY`].
+const WATCH_TOKEN: &str = "bench-cmd";
+/// How long `serve` waits for a first or next command before it gives up.
+const SERVE_IDLE_NS: u64 = 900 * 1_000_000_000;
+/// Longest single wait for the watch before the key is read again.
+const SERVE_SLICE_NS: u64 = 1_000_000_000;
+
+fn job_named(name: &str) -> Option<Job> {
+    JOBS.into_iter().find(|j| j.name == name)
+}
+
+/// `bench serve`: jobs one at a time, as dom0 hands them out, so that a
+/// harness can interleave this guest's jobs with another guest's, job by
+/// job, while both stay booted (tests/lab/bench/serve.sh).
+///
+/// The guest watches `data/bench-cmd` in its own xenstore home, writes
+/// `data/bench-ready` = `1`, and then for every command with a sequence
+/// number above the last one it saw: runs the job, prints its
+/// `xenblk-bench ... seq=<n>` line, writes the same fields to
+/// `data/bench-result` and then `<n>` to `data/bench-done` (dom0 waits on
+/// the latter). A command it cannot run is answered with `error=<why>` and
+/// counted as a failed check. `quit` (or no command for 15 minutes, a
+/// failed check) ends it.
+fn serve(p: &Platform, attached: &mut [info::Attached<'_>], opts: Opts, outcome: &mut Outcome) {
+    for a in attached.iter() {
+        if let Some(d) = a.disk.as_ref() {
+            announce(a.vdev, d, opts);
+        }
     }
-    let n = read(&mut store, &format!("{dir}/multi-queue-num-queues")).unwrap_or(0);
-    (0..n.min(64))
-        .filter_map(|i| read(&mut store, &format!("{dir}/queue-{i}/event-channel")).map(Port))
-        .collect()
+    let set_up = {
+        let mut s = p.store.lock();
+        s.watch(CMD_KEY, WATCH_TOKEN)
+            .and_then(|()| s.write(READY_KEY, "1"))
+    };
+    if let Err(e) = set_up {
+        outcome.report("bench/serve", false, &format!("xenstore: {e}"));
+        return;
+    }
+    crate::out!("xenblk-unikernel: bench serving jobs from {CMD_KEY}");
+    let mut last_seq = 0u64;
+    let mut served = 0u32;
+    let mut idle_since = p.xen.now_ns();
+    loop {
+        let cmd = p.store.lock().read_opt(CMD_KEY);
+        let fresh = match cmd {
+            Err(e) => {
+                outcome.report("bench/serve", false, &format!("read of {CMD_KEY}: {e}"));
+                break;
+            }
+            Ok(Some(c)) => {
+                benchcmd::parse(&c)
+                    .filter(|(seq, _)| *seq > last_seq)
+                    .map(|(seq, cmd)| match cmd {
+                        Ok(Cmd::Quit) => (seq, Ok(None)),
+                        Ok(Cmd::Run { vdev, job }) => match job_named(job) {
+                            Some(job) => (seq, Ok(Some((vdev, job)))),
+                            None => (seq, Err("unknown-job")),
+                        },
+                        Err(bad) => (seq, Err(bad.token())),
+                    })
+            }
+            Ok(None) => None,
+        };
+        let Some((seq, cmd)) = fresh else {
+            let now = p.xen.now_ns();
+            if now.saturating_sub(idle_since) > SERVE_IDLE_NS {
+                outcome.report(
+                    "bench/serve",
+                    false,
+                    &format!("no command for {} s", SERVE_IDLE_NS / 1_000_000_000),
+                );
+                break;
+            }
+            // A timeout is the normal way round: the key is read again.
+            match p
+                .store
+                .lock()
+                .wait_watch_event_for(WATCH_TOKEN, now.saturating_add(SERVE_SLICE_NS))
+            {
+                Ok(_) | Err(Error::Timeout) => {}
+                Err(e) => {
+                    outcome.report("bench/serve", false, &format!("watch: {e}"));
+                    break;
+                }
+            }
+            continue;
+        };
+        last_seq = seq;
+        let result = match cmd {
+            Ok(None) => {
+                crate::out!("xenblk-unikernel: bench served {served} job(s); quit (seq={seq})");
+                answer(p, seq, &format!("seq={seq} quit=1"));
+                break;
+            }
+            Ok(Some((vdev, job))) => match attached.iter_mut().find(|a| a.vdev == vdev) {
+                Some(info::Attached {
+                    disk: Some(disk), ..
+                }) => {
+                    let m = run_job(p.xen, disk, job, opts);
+                    served += 1;
+                    report(vdev, kind(disk), job, opts, m, Some(seq), outcome)
+                }
+                _ => {
+                    outcome.report(
+                        &format!("bench/serve-{seq}"),
+                        false,
+                        &format!("vdev={vdev} is not a connected disk"),
+                    );
+                    format!("seq={seq} vdev={vdev} error=no-such-disk")
+                }
+            },
+            Err(why) => {
+                outcome.report(&format!("bench/serve-{seq}"), false, why);
+                format!("seq={seq} error={why}")
+            }
+        };
+        answer(p, seq, &result);
+        idle_since = p.xen.now_ns();
+    }
+    let _ = p.store.lock().unwatch(CMD_KEY, WATCH_TOKEN);
+}
+
+/// Writes `result` to `data/bench-result`, then `seq` to `data/bench-done`.
+fn answer(p: &Platform, seq: u64, result: &str) {
+    let mut s = p.store.lock();
+    if let Err(e) = s
+        .write(RESULT_KEY, result)
+        .and_then(|()| s.write(DONE_KEY, &format!("{seq}")))
+    {
+        crate::out!("xenblk-unikernel: bench could not answer seq={seq}: {e}");
+    }
 }
 
 /// What one job measured.
@@ -300,6 +438,14 @@ struct Measured {
     /// Whether the job ended because the I/O timeout passed with requests
     /// still in flight.
     timed_out: bool,
+    /// Blocking waits (`wait=event`), ramp included, and how many of them
+    /// ran to the end of their slice without an event: many of those mean
+    /// the backend's notifications are not arriving.
+    waits: u64,
+    slept_out: u64,
+    /// The longest time between two completions (or from the start to the
+    /// first), in nanoseconds.
+    max_gap_ns: u64,
 }
 
 /// Pseudo-random offsets: xorshift64, fixed seed per job so runs repeat.
@@ -342,7 +488,7 @@ impl Offsets {
 }
 
 /// Runs one job on `d` (see the module documentation).
-fn run_job(xen: &Xen, d: &mut Disk<'_>, ports: &[Port], job: Job, o: Opts) -> Measured {
+fn run_job(xen: &Xen, d: &mut Disk<'_>, job: Job, o: Opts) -> Measured {
     let ss = u64::from(d.sector_size());
     let mut m = Measured::default();
     if job.bs as u64 % ss != 0 || (job.bs as u64 / ss) > d.sectors() {
@@ -406,6 +552,7 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, ports: &[Port], job: Job, o: Opts) -> Me
         }
         let now = xen.now_ns();
         if got > 0 {
+            m.max_gap_ns = m.max_gap_ns.max(now.saturating_sub(last_progress));
             last_progress = now;
         }
         if submitting && (now >= stop_at || m.ops >= o.max_ops || m.first_error.is_some()) {
@@ -421,7 +568,10 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, ports: &[Port], job: Job, o: Opts) -> Me
             }
             if o.wait == Wait::Event {
                 // Early wake-ups and timeouts are both fine: the loop looks again.
-                let _ = xen.evtchn_wait(ports, Some(now.saturating_add(WAIT_SLICE_NS)));
+                m.waits += 1;
+                if d.wait(now.saturating_add(WAIT_SLICE_NS)) == Err(Error::Timeout) {
+                    m.slept_out += 1;
+                }
             } else {
                 core::hint::spin_loop();
             }
@@ -431,12 +581,25 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, ports: &[Port], job: Job, o: Opts) -> Me
     m
 }
 
-/// Prints the job's machine line and counts its check.
-fn report(vdev: u32, backend: &str, job: Job, o: Opts, m: Measured, outcome: &mut Outcome) {
+/// Prints the job's machine line (with `seq=<n>` when served) and counts
+/// its check; returns the line's fields (without the leading word).
+fn report(
+    vdev: u32,
+    backend: &str,
+    job: Job,
+    o: Opts,
+    m: Measured,
+    seq: Option<u64>,
+    outcome: &mut Outcome,
+) -> String {
     let (iops, centi_mbps) = rates(m.ops, job.bs as u64, m.ns);
-    crate::out!(
-        "xenblk-bench vdev={vdev} backend={backend} job={} iops={iops} mbps={}.{:02} ops={} \
-         ns={} qd={} bs={} wait={}",
+    let mut fields = String::new();
+    if let Some(seq) = seq {
+        fields.push_str(&format!("seq={seq} "));
+    }
+    fields.push_str(&format!(
+        "vdev={vdev} backend={backend} job={} iops={iops} mbps={}.{:02} ops={} ns={} qd={} \
+         bs={} wait={} waits={} slept-out={} max-gap-us={}",
         job.name,
         centi_mbps / 100,
         centi_mbps % 100,
@@ -444,8 +607,12 @@ fn report(vdev: u32, backend: &str, job: Job, o: Opts, m: Measured, outcome: &mu
         m.ns,
         job.qd,
         job.bs,
-        o.wait.token()
-    );
+        o.wait.token(),
+        m.waits,
+        m.slept_out,
+        m.max_gap_ns / 1000
+    ));
+    crate::out!("xenblk-bench {fields}");
     let ok = m.ops > 0 && m.errors == 0 && m.first_error.is_none() && !m.timed_out;
     let mut detail = String::new();
     if let Some(e) = m.first_error {
@@ -458,7 +625,15 @@ fn report(vdev: u32, backend: &str, job: Job, o: Opts, m: Measured, outcome: &mu
         ));
     }
     detail.push_str(&format!("{} ops, {} errors", m.ops, m.errors));
-    outcome.report(&format!("{vdev}/bench-{}", job.name), ok, &detail);
+    let name = match seq {
+        Some(seq) => format!("{vdev}/bench-{}-{seq}", job.name),
+        None => format!("{vdev}/bench-{}", job.name),
+    };
+    outcome.report(&name, ok, &detail);
+    if !ok {
+        fields.push_str(" error=failed");
+    }
+    fields
 }
 
 /// Requests per second and hundredths of MB/s (10^6 bytes) for `ops`
