@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use xenblk::blkfront::{BlockFront, Completion, Config};
 use xenblk::gnttab::GrantTable;
 use xenblk::hal::DomId;
-use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack};
+use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
 use xenblk::sim::xenstored::{SimXsTransport, XenStored};
 use xenblk::sim::{SimConfig, SimXen};
 use xenblk::xenstore::XenStore;
@@ -149,6 +149,8 @@ struct World {
     xen: SimXen,
     xsd: XenStored,
     hal: xenblk::sim::SimHal,
+    /// Keeps the backend: the simulator only holds it weakly.
+    _be: SimBlkBackHandle,
 }
 
 impl World {
@@ -169,8 +171,8 @@ impl World {
         be.persistent = true;
         be.max_queues = Some(4);
         let store: Arc<dyn BackendStore> = Arc::new(xsd.clone());
-        SimBlkBack::new(&xen, store, GUEST, VDEV, be).expect("backend");
-        World { xen, xsd, hal }
+        let _be = SimBlkBack::new(&xen, store, GUEST, VDEV, be).expect("backend");
+        World { xen, xsd, hal, _be }
     }
 }
 

@@ -163,6 +163,7 @@ impl SimXen {
     /// For devices that hold what holds this `SimXen` (grant mappings, a
     /// xenstored handle): added with `add_device` they and the simulator
     /// would keep each other alive, and neither would ever be freed.
+    #[must_use = "the device is dropped with its last handle"]
     pub fn add_weak_device<D: SimDevice + 'static>(&self, device: D) -> DeviceHandle<D> {
         let name = device.name().to_string();
         let dev = Arc::new(Mutex::new(device));

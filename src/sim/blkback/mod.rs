@@ -230,6 +230,7 @@ impl SimDevice for SimBlkBack {
 /// Each method locks the backend briefly; cheap to clone. The backend is
 /// dropped (and leaves the simulator) with the last clone.
 #[derive(Clone, Debug)]
+#[must_use = "the backend is dropped with its last handle"]
 pub struct SimBlkBackHandle {
     dev: DeviceHandle<SimBlkBack>,
 }
