@@ -18,9 +18,10 @@ fmt: setup
 	$(CARGO) fmt --all -- --check
 	cd unikernel && $(CARGO) fmt -- --check
 
+# --workspace: the benchmarks (bench/, crate xenblk-bench) are checked too.
 clippy: setup
-	$(CARGO) clippy --all-targets --features sim -- -D warnings
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sim -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # src/pvh.rs only builds for the unikernel's target.
 clippy-pvh: setup
@@ -61,19 +62,22 @@ test: fmt clippy clippy-pvh doc unit layout miri fuzz-smoke soak-smoke unikernel
 	@echo "make test: all stages passed"
 
 # Benchmarks; each writes its section of docs/PERFORMANCE.md. Later benches
-# (driver, in-guest) add a bench-* target and list it in BENCHES.
+# (driver, in-guest) add a bench-* target and list it in BENCHES. The ring
+# and driver benches are the workspace crate bench/ (xenblk-bench), which
+# also owns the C baseline, so the library itself has no build script.
 # XENBLK_BENCH_SCALE=4 make bench: a longer, steadier run.
 BENCHES := bench-ring bench-driver bench-inguest
 
 bench: $(BENCHES)
 
 bench-ring: setup
-	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --bench ring
+	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench -p xenblk-bench --bench ring
 
-# The driver over the simulated blkback (benches/driver.rs): IOPS, ns and
-# callgrind instructions per request, deltas against benches/baseline.txt.
+# The driver over the simulated blkback (bench/benches/driver.rs): IOPS, ns
+# and callgrind instructions per request, deltas against
+# bench/benches/baseline.txt.
 bench-driver: setup
-	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench --features sim --bench driver
+	XENBLK_BENCH_DOC=$(CURDIR)/docs/PERFORMANCE.md $(CARGO) bench -p xenblk-bench --features sim --bench driver
 
 # Fuzzing (cargo-fuzz, nightly; fuzz/ is its own crate). Every target runs
 # FUZZ_SECS seconds from its seed corpus (fuzz/corpus/<target>/seed-*); any

@@ -7,9 +7,14 @@
 //! whose lock is held (by a test inspecting it through its
 //! [`DeviceHandle`], or by another thread stepping it) is skipped for that
 //! round.
+//!
+//! A device that holds something which holds the simulator (a
+//! [`GrantMapping`](super::GrantMapping), a `XenStored` handle) is added
+//! with [`SimXen::add_weak_device`]: the simulator then holds it weakly, so
+//! the two do not keep each other alive.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::xen::lock;
 use super::SimXen;
@@ -92,6 +97,39 @@ impl<D: ?Sized> DeviceHandle<D> {
 
 type Shared = Arc<Mutex<dyn SimDevice>>;
 
+/// What the simulator steps for a device added with
+/// [`SimXen::add_weak_device`]: a weak link to it, and its name, kept for
+/// [`SimXen::devices`].
+struct WeakDevice<D> {
+    id: DeviceId,
+    name: String,
+    dev: Weak<Mutex<D>>,
+}
+
+impl<D: SimDevice> SimDevice for WeakDevice<D> {
+    fn step(&mut self, xen: &SimXen) -> bool {
+        let Some(dev) = self.dev.upgrade() else {
+            // Every handle is gone, and the device with them: leave quietly.
+            xen.remove_device(self.id);
+            return false;
+        };
+        // Held by a test (or poisoned): skipped this round, like any device.
+        let Ok(mut d) = dev.try_lock() else {
+            return false;
+        };
+        d.step(xen)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn next_wakeup_ns(&self) -> Option<u64> {
+        let dev = self.dev.upgrade()?;
+        dev.try_lock().ok().and_then(|d| d.next_wakeup_ns())
+    }
+}
+
 /// The simulator's list of devices, in the order they were added (the order
 /// they are stepped in).
 #[derive(Default)]
@@ -111,6 +149,34 @@ impl SimXen {
             t.next_id += 1;
             let id = DeviceId(t.next_id);
             t.list.push((id, shared));
+            id
+        };
+        self.wake();
+        DeviceHandle { id, dev }
+    }
+
+    /// Adds a device that the simulator holds only weakly: it is stepped
+    /// (like one from [`add_device`](Self::add_device)) while the returned
+    /// handle or a clone of it lives, and leaves the simulator once the last
+    /// one is dropped.
+    ///
+    /// For devices that hold what holds this `SimXen` (grant mappings, a
+    /// xenstored handle): added with `add_device` they and the simulator
+    /// would keep each other alive, and neither would ever be freed.
+    #[must_use = "the device is dropped with its last handle"]
+    pub fn add_weak_device<D: SimDevice + 'static>(&self, device: D) -> DeviceHandle<D> {
+        let name = device.name().to_string();
+        let dev = Arc::new(Mutex::new(device));
+        let id = {
+            let mut t = lock(&self.inner.devices);
+            t.next_id += 1;
+            let id = DeviceId(t.next_id);
+            let stepper: Shared = Arc::new(Mutex::new(WeakDevice {
+                id,
+                name,
+                dev: Arc::downgrade(&dev),
+            }));
+            t.list.push((id, stepper));
             id
         };
         self.wake();
@@ -172,6 +238,87 @@ impl SimXen {
             .iter()
             .filter_map(|(_, d)| d.try_lock().ok().and_then(|d| d.next_wakeup_ns()))
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device that holds the simulator it runs in, as a backend holding
+    /// grant mappings does.
+    struct Holder {
+        _xen: SimXen,
+        steps: u32,
+        due: Option<u64>,
+    }
+
+    impl SimDevice for Holder {
+        fn step(&mut self, _: &SimXen) -> bool {
+            self.steps += 1;
+            false
+        }
+        fn name(&self) -> &str {
+            "holder"
+        }
+        fn next_wakeup_ns(&self) -> Option<u64> {
+            self.due
+        }
+    }
+
+    #[test]
+    fn a_weak_device_runs_while_its_handle_lives_and_frees_the_simulator() {
+        let xen = SimXen::new();
+        let alive = Arc::downgrade(&xen.inner);
+        let h = xen.add_weak_device(Holder {
+            _xen: xen.clone(),
+            steps: 0,
+            due: Some(42),
+        });
+        assert!(!xen.step());
+        assert_eq!(h.lock().steps, 1);
+        assert_eq!(xen.devices(), vec![(h.id(), "holder".to_string())]);
+        assert_eq!(xen.next_wakeup_ns(), Some(42));
+        {
+            let _busy = h.lock();
+            assert!(!xen.step());
+            assert_eq!(xen.next_wakeup_ns(), None, "busy devices are skipped");
+        }
+        assert_eq!(h.lock().steps, 1);
+
+        let clone = h.clone();
+        drop(h);
+        assert!(!xen.step());
+        assert_eq!(clone.lock().steps, 2, "a clone keeps it running");
+        drop(clone);
+        assert!(!xen.step());
+        assert!(xen.devices().is_empty(), "it left the simulator");
+        assert_eq!(xen.next_wakeup_ns(), None);
+        drop(xen);
+        assert!(alive.upgrade().is_none(), "the simulator was not freed");
+    }
+
+    #[test]
+    fn a_strong_device_that_holds_the_simulator_is_a_cycle() {
+        // What `add_weak_device` is for. The cycle is broken by hand at the
+        // end so that the test itself leaks nothing.
+        let xen = SimXen::new();
+        let alive = Arc::downgrade(&xen.inner);
+        let h = xen.add_device(Holder {
+            _xen: xen.clone(),
+            steps: 0,
+            due: None,
+        });
+        let id = h.id();
+        drop(h);
+        drop(xen);
+        let xen = alive
+            .upgrade()
+            .map(|inner| SimXen { inner })
+            .expect("kept alive by its own device");
+        assert!(xen.remove_device(id));
+        drop(xen);
+        assert!(alive.upgrade().is_none());
     }
 }
 

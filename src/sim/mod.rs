@@ -39,7 +39,9 @@
 //! or fault injection) while the simulator drives it. Devices are kept behind a
 //! lock separate from the hypervisor state, so [`SimDevice::step`] may call
 //! any [`SimXen`] method. A device that is locked by a test is skipped by the
-//! runner until it is released.
+//! runner until it is released. A device that holds what holds the simulator
+//! (grant mappings, a xenstored handle) is added with
+//! [`SimXen::add_weak_device`] instead, and lives as long as its handle.
 //!
 //! # Example: a guest, a backend device, and a grant
 //!

@@ -31,6 +31,13 @@
 //! reads and writes the disk, reads [`Stats`], sets [`Faults`], resizes
 //! and closes the backend.
 //!
+//! The backend lives as long as a handle to it: it holds grant mappings and
+//! its store (usually the simulated xenstored), all of which hold the
+//! simulator, so the simulator holds it only weakly
+//! ([`SimXen::add_weak_device`]). Dropping the last handle removes the
+//! backend (a backend domain gone without a word to the frontend); dropping
+//! the whole world frees it and the simulator.
+//!
 //! The backend reaches xenstore through [`BackendStore`] (implemented by
 //! [`MemStore`] for tests without a xenstore daemon) and is notified only
 //! through its event channels: a frontend that forgets to notify hangs, as
@@ -114,7 +121,8 @@ impl SimBlkBack {
     /// Creates the device as libxl would (both xenstore directories, with
     /// permissions: the frontend may read the backend directory and dom0 the
     /// frontend's), and adds the backend to `xen`. It probes (goes InitWait)
-    /// the first time the simulator steps it.
+    /// the first time the simulator steps it, and runs while the returned
+    /// handle (or a clone) lives.
     ///
     /// # Errors
     ///
@@ -169,7 +177,7 @@ impl SimBlkBack {
             last_answered: None,
         };
         Ok(SimBlkBackHandle {
-            dev: xen.add_device(dev),
+            dev: xen.add_weak_device(dev),
         })
     }
 
@@ -219,8 +227,10 @@ impl SimDevice for SimBlkBack {
 }
 
 /// A test's (or a user's) handle to a [`SimBlkBack`] the simulator runs.
-/// Each method locks the backend briefly; cheap to clone.
+/// Each method locks the backend briefly; cheap to clone. The backend is
+/// dropped (and leaves the simulator) with the last clone.
 #[derive(Clone, Debug)]
+#[must_use = "the backend is dropped with its last handle"]
 pub struct SimBlkBackHandle {
     dev: DeviceHandle<SimBlkBack>,
 }
@@ -363,5 +373,74 @@ impl SimBlkBackHandle {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gnttab::GrantTable;
+    use crate::hal::Hal;
+    use crate::sim::xenstored::XenStored;
+
+    const FE: DomId = DomId(1);
+    const VDEV: u32 = 51712;
+
+    /// A backend connected to a hand-made frontend (one ring page granted
+    /// and mapped, one event channel bound), its store the simulated
+    /// xenstored: every link from the backend back to the simulator a real
+    /// test world has. Once the world is dropped, so is the simulator.
+    #[test]
+    fn a_simulator_with_a_connected_backend_is_freed() {
+        let xen = SimXen::new();
+        let alive = std::sync::Arc::downgrade(&xen.inner);
+        let xsd = XenStored::new(&xen);
+        xsd.with_store(|s| s.introduce_domain(FE));
+        let mut cfg = BackendConfig::blkback();
+        cfg.disk_bytes = 1 << 20;
+        cfg.hotplug_delay_ns = 0;
+        let store: Arc<dyn BackendStore> = Arc::new(xsd.clone());
+        let be = SimBlkBack::new(&xen, store.clone(), FE, VDEV, cfg).unwrap();
+        xen.run_until_idle();
+        assert_eq!(be.state(), XenbusState::InitWait);
+
+        let hal = xen.hal(FE);
+        let gt = GrantTable::new(&hal).unwrap();
+        let page = hal.alloc_pages(1).unwrap();
+        let gref = gt.grant_access(DomId::DOM0, page.gfn(), false).unwrap();
+        let port = hal.evtchn_alloc_unbound(DomId::DOM0).unwrap();
+        let fe = be.frontend_path();
+        store
+            .write(&format!("{fe}/ring-ref"), &gref.0.to_string())
+            .unwrap();
+        store
+            .write(&format!("{fe}/event-channel"), &port.0.to_string())
+            .unwrap();
+        store
+            .write(&format!("{fe}/state"), XenbusState::Initialised.as_str())
+            .unwrap();
+        xen.run_until_idle();
+        assert_eq!(be.state(), XenbusState::Connected, "{:?}", be.last_error());
+        assert_eq!(
+            xen.pages_mapped_by_others(FE),
+            1,
+            "the backend maps the ring"
+        );
+
+        // The world goes away, frontend first, without closing anything (a
+        // crashed guest): its ring page, still mapped, is refused back and
+        // left to the simulator, which frees it with everything else.
+        // SAFETY: the simulator refuses the free (the backend maps the
+        // page), so the memory stays valid for the mapping.
+        unsafe { hal.free_pages(page) };
+        assert_eq!(xen.accounting(FE).leaked_pages, 1);
+        drop(gt);
+        drop(hal);
+        drop(store);
+        drop(xsd);
+        drop(xen);
+        assert!(alive.upgrade().is_some(), "the backend handle holds it");
+        drop(be);
+        assert!(alive.upgrade().is_none(), "the simulator was not freed");
     }
 }

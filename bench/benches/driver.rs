@@ -21,7 +21,8 @@
 //! - **callgrind**: instructions per request of the guest side (the driver
 //!   and the simulated hypercalls it makes, with the backend's steps
 //!   subtracted), in step mode, single-threaded, fixed seed, setup
-//!   excluded. Exact and repeatable; compared against `benches/baseline.txt`.
+//!   excluded. Exact and repeatable; compared against
+//!   `bench/benches/baseline.txt`.
 //!
 //! The run closes with one line per (queue depth, queues, persistent) of
 //! the canonical workload, null-backend 4 KiB reads:
@@ -36,7 +37,7 @@
 //!   `XENBLK_BENCH_CALLGRIND=null`: count the null backend only.
 //! - `XENBLK_BENCH_KEEP_CALLGRIND=1`: keep callgrind's output files (for
 //!   `callgrind_annotate`) and print their paths.
-//! - `XENBLK_BENCH_UPDATE_BASELINE=1`: rewrite `benches/baseline.txt` with
+//! - `XENBLK_BENCH_UPDATE_BASELINE=1`: rewrite `bench/benches/baseline.txt` with
 //!   this run's instruction counts.
 //! - `XENBLK_BENCH_DOC=<path>`: rewrite the results between the
 //!   `driver-bench` markers of that file (docs/PERFORMANCE.md).
@@ -49,7 +50,7 @@ use std::time::{Duration, Instant};
 use xenblk::blkfront::{BlockFront, Completion, Config};
 use xenblk::gnttab::GrantTable;
 use xenblk::hal::DomId;
-use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack};
+use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
 use xenblk::sim::xenstored::{SimXsTransport, XenStored};
 use xenblk::sim::{SimConfig, SimXen};
 use xenblk::xenstore::XenStore;
@@ -148,6 +149,8 @@ struct World {
     xen: SimXen,
     xsd: XenStored,
     hal: xenblk::sim::SimHal,
+    /// Keeps the backend: the simulator only holds it weakly.
+    _be: SimBlkBackHandle,
 }
 
 impl World {
@@ -168,8 +171,8 @@ impl World {
         be.persistent = true;
         be.max_queues = Some(4);
         let store: Arc<dyn BackendStore> = Arc::new(xsd.clone());
-        SimBlkBack::new(&xen, store, GUEST, VDEV, be).expect("backend");
-        World { xen, xsd, hal }
+        let _be = SimBlkBack::new(&xen, store, GUEST, VDEV, be).expect("backend");
+        World { xen, xsd, hal, _be }
     }
 }
 
@@ -515,7 +518,7 @@ fn callgrind(case: Case, keep: bool) -> Option<(f64, f64)> {
 
 const BASELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/baseline.txt");
 
-/// `<case> instr/req=<n>` lines of `benches/baseline.txt`.
+/// `<case> instr/req=<n>` lines of `bench/benches/baseline.txt`.
 fn read_baseline() -> BTreeMap<String, f64> {
     let text = std::fs::read_to_string(BASELINE).unwrap_or_default();
     text.lines()
@@ -532,7 +535,7 @@ fn read_baseline() -> BTreeMap<String, f64> {
 fn write_baseline(counts: &BTreeMap<String, f64>) {
     let mut s = String::from(
         "# Instructions per request (callgrind, guest side, step mode) per driver\n\
-         # bench configuration: the reference `cargo bench --bench driver` prints\n\
+         # bench configuration: the reference `make bench-driver` prints\n\
          # its deltas against. Rewrite with XENBLK_BENCH_UPDATE_BASELINE=1 when\n\
          # the driver got faster (and say so in docs/PERFORMANCE.md).\n",
     );

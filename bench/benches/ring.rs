@@ -1,13 +1,13 @@
 //! Ring benchmark: `xenblk::ring::{FrontRing, BackRing}` against the C
-//! macros of Xen's `io/ring.h` (`benches/c/ring_bench.c`), side by side in one
-//! process, over the same page-aligned memory, with the same two threads, the
-//! same batching policy and the same spinning "event channel".
+//! macros of Xen's `io/ring.h` (`bench/benches/c/ring_bench.c`), side by side
+//! in one process, over the same page-aligned memory, with the same two
+//! threads, the same batching policy and the same spinning "event channel".
 //!
-//! `cargo bench --bench ring` (or `make bench`) runs every configuration
-//! several times, interleaving the sides, and prints the medians, the
-//! notifications per request, callgrind's instructions per round trip, and
-//! one line `ring-order=<n> rust/c=<ratio>` per ring order. The method is
-//! described in `docs/PERFORMANCE.md`, which `make bench` updates.
+//! `cargo bench -p xenblk-bench --bench ring` (or `make bench-ring`) runs
+//! every configuration several times, interleaving the sides, and prints the
+//! medians, the notifications per request, callgrind's instructions per round
+//! trip, and one line `ring-order=<n> rust/c=<ratio>` per ring order. The
+//! method is described in `docs/PERFORMANCE.md`, which `make bench` updates.
 //!
 //! Environment:
 //! - `XENBLK_BENCH_SCALE` (default 1): multiplies round trips and repetitions
@@ -342,7 +342,7 @@ mod c {
     variant!(MFENCE: rb_c_mfence_init, rb_c_mfence_front, rb_c_mfence_back, rb_c_mfence_pingpong);
 }
 
-/// Whether `build.rs` compiled the C baseline in.
+/// Whether `bench/build.rs` compiled the C baseline in.
 const HAVE_C: bool = cfg!(xenblk_c_ring);
 
 /// Which implementation runs a configuration.

@@ -1,6 +1,7 @@
-//! Build script: compiles the C baseline of the ring benchmark
-//! (`benches/c/ring_bench.c`, the `io/ring.h` macros) when it can, and links
-//! it into the benchmarks only. The library itself never links any C.
+//! Build script of `xenblk-bench`: compiles the C baseline of the ring
+//! benchmark (`bench/benches/c/ring_bench.c`, the `io/ring.h` macros) when it
+//! can, and links it into the benchmarks only. The library `xenblk` has no
+//! build script and never links any C.
 //!
 //! It does nothing (and the benchmark reports "C baseline unavailable") when
 //! the target is not the host (e.g. `x86_64-unknown-none`), when the Xen
