@@ -6,6 +6,7 @@
 # until each has written data/bench-ready, and then hands out the jobs one at
 # a time, alternating the guests job by job:
 #
+#   round 0: a warm-up job per guest and disk, not counted; then
 #   for round 1..BENCH_ROUNDS, for each disk (vdev), for each job:
 #       every guest in turn (round 1 in config order, round 2 reversed, ...)
 #       runs that job on that disk while the others wait in xenstore-watch /
@@ -18,7 +19,9 @@
 # <seq>, and prints
 #   LAB bench-turn round=<r> guest=<name> status=<ok|timeout|failed> \
 #       secs=<s> <the guest's data/bench-result fields>
-# (one line, so the host's boot.sh shows it with its own clock). At the end
+# (one line, so the host's boot.sh shows it with its own clock). A guest that
+# dies in a turn is booted again, at most BENCH_RESTARTS times, and the turn
+# run again (`LAB bench-restart ...`, see restart()). At the end
 # `<seq> quit` to every guest, and per guest the lab's usual sections
 # (config, xenstore, console, xl-dmesg, dom0-dmesg, RESULT) in the format of
 # tests/lab/job.sh, so that tests/lab/check.py can parse them.
@@ -28,6 +31,7 @@ BENCH_SECS=8
 BENCH_RAMP=1
 BENCH_ROUNDS=5
 BENCH_READY_SECS=240
+BENCH_RESTARTS=2
 [ -f /lab/run.conf ] && . /lab/run.conf
 WORK=/run/lab/work
 mkdir -p "$WORK"
@@ -57,48 +61,80 @@ xsr() { xenstore-read "$1" 2>/dev/null; }
 key() { echo "$1" | tr -c 'A-Za-z0-9\n' '_'; }
 
 echo "LAB job start (dom0 uptime $(up) s): bench serve, rounds=$BENCH_ROUNDS secs=$BENCH_SECS ramp=$BENCH_RAMP"
+# create NAME: `xl create` the guest (its config was copied to $WORK).
+create() {
+    dom=lab-$1
+    rm -f "/var/log/xen/console/guest-$dom.log"
+    tc=$(now)
+    xl create "$WORK/$1.cfg" >"$WORK/$1.create" 2>&1
+    rc=$?
+    domid=$(xl domid "$dom" 2>/dev/null)
+    echo "LAB domU $dom created domid=${domid:-none} rc=$rc in $(since "$tc") s"
+    eval "DOMID_$(key "$1")=\${domid:-none} STATUS_$(key "$1")=running"
+    [ -n "$domid" ] || eval "STATUS_$(key "$1")=create-failed"
+}
+
+# ready NAME: waits until the guest connected its disks and listens.
+ready() {
+    tw=$(now)
+    eval "d=\$DOMID_$(key "$1")"
+    [ "$d" = none ] && return
+    while [ "$(xsr "/local/domain/$d/data/bench-ready")" != 1 ]; do
+        if ! alive "lab-$1"; then
+            eval "STATUS_$(key "$1")=died-before-ready"
+            break
+        fi
+        if later "$tw" "$BENCH_READY_SECS"; then
+            eval "STATUS_$(key "$1")=not-ready"
+            break
+        fi
+        sleep 0.5
+    done
+    eval "echo \"LAB domU lab-$1 ready status=\$STATUS_$(key "$1") after $(since "$tw") s\""
+}
+
 NAMES=
 for meta in /lab/cfg/*.meta; do
     [ -f "$meta" ] || continue
     NAME=
     . "$meta"
-    dom=lab-$NAME
     cp "${meta%.meta}.cfg" "$WORK/$NAME.cfg"
     echo "LAB images ready for $NAME after 0 s: (none, bench serve)"
-    rm -f "/var/log/xen/console/guest-$dom.log"
-    tc=$(now)
-    xl create "$WORK/$NAME.cfg" >"$WORK/$NAME.create" 2>&1
-    rc=$?
-    domid=$(xl domid "$dom" 2>/dev/null)
-    echo "LAB domU $dom created domid=${domid:-none} rc=$rc in $(since "$tc") s"
-    eval "DOMID_$(key "$NAME")=\${domid:-none} STATUS_$(key "$NAME")=running"
-    [ -n "$domid" ] || eval "STATUS_$(key "$NAME")=create-failed"
+    create "$NAME"
+    eval "RESTARTS_$(key "$NAME")=0"
     NAMES="$NAMES $NAME"
 done
+for n in $NAMES; do ready "$n"; done
 
-# Ready: every guest connected its disks and listens.
-tw=$(now)
-for n in $NAMES; do
-    eval "d=\$DOMID_$(key "$n")"
-    [ "$d" = none ] && continue
-    while [ "$(xsr "/local/domain/$d/data/bench-ready")" != 1 ]; do
-        if ! alive "lab-$n"; then
-            eval "STATUS_$(key "$n")=died-before-ready"
-            break
-        fi
-        if later "$tw" "$BENCH_READY_SECS"; then
-            eval "STATUS_$(key "$n")=not-ready"
-            break
-        fi
-        sleep 0.5
-    done
-    eval "echo \"LAB domU lab-$n ready status=\$STATUS_$(key "$n") after $(since "$tw") s\""
-done
+# restart NAME SEQ: a guest died during turn SEQ. PVH guests under this
+# nested QEMU die now and then with a triple fault whose RIP and CR2 are a
+# Xen address (docs/LAB.md): the outer emulator's, not the guest's. Keep
+# what it printed and what Xen said, boot it again (at most BENCH_RESTARTS
+# times per guest), and let the turn be run again.
+restart() {
+    eval "k=\$RESTARTS_$(key "$1")"
+    dom=lab-$1
+    log=/var/log/xen/console/guest-$dom.log
+    xl dmesg >"$WORK/xl-dmesg" 2>&1
+    why=$(grep -c 'Triple fault' "$WORK/xl-dmesg")
+    echo "LAB bench-restart guest=$1 seq=$2 restarts-before=$k state=$(domstate "$dom") triple-faults-in-xl-dmesg=$why"
+    [ -f "$log" ] && section console-died "$1" "$log"
+    grep -A12 'Triple fault' "$WORK/xl-dmesg" | tail -n 13 >"$WORK/xl-dmesg.crash"
+    section xl-dmesg-died "$1" "$WORK/xl-dmesg.crash"
+    xl destroy "$dom" >/dev/null 2>&1
+    [ "$k" -ge "$BENCH_RESTARTS" ] && return 1
+    eval "RESTARTS_$(key "$1")=$((k + 1))"
+    echo "LAB !!! guest $1 died in turn seq=$2; booting it again (restart $((k + 1)) of at most $BENCH_RESTARTS)"
+    create "$1"
+    ready "$1"
+    eval "[ \"\$STATUS_$(key "$1")\" = running ]"
+}
 
-# turn ROUND NAME SEQ VDEV JOB: one job on one guest.
+# turn ROUND NAME SEQ VDEV JOB: one job on one guest. Sets $status.
 turn() {
     eval "d=\$DOMID_$(key "$2") st=\$STATUS_$(key "$2")"
     if [ "$st" != running ]; then
+        status=skipped
         echo "LAB bench-turn round=$1 guest=$2 status=skipped seq=$3 vdev=$4 job=$5 ($st)"
         return
     fi
@@ -122,15 +158,41 @@ turn() {
         sleep 0.2
     done
     res=$(xsr "$home/data/bench-result")
+    case $status:$res in
+    ok:"seq=$3 "*error=*) status=failed ;;
+    ok:"seq=$3 "*) ;;
+    ok:*) status=no-result ;;
+    esac
     case $res in
-    "seq=$3 "*error=*) status=failed ;;
     "seq=$3 "*) ;;
-    *) [ $status = ok ] && status=no-result ;;
+    *) res="seq=$3 vdev=$4 job=$5" ;;
     esac
     echo "LAB bench-turn round=$1 guest=$2 status=$status secs=$(since "$t0") $res"
 }
 
+# run_turn ROUND NAME VDEV JOB: a turn; a guest that died in it is booted again
+# (restart) and, after an uncounted warm-up turn, runs it again.
+run_turn() {
+    seq=$((seq + 1))
+    turn "$1" "$2" "$seq" "$3" "$4"
+    while [ "$status" = died ] && restart "$2" "$seq"; do
+        seq=$((seq + 1))
+        turn 0 "$2" "$seq" "$3" "$4"
+        seq=$((seq + 1))
+        turn "$1" "$2" "$seq" "$3" "$4"
+    done
+}
+
 seq=0
+# Round 0 warms up, uncounted: one job per guest and disk (the Linux guest's
+# first fio run pages in fio and its libraries, the first requests of either
+# find cold caches in dom0).
+echo "LAB bench-round 0 (warm-up, not counted) (dom0 uptime $(up) s)"
+for v in $BENCH_VDEVS; do
+    for n in $NAMES; do
+        run_turn 0 "$n" "$v" 4k-qd32
+    done
+done
 r=1
 while [ $r -le "$BENCH_ROUNDS" ]; do
     # Odd rounds in config order, even rounds reversed: neither guest
@@ -144,8 +206,7 @@ while [ $r -le "$BENCH_ROUNDS" ]; do
     for v in $BENCH_VDEVS; do
         for job in $JOBS; do
             for n in $order; do
-                seq=$((seq + 1))
-                turn "$r" "$n" "$seq" "$v" "$job"
+                run_turn "$r" "$n" "$v" "$job"
             done
         done
     done
