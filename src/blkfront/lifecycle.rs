@@ -332,6 +332,7 @@ pub(super) fn probe<'a, H: Hal, T: XsTransport>(
         next_token: 1,
         pending: Default::default(),
         done: VecDeque::new(),
+        staging: Vec::new(),
         handle: vdev as u16,
         leaked: 0,
     };

@@ -32,6 +32,7 @@ BENCH_RAMP=1
 BENCH_ROUNDS=5
 BENCH_READY_SECS=240
 BENCH_RESTARTS=2
+BENCH_KILL_SEQ=     # tests the restart path (XENBLK_BENCH_KILL_SEQ)
 [ -f /lab/run.conf ] && . /lab/run.conf
 WORK=/run/lab/work
 mkdir -p "$WORK"
@@ -141,6 +142,11 @@ turn() {
     home=/local/domain/$d
     xenstore-write "$home/data/bench-cmd" "$3 run $4 $5"
     t0=$(now)
+    # A test of the restart path: destroy the guest in turn BENCH_KILL_SEQ.
+    if [ "$3" = "${BENCH_KILL_SEQ:-}" ]; then
+        sleep 1
+        xl destroy "lab-$2" >/dev/null 2>&1
+    fi
     sleep $((BENCH_SECS + BENCH_RAMP))
     limit=$((BENCH_SECS + BENCH_RAMP + 90))
     status=ok

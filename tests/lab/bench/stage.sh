@@ -11,7 +11,9 @@
 # and replaces the lab's job: bench-job.sh becomes /lab/job.sh, sets up the
 # backends and hands over to serve.sh (/lab/serve.sh), which boots every
 # guest at once and alternates them job by job.
-# Settings: XENBLK_BENCH_SECS (5), XENBLK_BENCH_RAMP (1), XENBLK_BENCH_ROUNDS (5).
+# Settings: XENBLK_BENCH_SECS (5), XENBLK_BENCH_RAMP (1), XENBLK_BENCH_ROUNDS (5);
+# XENBLK_BENCH_KILL_SEQ=<n> has serve.sh destroy the guest of turn n, to
+# test its restart path.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 S=${1:?usage: stage.sh STAGEDIR}
@@ -26,8 +28,8 @@ ROUNDS=${XENBLK_BENCH_ROUNDS:-5}
 rm "$S/job.sh"
 install -m 0755 "$LAB_DIR/bench/bench-job.sh" "$S/job.sh"
 install -m 0755 "$LAB_DIR/bench/serve.sh" "$S/serve.sh"
-printf 'BENCH_SECS=%s\nBENCH_RAMP=%s\nBENCH_ROUNDS=%s\nBENCH_GUESTS=%s\n' "$SECS" "$RAMP" "$ROUNDS" \
-    "$(find "$S/cfg" -name '*.cfg' | wc -l)" >>"$S/run.conf"
+printf 'BENCH_SECS=%s\nBENCH_RAMP=%s\nBENCH_ROUNDS=%s\nBENCH_GUESTS=%s\nBENCH_KILL_SEQ=%s\n' "$SECS" "$RAMP" \
+    "$ROUNDS" "$(find "$S/cfg" -name '*.cfg' | wc -l)" "${XENBLK_BENCH_KILL_SEQ:-}" >>"$S/run.conf"
 cp "$LAB_CACHE/vmlinuz" "$S/guest/vmlinuz"
 cp "$LAB_CACHE/fio.cpio" "$S/guest/fio.cpio"
 
