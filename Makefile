@@ -33,6 +33,7 @@ doc: setup
 
 unit: setup
 	$(CARGO) test --features sim
+	$(CARGO) test -p xenblk-bench --lib
 
 # ABI layouts checked against /usr/include/xen from Debian's libxen-dev.
 layout: setup

@@ -46,6 +46,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xenblk_bench::{callgrind_total, command_line, env_num, loadavg, machine, median, update_doc};
 
 use xenblk::blkfront::{BlockFront, Completion, Config};
 use xenblk::gnttab::GrantTable;
@@ -491,16 +492,7 @@ fn callgrind(case: Case, keep: bool) -> Option<(f64, f64)> {
         eprintln!("{}: callgrind run failed ({status})", case.name());
         return None;
     }
-    let total: f64 = text?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let total = callgrind_total(&text?)?;
     // A line such as `4,110,089 (39.18%)  benches/driver.rs:xenblk_bench_backend_step [..]`.
     let backend: f64 = annotated?
         .lines()
@@ -560,76 +552,6 @@ fn delta(now: f64, base: Option<f64>) -> String {
 }
 
 // ----- the run ------------------------------------------------------------------------
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn machine() -> String {
-    let out = std::process::Command::new("lscpu")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .unwrap_or_default();
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| "?".into())
-    };
-    format!("{}, {} CPUs", field("Model name:"), field("CPU(s):"))
-}
-
-/// Replaces the text between the `driver-bench` markers of `path`.
-fn update_doc(path: &str, body: &str) {
-    const BEGIN: &str = "<!-- driver-bench:begin -->";
-    const END: &str = "<!-- driver-bench:end -->";
-    let Ok(text) = std::fs::read_to_string(path) else {
-        eprintln!("cannot read {path}: results not written");
-        return;
-    };
-    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
-        eprintln!("{path} has no driver-bench markers: results not written");
-        return;
-    };
-    if e < b {
-        eprintln!("{path}: driver-bench markers out of order: results not written");
-        return;
-    }
-    let new = format!("{}{BEGIN}\n{body}{}", &text[..b], &text[e..]);
-    match std::fs::write(path, new) {
-        Ok(()) => println!("updated {path}"),
-        Err(e) => eprintln!("cannot write {path}: {e}"),
-    }
-}
 
 /// Medians of one configuration.
 #[derive(Clone, Copy, Default)]
@@ -816,7 +738,7 @@ fn main() -> std::process::ExitCode {
         );
         body.push_str(&table);
         let _ = writeln!(body, "\n```text\n{lines}```");
-        update_doc(path, &body);
+        update_doc(path, "driver-bench", &body);
     }
     std::process::ExitCode::SUCCESS
 }

@@ -27,6 +27,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+use xenblk_bench::{callgrind_total, command_line, env_num, loadavg, machine, median, update_doc};
 
 use xenblk::abi::blkif::{
     BlkifRequest, BlkifRequestSegment, BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -571,14 +572,6 @@ struct Config {
     doc: Option<String>,
 }
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
 impl Config {
     fn from_env() -> Config {
         let scale = env_num("XENBLK_BENCH_SCALE", 1);
@@ -597,14 +590,6 @@ impl Config {
             doc: std::env::var("XENBLK_BENCH_DOC").ok(),
         }
     }
-}
-
-/// The median of some values (the lower middle one for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 /// The medians of one (order, side) over all repetitions.
@@ -631,14 +616,6 @@ fn paired_ratio(samples: &[Vec<(f64, f64, f64)>], c: usize) -> f64 {
             .map(|(rust, c)| c.0 / rust.0)
             .collect(),
     )
-}
-
-/// The load average, from `/proc/loadavg`.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// Instructions per round trip of `side`'s ping-pong under callgrind.
@@ -677,16 +654,7 @@ fn callgrind(side: Side, order: u32, batch: u32) -> Option<f64> {
     if !status.success() {
         return None;
     }
-    let total: f64 = text?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let total = callgrind_total(&text?)?;
     Some(total / N as f64)
 }
 
@@ -711,56 +679,6 @@ fn pingpong_child(args: &[String]) -> std::process::ExitCode {
         f.notifications + b.notifications
     );
     std::process::ExitCode::SUCCESS
-}
-
-/// Output of a command, first line, or `"?"`.
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// `Model name` and `CPU(s)` from `lscpu`.
-fn machine() -> String {
-    let out = std::process::Command::new("lscpu")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .unwrap_or_default();
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| "?".into())
-    };
-    format!("{}, {} CPUs", field("Model name:"), field("CPU(s):"))
-}
-
-/// Replaces the text between the `ring-bench` markers of `path`.
-fn update_doc(path: &str, body: &str) {
-    const BEGIN: &str = "<!-- ring-bench:begin -->";
-    const END: &str = "<!-- ring-bench:end -->";
-    let Ok(text) = std::fs::read_to_string(path) else {
-        eprintln!("cannot read {path}: results not written");
-        return;
-    };
-    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
-        eprintln!("{path} has no ring-bench markers: results not written");
-        return;
-    };
-    if e < b {
-        eprintln!("{path}: ring-bench markers out of order: results not written");
-        return;
-    }
-    let new = format!("{}{BEGIN}\n{body}{}", &text[..b], &text[e..]);
-    match std::fs::write(path, new) {
-        Ok(()) => println!("updated {path}"),
-        Err(e) => eprintln!("cannot write {path}: {e}"),
-    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -927,7 +845,7 @@ fn main() -> std::process::ExitCode {
             body.push('\n');
         }
         let _ = writeln!(body, "```text\n{lines}```");
-        update_doc(path, &body);
+        update_doc(path, "ring-bench", &body);
     }
     std::process::ExitCode::SUCCESS
 }
