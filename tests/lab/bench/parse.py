@@ -24,7 +24,8 @@ lines
 The guests' console logs (through tests/lab/check.py's parser) give what each
 negotiated. With --doc it replaces the part of the file between
 `<!-- inguest-bench:begin -->` and `<!-- inguest-bench:end -->` with the
-results. Exit 1 when a guest did not finish cleanly or a pair is missing.
+results, unless the run had problems. Exit 1 when a guest did not finish
+cleanly or a pair is missing.
 """
 import os
 import re
@@ -296,9 +297,11 @@ def main():
     loads = turn_loads(meta.get("boot_log"), meta.get("load_file"))
     md, machine, problems = render(guests, tlist, lab_lines(pos[1]), meta, loads)
     print(md)
-    if doc:
+    if doc and not problems:
         update_doc(doc, md)
         print(f"(results written to {doc})", file=sys.stderr)
+    elif doc:
+        print(f"(results NOT written to {doc}: the run had problems)", file=sys.stderr)
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
     # The bench closes with its machine lines.

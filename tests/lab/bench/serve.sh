@@ -31,7 +31,7 @@ BENCH_SECS=8
 BENCH_RAMP=1
 BENCH_ROUNDS=5
 BENCH_READY_SECS=240
-BENCH_RESTARTS=2
+BENCH_RESTARTS=3
 BENCH_KILL_SEQ=     # tests the restart path (XENBLK_BENCH_KILL_SEQ)
 [ -f /lab/run.conf ] && . /lab/run.conf
 WORK=/run/lab/work
@@ -176,14 +176,16 @@ turn() {
     echo "LAB bench-turn round=$1 guest=$2 status=$status secs=$(since "$t0") $res"
 }
 
-# run_turn ROUND NAME VDEV JOB: a turn; a guest that died in it is booted again
-# (restart) and, after an uncounted warm-up turn, runs it again.
+# run_turn ROUND NAME VDEV JOB: a turn; a guest that died in it (or in the
+# warm-up after a restart) is booted again (restart), runs an uncounted
+# warm-up turn and then this turn again.
 run_turn() {
     seq=$((seq + 1))
     turn "$1" "$2" "$seq" "$3" "$4"
     while [ "$status" = died ] && restart "$2" "$seq"; do
         seq=$((seq + 1))
         turn 0 "$2" "$seq" "$3" "$4"
+        [ "$status" = died ] && continue
         seq=$((seq + 1))
         turn "$1" "$2" "$seq" "$3" "$4"
     done
