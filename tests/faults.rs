@@ -100,6 +100,17 @@ fn one_queue() -> Config {
     }
 }
 
+/// Connects disk `$disk` of `$w` with [`one_queue`], binding its grant
+/// table, xenstore client and the accounting before it.
+macro_rules! connect {
+    ($w:ident, $gt:ident, $store:ident, $base:ident, $disk:ident) => {
+        let $gt = GrantTable::new(&$w.hal).unwrap();
+        let ($store, $base) = $w.store();
+        #[allow(unused_mut)]
+        let mut $disk = BlockFront::probe(&$w.hal, &$gt, &$store, VDEV, one_queue()).unwrap();
+    };
+}
+
 fn drain(disk: &mut Disk<'_>) -> Vec<xenblk::blkfront::Completion> {
     std::iter::from_fn(|| disk.poll()).collect()
 }
@@ -108,9 +119,7 @@ fn drain(disk: &mut Disk<'_>) -> Vec<xenblk::blkfront::Completion> {
 fn backend_dead_mid_io_times_out_within_the_bound() {
     let w = World::new();
     let be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     disk.write(0, &pattern(1, 8192)).unwrap();
     be.update_faults(|f| f.swallow_requests = true);
     let queued: Vec<_> = (0..5u64)
@@ -158,9 +167,7 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
 fn backend_closing_mid_io_aborts_then_reconnects() {
     let w = World::new();
     let be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     be.update_faults(|f| f.closing_after = Some(3));
     let tokens: Vec<_> = (0..8u64)
         .map(|i| disk.submit_write(i * 8, pattern(i, 4096)).unwrap())
@@ -196,9 +203,7 @@ fn backend_closing_mid_io_aborts_then_reconnects() {
 fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
     let w = World::new();
     let be = w.backend(false);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     be.update_faults(|f| f.hold_responses = true);
     let t = disk.submit_read(0, vec![0xcc; 8192]).unwrap();
     disk.kick();
@@ -279,9 +284,7 @@ fn eagain_storms_on_transactions_are_retried_then_reported() {
 fn spurious_event_storms_do_not_livelock() {
     let w = World::new();
     let be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     be.update_faults(|f| f.hold_responses = true);
     let t = disk.submit_read(8, vec![0; 4096]).unwrap();
     disk.kick();
@@ -315,9 +318,7 @@ fn spurious_event_storms_do_not_livelock() {
 fn a_full_ring_pushes_back_and_recovers() {
     let w = World::new();
     let be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     be.update_faults(|f| f.hold_responses = true);
     let slots = disk.info().negotiated.ring_slots as usize;
     assert_eq!(slots, 32);
@@ -391,9 +392,7 @@ fn xenstore_connection_errors_are_typed_and_leak_nothing() {
     // close still gives back everything the backend does not map.
     let w = World::new();
     let be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue()).unwrap();
+    connect!(w, gt, store, base, disk);
     disk.write(0, &pattern(5, 4096)).unwrap();
     assert!(w.xsd.drop_connection(GUEST));
     assert!(disk.check_backend().is_err());

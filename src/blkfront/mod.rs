@@ -367,6 +367,13 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         if !self.done.is_empty() || self.queues.is_empty() {
             return Ok(());
         }
+        self.wait_events(deadline)
+    }
+
+    /// Blocks in [`Hal::evtchn_wait`] on every queue's event channel until
+    /// one is pending or `deadline` passes (no allocation for up to eight
+    /// queues).
+    fn wait_events(&self, deadline: u64) -> Result<()> {
         let mut ports = [Port(0); 8];
         if self.queues.len() <= ports.len() {
             for (p, q) in ports.iter_mut().zip(&self.queues) {
@@ -884,9 +891,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 self.abort_in_flight(Error::Timeout);
                 continue;
             }
-            let ports: Vec<_> = self.queues.iter().map(|q| q.port).collect();
             let slice = now.saturating_add(10_000_000).min(deadline);
-            if self.hal.evtchn_wait(&ports, Some(slice)).is_err() {
+            if self.wait_events(slice).is_err() {
                 // Nothing arrived for a while: is the backend still there?
                 let _ = self.check_backend();
             }

@@ -60,6 +60,7 @@ standin)
     ;;
 esac
 install -m 0755 "$LAB_DIR/job.sh" "$S/job.sh"
+install -m 0644 "$LAB_DIR/dom0-lib.sh" "$S/dom0-lib.sh"
 printf 'WAIT_SECS=%s\n' "$WAIT_SECS" >"$S/run.conf"
 
 n=0

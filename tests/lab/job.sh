@@ -17,19 +17,7 @@ IMGDIR=/run/lab/img
 WORK=/run/lab/work
 mkdir -p "$IMGDIR" "$WORK"
 
-now() { date +%s.%N | cut -c1-14; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-up() { cut -d' ' -f1 /proc/uptime; }
-
-# section KIND NAME FILE: print FILE between markers; the END marker carries
-# the line count and POSIX cksum so the host can detect a mangled serial log.
-section() {
-    # no CRs, and a final newline (else the END marker joins the last line)
-    tr -d '\r' <"$3" | sed -e '$a\' >"$WORK/section"
-    echo "LAB BEGIN $1 $2"
-    cat "$WORK/section"
-    echo "LAB END $1 $2 lines=$(wc -l <"$WORK/section") cksum=$(cksum <"$WORK/section" | cut -d' ' -f1)"
-}
+. /lab/dom0-lib.sh
 
 # mk_image FILE TAG MIB: an image whose every 512-byte sector names itself.
 mk_image() {
@@ -40,13 +28,6 @@ mk_image() {
             print $h, "." x (511 - length $h), "\n";
         }' $(($3 * 2048)) "$2" >"$1"
 }
-
-# domstate DOM: the State column of `xl list DOM` (empty if it is gone):
-# r b p s <shutdown reason: - poweroff, r reboot, s suspend, c crash,
-# w watchdog, S soft reset> d. An HVM/PVH triple fault is a "reboot".
-domstate() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
-
-closing_line() { grep -aE '^(\([d0-9]+\) )?xenblk: [0-9]+ passed, [0-9]+ failed' "$1" 2>/dev/null | tail -n1; }
 
 # run_config META ATTEMPT: one guest, start to destroy. Sets $status.
 run_config() {

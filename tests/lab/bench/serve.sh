@@ -40,17 +40,8 @@ mkdir -p "$WORK"
 BENCH_VDEVS="51712 51728"
 JOBS="4k-qd1 4k-qd32 1m-seq"
 
-now() { date +%s.%N | cut -c1-14; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+. /lab/dom0-lib.sh
 later() { awk -v a="$1" -v b="$(now)" -v s="$2" 'BEGIN { exit !(b - a > s) }'; }
-up() { cut -d' ' -f1 /proc/uptime; }
-section() {
-    tr -d '\r' <"$3" | sed -e '$a\' >"$WORK/section"
-    echo "LAB BEGIN $1 $2"
-    cat "$WORK/section"
-    echo "LAB END $1 $2 lines=$(wc -l <"$WORK/section") cksum=$(cksum <"$WORK/section" | cut -d' ' -f1)"
-}
-domstate() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 alive() {
     case $(domstate "$1") in
     '' | ???s??) return 1 ;;
@@ -264,7 +255,7 @@ for n in $NAMES; do
     xl destroy "$dom" >/dev/null 2>&1
     # Like job.sh: a guest that shut down without its closing line did not finish.
     if [ "$status" = shutdown ]; then
-        if grep -aqE '^(\([d0-9]+\) )?xenblk: [0-9]+ passed, [0-9]+ failed' "$log"; then
+        if [ -n "$(closing_line "$log")" ]; then
             status=ok
         else
             status=no-closing-line
