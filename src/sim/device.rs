@@ -144,15 +144,22 @@ impl SimXen {
     pub fn add_device<D: SimDevice + 'static>(&self, device: D) -> DeviceHandle<D> {
         let dev = Arc::new(Mutex::new(device));
         let shared: Shared = dev.clone();
+        let id = self.push_device(|_| shared);
+        DeviceHandle { id, dev }
+    }
+
+    /// Gives the next device id to `stepper`, appends what it returns to
+    /// the list of devices stepped, and wakes the device thread.
+    fn push_device(&self, stepper: impl FnOnce(DeviceId) -> Shared) -> DeviceId {
         let id = {
             let mut t = lock(&self.inner.devices);
             t.next_id += 1;
             let id = DeviceId(t.next_id);
-            t.list.push((id, shared));
+            t.list.push((id, stepper(id)));
             id
         };
         self.wake();
-        DeviceHandle { id, dev }
+        id
     }
 
     /// Adds a device that the simulator holds only weakly: it is stepped
@@ -167,19 +174,14 @@ impl SimXen {
     pub fn add_weak_device<D: SimDevice + 'static>(&self, device: D) -> DeviceHandle<D> {
         let name = device.name().to_string();
         let dev = Arc::new(Mutex::new(device));
-        let id = {
-            let mut t = lock(&self.inner.devices);
-            t.next_id += 1;
-            let id = DeviceId(t.next_id);
-            let stepper: Shared = Arc::new(Mutex::new(WeakDevice {
+        let weak = Arc::downgrade(&dev);
+        let id = self.push_device(|id| {
+            Arc::new(Mutex::new(WeakDevice {
                 id,
                 name,
-                dev: Arc::downgrade(&dev),
-            }));
-            t.list.push((id, stepper));
-            id
-        };
-        self.wake();
+                dev: weak,
+            }))
+        });
         DeviceHandle { id, dev }
     }
 

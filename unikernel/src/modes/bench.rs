@@ -334,26 +334,17 @@ fn serve(p: &Platform, attached: &mut [info::Attached<'_>], opts: Opts, outcome:
     let mut served = 0u32;
     let mut idle_since = p.xen.now_ns();
     loop {
-        let cmd = p.store.lock().read_opt(CMD_KEY);
-        let fresh = match cmd {
+        let text = match p.store.lock().read_opt(CMD_KEY) {
+            Ok(text) => text,
             Err(e) => {
                 outcome.report("bench/serve", false, &format!("read of {CMD_KEY}: {e}"));
                 break;
             }
-            Ok(Some(c)) => {
-                benchcmd::parse(&c)
-                    .filter(|(seq, _)| *seq > last_seq)
-                    .map(|(seq, cmd)| match cmd {
-                        Ok(Cmd::Quit) => (seq, Ok(None)),
-                        Ok(Cmd::Run { vdev, job }) => match job_named(job) {
-                            Some(job) => (seq, Ok(Some((vdev, job)))),
-                            None => (seq, Err("unknown-job")),
-                        },
-                        Err(bad) => (seq, Err(bad.token())),
-                    })
-            }
-            Ok(None) => None,
         };
+        let fresh = text
+            .as_deref()
+            .and_then(benchcmd::parse)
+            .filter(|(seq, _)| *seq > last_seq);
         let Some((seq, cmd)) = fresh else {
             let now = p.xen.now_ns();
             if now.saturating_sub(idle_since) > SERVE_IDLE_NS {
@@ -379,33 +370,32 @@ fn serve(p: &Platform, attached: &mut [info::Attached<'_>], opts: Opts, outcome:
             continue;
         };
         last_seq = seq;
+        let mut fail = |why: &str| {
+            outcome.report(&format!("bench/serve-{seq}"), false, why);
+            format!("seq={seq} error={why}")
+        };
         let result = match cmd {
-            Ok(None) => {
+            Ok(Cmd::Quit) => {
                 crate::out!("xenblk-unikernel: bench served {served} job(s); quit (seq={seq})");
                 answer(p, seq, &format!("seq={seq} quit=1"));
                 break;
             }
-            Ok(Some((vdev, job))) => match attached.iter_mut().find(|a| a.vdev == vdev) {
-                Some(info::Attached {
-                    disk: Some(disk), ..
-                }) => {
-                    let m = run_job(p.xen, disk, job, opts);
-                    served += 1;
-                    report(vdev, kind(disk), job, opts, m, Some(seq), outcome)
+            Ok(Cmd::Run { vdev, job }) => {
+                let disk = attached
+                    .iter_mut()
+                    .find(|a| a.vdev == vdev)
+                    .and_then(|a| a.disk.as_mut());
+                match (job_named(job), disk) {
+                    (None, _) => fail("unknown-job"),
+                    (Some(_), None) => fail("no-such-disk"),
+                    (Some(job), Some(disk)) => {
+                        let m = run_job(p.xen, disk, job, opts);
+                        served += 1;
+                        report(vdev, kind(disk), job, opts, m, Some(seq), outcome)
+                    }
                 }
-                _ => {
-                    outcome.report(
-                        &format!("bench/serve-{seq}"),
-                        false,
-                        &format!("vdev={vdev} is not a connected disk"),
-                    );
-                    format!("seq={seq} vdev={vdev} error=no-such-disk")
-                }
-            },
-            Err(why) => {
-                outcome.report(&format!("bench/serve-{seq}"), false, why);
-                format!("seq={seq} error={why}")
             }
+            Err(bad) => fail(bad.token()),
         };
         answer(p, seq, &result);
         idle_since = p.xen.now_ns();
