@@ -335,7 +335,9 @@ fn blkback_rw<G: Grants>(
 
 /// Maps every data segment first (failing before any I/O, as Linux's
 /// `xen_blkbk_map_seg` does), then copies. `unit` is the byte size of
-/// `sector` and of `first_sect`/`last_sect`.
+/// `sector` and of `first_sect`/`last_sect`. Without segments (a flush or
+/// barrier) nothing is moved and `sector`, which `io/blkif.h` gives a
+/// meaning only for reads and writes, is not looked at.
 fn move_data<G: Grants>(
     disk: &mut Disk,
     grants: &mut G,
@@ -343,14 +345,14 @@ fn move_data<G: Grants>(
     how: Use,
     unit: u64,
 ) -> core::result::Result<Vec<G::Frame>, ()> {
-    if disk.is_null() {
+    if disk.is_null() || rw.segs.is_empty() {
         return Ok(Vec::new());
     }
     let mut frames = Vec::with_capacity(rw.segs.len());
     for s in &rw.segs {
         frames.push(grants.map(s.gref, how).map_err(|_| ())?);
     }
-    let mut off = rw.sector * unit;
+    let mut off = rw.sector.checked_mul(unit).ok_or(())?;
     let mut buf = Vec::new();
     for (s, f) in rw.segs.iter().zip(&frames) {
         let page_off = (u64::from(s.first_sect) * unit) as usize;

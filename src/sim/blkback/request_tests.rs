@@ -310,6 +310,22 @@ fn flush_and_barrier_follow_their_offers() {
 }
 
 #[test]
+fn flushes_without_data_ignore_their_sector_number() {
+    // io/blkif.h gives sector_number a meaning for reads and writes only.
+    let (mut disk, mut g) = setup(&BackendConfig::blkback());
+    for cfg in [BackendConfig::blkback(), BackendConfig::qdisk()] {
+        for sector in [u64::MAX, 1 << 60] {
+            let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, sector, &[]);
+            let out = run(&cfg, &mut disk, &mut g, f);
+            assert_eq!((out.id, out.status), (3, BLKIF_RSP_OKAY));
+        }
+    }
+    let b = RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, u64::MAX, &[]);
+    let out = run(&BackendConfig::blkback(), &mut disk, &mut g, b);
+    assert_eq!((out.id, out.status), (4, BLKIF_RSP_OKAY));
+}
+
+#[test]
 fn discard_zeroes_within_the_disk_and_honours_secure_only_when_offered() {
     let mut cfg = BackendConfig::blkback();
     cfg.disk_bytes = 64 * 512;
