@@ -201,7 +201,7 @@ impl BackendConfig {
         }
         if self
             .max_indirect_segments
-            .is_some_and(|n| n as usize > crate::blkfront::wire::MAX_INDIRECT_SEGMENTS || n == 0)
+            .is_some_and(|n| n as usize > super::decode::MAX_INDIRECT_SEGMENTS || n == 0)
         {
             return Err(Error::MalformedKey("feature-max-indirect-segments"));
         }

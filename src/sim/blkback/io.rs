@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::vec::Vec;
 
 use super::config::Personality;
+use super::decode::{self, RawSlot, Request};
 use super::request::{self, Grants, Kind, Use};
 use super::{BadId, SimBlkBack};
 use crate::abi::blkif::{
     BlkifResponse, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use crate::blkfront::wire::{Decoded, RequestSlot};
 use crate::hal::{DomId, GrantRef, Port};
 use crate::ring::BackRing;
 use crate::sim::{GrantMapping, SimXen};
@@ -43,7 +43,7 @@ pub(super) struct Pending {
 /// One connected ring (a queue of `multi-queue-num-queues`).
 pub(super) struct Queue {
     /// Declared before `ring_pages`: the ring points into them.
-    pub ring: BackRing<RequestSlot, BlkifResponse>,
+    pub ring: BackRing<RawSlot, BlkifResponse>,
     pub ring_pages: Vec<GrantMapping>,
     pub port: Port,
     /// The last round stopped with requests left (or a final check found
@@ -175,13 +175,14 @@ impl Grants for DevGrants<'_> {
     }
 }
 
-/// Whether an injected I/O error applies to this request.
-fn does_io(req: &Decoded) -> bool {
+/// Whether an injected I/O error applies to this request: a read, write or
+/// discard the backend could carry out. A malformed or unknown request never
+/// reaches the disk, so it does not use up the fault.
+fn does_io(req: &Request) -> bool {
     match req {
-        Decoded::Direct { operation, .. } => {
-            *operation == BLKIF_OP_READ || *operation == BLKIF_OP_WRITE
-        }
-        Decoded::Indirect { .. } | Decoded::Discard { .. } => true,
+        Request::Direct(d) => d.operation == BLKIF_OP_READ || d.operation == BLKIF_OP_WRITE,
+        Request::Indirect(_) | Request::Discard(_) => true,
+        Request::Unknown { .. } | Request::Malformed { .. } => false,
     }
 }
 
@@ -284,8 +285,8 @@ impl SimBlkBack {
         self.set_state(XenbusState::Closing);
     }
 
-    fn handle(&mut self, xen: &SimXen, q: &mut Queue, persistent: bool, slot: &RequestSlot) {
-        let req = slot.decode();
+    fn handle(&mut self, xen: &SimXen, q: &mut Queue, persistent: bool, slot: &RawSlot) {
+        let req = decode::decode(slot);
         let fail_io = self.faults.io_errors > 0 && does_io(&req);
         if fail_io {
             self.faults.io_errors -= 1;

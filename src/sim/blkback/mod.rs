@@ -61,12 +61,15 @@ use crate::xenbus::XenbusState;
 use crate::{Error, Result};
 
 pub mod config;
+mod decode;
 mod disk;
 mod faults;
 mod io;
 mod puppet;
 mod request;
 mod store;
+#[cfg(test)]
+mod test_slots;
 mod xenbus;
 
 pub use config::{BackendConfig, Offer, Personality};

@@ -14,11 +14,11 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::vec::Vec;
 
+use super::decode::SLOT_SIZE;
 use super::io::Queue;
 use super::SimBlkBackHandle;
 use crate::abi::blkif::BlkifResponse;
 use crate::abi::sring::SRING_HEADER_SIZE;
-use crate::blkfront::wire::SLOT_SIZE;
 use crate::hal::{DomId, PAGE_SIZE};
 use crate::sim::SimXen;
 

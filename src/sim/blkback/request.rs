@@ -27,6 +27,10 @@
 //! answers `EOPNOTSUPP` to any operation it did not advertise, so that a
 //! frontend using one shows up in tests.
 //!
+//! The slot itself is read by `decode`, which turns what no backend can
+//! carry out (too many segments, an indirect request that is no read or
+//! write) into a malformed request answered here with `ERROR`.
+//!
 //! Responses echo the request's `id`; the operation is the request's, except
 //! that blkback answers an indirect request with its `indirect_op` (Linux's
 //! `make_response(.., req_operation, ..)`), and qdisk echoes whatever came.
@@ -34,13 +38,13 @@
 use std::vec::Vec;
 
 use super::config::{BackendConfig, Offer, Personality};
+use super::decode::{indirect_page_segments, Discard, Indirect, Request, Segment};
 use super::disk::Disk;
 use crate::abi::blkif::{
-    BlkifRequestSegment, BLKIF_DISCARD_SECURE, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+    BLKIF_RSP_OKAY,
 };
-use crate::blkfront::wire::{decode_segment, Decoded, SEGS_PER_INDIRECT_PAGE};
 use crate::hal::PAGE_SIZE;
 use crate::Result;
 
@@ -114,13 +118,14 @@ impl<F> Outcome<F> {
 }
 
 /// Processes one request (decoded from its slot with
-/// [`RequestSlot::decode`](crate::blkfront::wire::RequestSlot::decode)). `fail_io` makes an otherwise valid read, write or
-/// discard fail with `BLKIF_RSP_ERROR` (an injected disk error).
+/// [`decode`](super::decode::decode)). `fail_io` makes an otherwise valid
+/// read, write or discard fail with `BLKIF_RSP_ERROR` (an injected disk
+/// error).
 pub(crate) fn dispatch<G: Grants>(
     cfg: &BackendConfig,
     disk: &mut Disk,
     grants: &mut G,
-    req: &Decoded,
+    req: &Request,
     fail_io: bool,
 ) -> Outcome<G::Frame> {
     match cfg.personality {
@@ -145,7 +150,7 @@ struct Rw {
     op: u8,
     id: u64,
     sector: u64,
-    segs: Vec<BlkifRequestSegment>,
+    segs: Vec<Segment>,
 }
 
 // ----- blkback ---------------------------------------------------------------
@@ -154,70 +159,66 @@ fn blkback<G: Grants>(
     cfg: &BackendConfig,
     disk: &mut Disk,
     grants: &mut G,
-    req: Decoded,
+    req: Request,
     fail_io: bool,
 ) -> Outcome<G::Frame> {
+    if req.is_indirect() && cfg.max_indirect_segments.is_none() {
+        // Not advertised: an operation this backend does not know.
+        return Outcome::new(
+            req.id(),
+            BLKIF_OP_INDIRECT,
+            Kind::Unknown,
+            BLKIF_RSP_EOPNOTSUPP,
+        );
+    }
     match req {
-        Decoded::Discard {
+        Request::Discard(Discard {
             flag,
             id,
             sector,
             nr_sectors,
             ..
-        } => blkback_discard(cfg, disk, id, flag, sector, nr_sectors, fail_io),
-        Decoded::Direct {
-            operation,
-            id,
-            sector,
-            nr_segments,
-            segments,
-            ..
-        } => {
-            let kind = kind_of(operation);
-            if kind == Kind::Unknown {
-                // dispatch_other_io.
-                return Outcome::new(id, operation, kind, BLKIF_RSP_EOPNOTSUPP);
-            }
-            let n = usize::from(nr_segments);
-            if n > BLKIF_MAX_SEGMENTS_PER_REQUEST {
-                return Outcome::new(id, operation, kind, BLKIF_RSP_ERROR);
-            }
+        }) => blkback_discard(cfg, disk, id, flag, sector, nr_sectors, fail_io),
+        // dispatch_other_io.
+        Request::Unknown { operation, id } => {
+            Outcome::new(id, operation, Kind::Unknown, BLKIF_RSP_EOPNOTSUPP)
+        }
+        // dispatch_rw_block_io's checks of the slot: answered with
+        // req_operation (indirect_op for an indirect request).
+        Request::Malformed { id, why } => {
+            let op = why.operation();
+            let mut out = Outcome::new(id, op, kind_of(op), BLKIF_RSP_ERROR);
+            out.indirect = why.indirect();
+            out
+        }
+        Request::Direct(d) => {
             let rw = Rw {
-                op: operation,
-                id,
-                sector,
-                segs: segments[..n].to_vec(),
+                op: d.operation,
+                id: d.id,
+                sector: d.sector,
+                segs: d.segments().to_vec(),
             };
             blkback_rw(cfg, disk, grants, rw, false, fail_io)
         }
-        Decoded::Indirect {
-            indirect_op,
-            nr_segments,
-            id,
-            sector,
-            indirect_grefs,
-            ..
-        } => {
-            let Some(max) = cfg.max_indirect_segments else {
-                return Outcome::new(id, BLKIF_OP_INDIRECT, Kind::Unknown, BLKIF_RSP_EOPNOTSUPP);
-            };
-            let kind = kind_of(indirect_op);
-            let mut out = Outcome::new(id, indirect_op, kind, BLKIF_RSP_ERROR);
+        Request::Indirect(ind) => {
+            let mut out = Outcome::new(
+                ind.id,
+                ind.indirect_op,
+                kind_of(ind.indirect_op),
+                BLKIF_RSP_ERROR,
+            );
             out.indirect = true;
-            if indirect_op != BLKIF_OP_READ && indirect_op != BLKIF_OP_WRITE {
+            let n = ind.nr_segments();
+            if cfg.max_indirect_segments.is_none_or(|max| n > max as usize) {
                 return out;
             }
-            let n = usize::from(nr_segments);
-            if n == 0 || n > max as usize {
-                return out;
-            }
-            let Some(segs) = parse_indirect(grants, n, &indirect_grefs) else {
+            let Some(segs) = parse_indirect(grants, &ind) else {
                 return out;
             };
             let rw = Rw {
-                op: indirect_op,
-                id,
-                sector,
+                op: ind.indirect_op,
+                id: ind.id,
+                sector: ind.sector,
                 segs,
             };
             blkback_rw(cfg, disk, grants, rw, true, fail_io)
@@ -226,26 +227,16 @@ fn blkback<G: Grants>(
 }
 
 /// Maps the indirect pages (read-only, released at the end as Linux does)
-/// and copies out `n` segment descriptors.
-fn parse_indirect<G: Grants>(
-    grants: &mut G,
-    n: usize,
-    grefs: &[u32],
-) -> Option<Vec<BlkifRequestSegment>> {
-    let pages = n.div_ceil(SEGS_PER_INDIRECT_PAGE);
+/// and copies out their segment descriptors.
+fn parse_indirect<G: Grants>(grants: &mut G, req: &Indirect) -> Option<Vec<Segment>> {
+    let n = req.nr_segments();
     let mut segs = Vec::with_capacity(n);
     let mut page = [0u8; PAGE_SIZE];
-    for &gref in grefs.get(..pages)? {
+    for &gref in req.page_grefs() {
         let frame = grants.map(gref, Use::Indirect).ok()?;
         grants.read(&frame, 0, &mut page).ok()?;
-        for raw in page.chunks_exact(8) {
-            if segs.len() == n {
-                break;
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(raw);
-            segs.push(decode_segment(&b));
-        }
+        let left = n - segs.len();
+        segs.extend(indirect_page_segments(&page).take(left));
     }
     Some(segs)
 }
@@ -409,39 +400,41 @@ fn qdisk<G: Grants>(
     cfg: &BackendConfig,
     disk: &mut Disk,
     grants: &mut G,
-    req: Decoded,
+    req: Request,
     fail_io: bool,
 ) -> Outcome<G::Frame> {
     let unit = u64::from(cfg.sector_size);
-    let (operation, id, sector, nr_segments, segments) = match req {
-        Decoded::Discard {
+    if req.is_indirect() {
+        // QEMU knows no BLKIF_OP_INDIRECT: an unknown operation, echoed.
+        return Outcome::new(req.id(), BLKIF_OP_INDIRECT, Kind::Unknown, BLKIF_RSP_ERROR);
+    }
+    let (operation, id, sector, segs) = match req {
+        Request::Discard(Discard {
             id,
             sector,
             nr_sectors,
             ..
-        } => return qdisk_discard(cfg, disk, id, sector, nr_sectors, fail_io),
-        Decoded::Indirect { id, .. } => {
-            return Outcome::new(id, BLKIF_OP_INDIRECT, Kind::Unknown, BLKIF_RSP_ERROR)
+        }) => return qdisk_discard(cfg, disk, id, sector, nr_sectors, fail_io),
+        Request::Unknown { operation, id } => {
+            return Outcome::new(id, operation, Kind::Unknown, BLKIF_RSP_ERROR)
         }
-        Decoded::Direct {
-            operation,
-            id,
-            sector,
-            nr_segments,
-            segments,
-            ..
-        } => (operation, id, sector, nr_segments, segments),
+        Request::Malformed { id, why } => {
+            let op = why.operation();
+            return Outcome::new(id, op, qdisk_kind(op), BLKIF_RSP_ERROR);
+        }
+        // Handled above.
+        Request::Indirect(ind) => {
+            return Outcome::new(ind.id, BLKIF_OP_INDIRECT, Kind::Unknown, BLKIF_RSP_ERROR)
+        }
+        Request::Direct(d) => (d.operation, d.id, d.sector, d.segments().to_vec()),
     };
-    let kind = match operation {
-        BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_FLUSH_DISKCACHE => kind_of(operation),
-        _ => Kind::Unknown,
-    };
+    let kind = qdisk_kind(operation);
     let mut out = Outcome::new(id, operation, kind, BLKIF_RSP_ERROR);
     if kind == Kind::Unknown {
         return out;
     }
     let flush_eopnotsupp = kind == Kind::Flush && cfg.flush == Offer::Eopnotsupp;
-    if kind == Kind::Flush && nr_segments == 0 {
+    if kind == Kind::Flush && segs.is_empty() {
         if !flush_eopnotsupp {
             out.status = BLKIF_RSP_OKAY;
         } else {
@@ -452,11 +445,6 @@ fn qdisk<G: Grants>(
     if operation != BLKIF_OP_READ && cfg.read_only {
         return out;
     }
-    let n = usize::from(nr_segments);
-    if n > BLKIF_MAX_SEGMENTS_PER_REQUEST {
-        return out;
-    }
-    let segs = segments[..n].to_vec();
     let mut size: u64 = 0;
     for s in &segs {
         if s.first_sect > s.last_sect || u64::from(s.last_sect) * unit >= PAGE_SIZE as u64 {
@@ -494,6 +482,14 @@ fn qdisk<G: Grants>(
         out.status = BLKIF_RSP_OKAY;
     }
     out
+}
+
+/// The kind of a direct request to QEMU, which knows no barrier.
+fn qdisk_kind(op: u8) -> Kind {
+    match op {
+        BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_FLUSH_DISKCACHE => kind_of(op),
+        _ => Kind::Unknown,
+    }
 }
 
 fn qdisk_discard<F>(

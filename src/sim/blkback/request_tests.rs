@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use super::super::decode::{decode, RawSlot, SEGS_PER_INDIRECT_PAGE};
+use super::super::test_slots as slots;
 use super::*;
 use crate::abi::blkif::BLKIF_DISCARD_SECURE;
-use crate::blkfront::wire::{encode_segment, RequestSlot};
 use crate::Error;
 
 /// Frames by grant reference; `true` = granted read-only.
@@ -43,21 +44,16 @@ impl Grants for FakeGrants {
     }
 }
 
-fn seg(gref: u32, first: u8, last: u8) -> BlkifRequestSegment {
-    BlkifRequestSegment {
+fn seg(gref: u32, first: u8, last: u8) -> Segment {
+    Segment {
         gref,
         first_sect: first,
         last_sect: last,
     }
 }
 
-fn run(
-    cfg: &BackendConfig,
-    disk: &mut Disk,
-    g: &mut FakeGrants,
-    slot: RequestSlot,
-) -> Outcome<u32> {
-    dispatch(cfg, disk, g, &slot.decode(), false)
+fn run(cfg: &BackendConfig, disk: &mut Disk, g: &mut FakeGrants, slot: RawSlot) -> Outcome<u32> {
+    dispatch(cfg, disk, g, &decode(&slot), false)
 }
 
 fn setup(cfg: &BackendConfig) -> (Disk, FakeGrants) {
@@ -74,7 +70,7 @@ fn direct_write_then_read_moves_the_right_bytes() {
     g.grant(10, 0xaa, true);
     g.grant(11, 0xbb, true);
     // Sectors 2..=3 of frame 10, then 0..=0 of frame 11, at disk sector 5.
-    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 77, 5, &[seg(10, 2, 3), seg(11, 0, 0)]);
+    let w = slots::direct(BLKIF_OP_WRITE, 0, 77, 5, &[seg(10, 2, 3), seg(11, 0, 0)]);
     let out = run(&cfg, &mut disk, &mut g, w);
     assert_eq!(
         (out.id, out.operation, out.status),
@@ -89,7 +85,7 @@ fn direct_write_then_read_moves_the_right_bytes() {
     assert!(b[1536..].iter().all(|&x| x == 0xbb));
 
     g.grant(12, 0, false);
-    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 78, 6, &[seg(12, 7, 7)]);
+    let r = slots::direct(BLKIF_OP_READ, 0, 78, 6, &[seg(12, 7, 7)]);
     let out = run(&cfg, &mut disk, &mut g, r);
     assert_eq!(out.status, BLKIF_RSP_OKAY);
     assert!(g.frame(12)[7 * 512..].iter().all(|&x| x == 0xaa));
@@ -106,7 +102,7 @@ fn indirect_pages(g: &mut FakeGrants, n: usize, fill: u8) -> Vec<u32> {
         for i in 0..SEGS_PER_INDIRECT_PAGE.min(n - p * SEGS_PER_INDIRECT_PAGE) {
             let gref = 1000 + (p * SEGS_PER_INDIRECT_PAGE + i) as u32;
             g.grant(gref, fill, false);
-            page[i * 8..i * 8 + 8].copy_from_slice(&encode_segment(&seg(gref, 0, 7)));
+            page[i * 8..i * 8 + 8].copy_from_slice(&slots::segment(seg(gref, 0, 7)));
         }
         g.frames.insert(500 + p as u32, (page, true));
         refs.push(500 + p as u32);
@@ -120,7 +116,7 @@ fn indirect_requests_span_several_pages_and_answer_with_indirect_op() {
     cfg.max_indirect_segments = Some(1024);
     let (mut disk, mut g) = setup(&cfg);
     let refs = indirect_pages(&mut g, 600, 0x5c);
-    let w = RequestSlot::indirect(BLKIF_OP_WRITE, 600, 9, 8, 0, &refs);
+    let w = slots::indirect(BLKIF_OP_WRITE, 600, 9, 8, 0, &refs);
     let out = run(&cfg, &mut disk, &mut g, w);
     assert_eq!(
         (out.operation, out.status),
@@ -138,14 +134,14 @@ fn indirect_requests_span_several_pages_and_answer_with_indirect_op() {
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::indirect(BLKIF_OP_READ, 257, 1, 0, 0, &refs),
+        slots::indirect(BLKIF_OP_READ, 257, 1, 0, 0, &refs),
     );
     assert_eq!(out.status, BLKIF_RSP_ERROR);
     let out = run(
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::indirect(BLKIF_OP_FLUSH_DISKCACHE, 1, 2, 0, 0, &refs),
+        slots::indirect(BLKIF_OP_FLUSH_DISKCACHE, 1, 2, 0, 0, &refs),
     );
     assert_eq!(
         (out.operation, out.status),
@@ -155,17 +151,17 @@ fn indirect_requests_span_several_pages_and_answer_with_indirect_op() {
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::indirect(BLKIF_OP_READ, 0, 3, 0, 0, &refs),
+        slots::indirect(BLKIF_OP_READ, 0, 3, 0, 0, &refs),
     );
     assert_eq!(out.status, BLKIF_RSP_ERROR);
     // A bad descriptor inside an indirect page.
     g.frames.get_mut(&500).unwrap().0[8 * 5..8 * 6]
-        .copy_from_slice(&encode_segment(&seg(1005, 3, 2)));
+        .copy_from_slice(&slots::segment(seg(1005, 3, 2)));
     let out = run(
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::indirect(BLKIF_OP_READ, 8, 4, 0, 0, &refs),
+        slots::indirect(BLKIF_OP_READ, 8, 4, 0, 0, &refs),
     );
     assert_eq!(out.status, BLKIF_RSP_ERROR);
     // Not offered at all.
@@ -174,7 +170,7 @@ fn indirect_requests_span_several_pages_and_answer_with_indirect_op() {
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::indirect(BLKIF_OP_READ, 1, 5, 0, 0, &refs),
+        slots::indirect(BLKIF_OP_READ, 1, 5, 0, 0, &refs),
     );
     assert_eq!(
         (out.operation, out.status),
@@ -190,12 +186,12 @@ fn blkback_rejects_malformed_requests_without_touching_the_disk() {
     g.grant(1, 0xff, true);
     let sectors = 64;
     let bad = [
-        RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[]),
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 3, 2)]),
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 8)]),
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, sectors - 1, &[seg(1, 0, 1)]),
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, u64::MAX, &[seg(1, 0, 0)]),
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(99, 0, 0)]),
+        slots::direct(BLKIF_OP_READ, 0, 1, 0, &[]),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 3, 2)]),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 8)]),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, sectors - 1, &[seg(1, 0, 1)]),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, u64::MAX, &[seg(1, 0, 0)]),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(99, 0, 0)]),
     ];
     for (i, slot) in bad.into_iter().enumerate() {
         let out = run(&cfg, &mut disk, &mut g, slot);
@@ -203,22 +199,17 @@ fn blkback_rejects_malformed_requests_without_touching_the_disk() {
         assert!(out.frames.is_empty());
     }
     // A valid request whose second grant is bad writes nothing.
-    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 20, &[seg(1, 0, 0), seg(99, 0, 0)]);
+    let w = slots::direct(BLKIF_OP_WRITE, 0, 1, 20, &[seg(1, 0, 0), seg(99, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, w).status, BLKIF_RSP_ERROR);
     let mut b = [1u8; 512];
     disk.read(20 * 512, &mut b).unwrap();
     assert_eq!(b, [0; 512]);
     // Reading into a read-only grant fails.
-    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
+    let r = slots::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_ERROR);
     // Unknown operations: EOPNOTSUPP, echoed.
     for op in [4u8, 7, 200] {
-        let out = run(
-            &cfg,
-            &mut disk,
-            &mut g,
-            RequestSlot::direct(op, 0, 5, 0, &[]),
-        );
+        let out = run(&cfg, &mut disk, &mut g, slots::direct(op, 0, 5, 0, &[]));
         assert_eq!(
             (out.id, out.operation, out.status),
             (5, op, BLKIF_RSP_EOPNOTSUPP)
@@ -231,28 +222,29 @@ fn more_than_eleven_direct_segments_are_refused() {
     let cfg = BackendConfig::blkback();
     let (mut disk, mut g) = setup(&cfg);
     g.grant(1, 0, false);
-    let twelve = |n: u8| Decoded::Direct {
-        operation: BLKIF_OP_READ,
-        handle: 0,
-        id: 1,
-        sector: 0,
-        nr_segments: n,
-        segments: [seg(1, 0, 0); 11],
+    // Eleven segments in the slot, and `nr_segments` claiming `n`.
+    let claiming = |n: u8| {
+        let mut s = slots::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0); 11]);
+        s.0[1] = n; // struct blkif_request.nr_segments
+        s
     };
-    let out = dispatch(&cfg, &mut disk, &mut g, &twelve(11), false);
+    let out = run(&cfg, &mut disk, &mut g, claiming(11));
     assert_eq!(out.status, BLKIF_RSP_OKAY);
     for n in [12, 255] {
-        let out = dispatch(&cfg, &mut disk, &mut g, &twelve(n), false);
-        assert_eq!(out.status, BLKIF_RSP_ERROR);
-        let out = dispatch(
-            &BackendConfig::qdisk(),
-            &mut disk,
-            &mut g,
-            &twelve(n),
-            false,
+        let out = run(&cfg, &mut disk, &mut g, claiming(n));
+        assert_eq!(
+            (out.id, out.operation, out.status),
+            (1, BLKIF_OP_READ, BLKIF_RSP_ERROR)
         );
-        assert_eq!(out.status, BLKIF_RSP_ERROR);
+        assert!(out.frames.is_empty());
+        let out = run(&BackendConfig::qdisk(), &mut disk, &mut g, claiming(n));
+        assert_eq!(
+            (out.id, out.operation, out.status),
+            (1, BLKIF_OP_READ, BLKIF_RSP_ERROR)
+        );
     }
+    assert!(g.maps.iter().all(|m| m.0 == 1));
+    assert_eq!(g.maps.len(), 11, "only the well-formed request mapped");
 }
 
 #[test]
@@ -262,18 +254,18 @@ fn read_only_disks_refuse_everything_but_reads() {
     let (mut disk, mut g) = setup(&cfg);
     g.grant(1, 1, false);
     for slot in [
-        RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]),
-        RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]),
-        RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
-        RequestSlot::discard(0, 0, 1, 0, 8),
+        slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]),
+        slots::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]),
+        slots::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
+        slots::discard(0, 0, 1, 0, 8),
     ] {
         assert_eq!(run(&cfg, &mut disk, &mut g, slot).status, BLKIF_RSP_ERROR);
     }
-    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
+    let r = slots::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(1, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_OKAY);
     let mut q = BackendConfig::qdisk();
     q.read_only = true;
-    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
+    let w = slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
     assert_eq!(run(&q, &mut disk, &mut g, w).status, BLKIF_RSP_ERROR);
 }
 
@@ -281,8 +273,8 @@ fn read_only_disks_refuse_everything_but_reads() {
 fn flush_and_barrier_follow_their_offers() {
     let mut cfg = BackendConfig::blkback();
     let (mut disk, mut g) = setup(&cfg);
-    let flush = || RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, 0, &[]);
-    let barrier = || RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 0, &[]);
+    let flush = || slots::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, 0, &[]);
+    let barrier = || slots::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 0, &[]);
     let out = run(&cfg, &mut disk, &mut g, flush());
     assert_eq!((out.kind, out.status), (Kind::Flush, BLKIF_RSP_OKAY));
     assert_eq!(
@@ -302,7 +294,7 @@ fn flush_and_barrier_follow_their_offers() {
     // A barrier with data writes it.
     cfg.barrier = Offer::Yes;
     g.grant(7, 0x77, true);
-    let b = RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 1, &[seg(7, 0, 0)]);
+    let b = slots::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, 1, &[seg(7, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, b).status, BLKIF_RSP_OKAY);
     let mut x = [0u8; 1];
     disk.read(512, &mut x).unwrap();
@@ -315,12 +307,12 @@ fn flushes_without_data_ignore_their_sector_number() {
     let (mut disk, mut g) = setup(&BackendConfig::blkback());
     for cfg in [BackendConfig::blkback(), BackendConfig::qdisk()] {
         for sector in [u64::MAX, 1 << 60] {
-            let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, sector, &[]);
+            let f = slots::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 3, sector, &[]);
             let out = run(&cfg, &mut disk, &mut g, f);
             assert_eq!((out.id, out.status), (3, BLKIF_RSP_OKAY));
         }
     }
-    let b = RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, u64::MAX, &[]);
+    let b = slots::direct(BLKIF_OP_WRITE_BARRIER, 0, 4, u64::MAX, &[]);
     let out = run(&BackendConfig::blkback(), &mut disk, &mut g, b);
     assert_eq!((out.id, out.status), (4, BLKIF_RSP_OKAY));
 }
@@ -335,7 +327,7 @@ fn discard_zeroes_within_the_disk_and_honours_secure_only_when_offered() {
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
+        slots::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
     );
     assert_eq!(
         (out.operation, out.status, out.secure),
@@ -351,30 +343,25 @@ fn discard_zeroes_within_the_disk_and_honours_secure_only_when_offered() {
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
+        slots::discard(BLKIF_DISCARD_SECURE, 0, 8, 2, 3),
     );
     assert!(out.secure);
-    let out = run(
-        &cfg,
-        &mut disk,
-        &mut g,
-        RequestSlot::discard(0, 0, 8, 60, 5),
-    );
+    let out = run(&cfg, &mut disk, &mut g, slots::discard(0, 0, 8, 60, 5));
     assert_eq!(out.status, BLKIF_RSP_ERROR);
     let out = run(
         &cfg,
         &mut disk,
         &mut g,
-        RequestSlot::discard(0, 0, 8, u64::MAX, 2),
+        slots::discard(0, 0, 8, u64::MAX, 2),
     );
     assert_eq!(out.status, BLKIF_RSP_ERROR);
     cfg.discard = Offer::No;
-    let out = run(&cfg, &mut disk, &mut g, RequestSlot::discard(0, 0, 8, 0, 1));
+    let out = run(&cfg, &mut disk, &mut g, slots::discard(0, 0, 8, 0, 1));
     assert_eq!(out.status, BLKIF_RSP_EOPNOTSUPP);
     // qdisk ignores a discard it was not configured for.
     let mut q = BackendConfig::qdisk();
     q.discard = Offer::No;
-    let out = run(&q, &mut disk, &mut g, RequestSlot::discard(0, 0, 8, 0, 1));
+    let out = run(&q, &mut disk, &mut g, slots::discard(0, 0, 8, 0, 1));
     assert_eq!(out.status, BLKIF_RSP_OKAY);
     let mut x = [0u8; 1];
     disk.read(0, &mut x).unwrap();
@@ -388,16 +375,16 @@ fn four_k_sectors_need_aligned_requests_on_blkback() {
     cfg.physical_sector_size = Some(4096);
     let (mut disk, mut g) = setup(&cfg);
     g.grant(1, 1, true);
-    let ok = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 7)]);
+    let ok = slots::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 7)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, ok).status, BLKIF_RSP_OKAY);
-    let odd_start = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 4, &[seg(1, 0, 7)]);
+    let odd_start = slots::direct(BLKIF_OP_WRITE, 0, 1, 4, &[seg(1, 0, 7)]);
     assert_eq!(
         run(&cfg, &mut disk, &mut g, odd_start).status,
         BLKIF_RSP_ERROR
     );
-    let short = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 3)]);
+    let short = slots::direct(BLKIF_OP_WRITE, 0, 1, 8, &[seg(1, 0, 3)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, short).status, BLKIF_RSP_ERROR);
-    let disc = RequestSlot::discard(0, 0, 1, 8, 4);
+    let disc = slots::discard(0, 0, 1, 8, 4);
     assert_eq!(run(&cfg, &mut disk, &mut g, disc).status, BLKIF_RSP_ERROR);
 }
 
@@ -409,40 +396,40 @@ fn qdisk_counts_in_logical_blocks_and_refuses_what_qemu_refuses() {
     let (mut disk, mut g) = setup(&cfg);
     g.grant(1, 0x31, true);
     // sector 3 = byte 12288; first=last=0 is one whole 4096-byte block.
-    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 0)]);
+    let w = slots::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, w).status, BLKIF_RSP_OKAY);
     let mut b = vec![0u8; 4096];
     disk.read(3 * 4096, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x31));
     for (slot, want_op) in [
         (
-            RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 1)]),
+            slots::direct(BLKIF_OP_WRITE, 0, 1, 3, &[seg(1, 0, 1)]),
             BLKIF_OP_WRITE,
         ),
         (
-            RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 16, &[seg(1, 0, 0)]),
+            slots::direct(BLKIF_OP_WRITE, 0, 1, 16, &[seg(1, 0, 0)]),
             BLKIF_OP_WRITE,
         ),
         (
-            RequestSlot::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
+            slots::direct(BLKIF_OP_WRITE_BARRIER, 0, 1, 0, &[]),
             BLKIF_OP_WRITE_BARRIER,
         ),
         (
-            RequestSlot::indirect(BLKIF_OP_READ, 1, 1, 0, 0, &[1]),
+            slots::indirect(BLKIF_OP_READ, 1, 1, 0, 0, &[1]),
             BLKIF_OP_INDIRECT,
         ),
-        (RequestSlot::direct(4, 0, 1, 0, &[]), 4),
+        (slots::direct(4, 0, 1, 0, &[]), 4),
     ] {
         let out = run(&cfg, &mut disk, &mut g, slot);
         assert_eq!((out.operation, out.status), (want_op, BLKIF_RSP_ERROR));
     }
     // QEMU answers an empty read with success.
-    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[]);
+    let r = slots::direct(BLKIF_OP_READ, 0, 1, 0, &[]);
     assert_eq!(run(&cfg, &mut disk, &mut g, r).status, BLKIF_RSP_OKAY);
     // Flush without segments, and with them (a write after the flush).
-    let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]);
+    let f = slots::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 0, &[]);
     assert_eq!(run(&cfg, &mut disk, &mut g, f).status, BLKIF_RSP_OKAY);
-    let f = RequestSlot::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 5, &[seg(1, 0, 0)]);
+    let f = slots::direct(BLKIF_OP_FLUSH_DISKCACHE, 0, 1, 5, &[seg(1, 0, 0)]);
     assert_eq!(run(&cfg, &mut disk, &mut g, f).status, BLKIF_RSP_OKAY);
     disk.read(5 * 4096, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x31));
@@ -453,9 +440,9 @@ fn injected_io_errors_and_null_disks() {
     let cfg = BackendConfig::blkback();
     let (mut disk, mut g) = setup(&cfg);
     g.grant(1, 1, true);
-    let w = RequestSlot::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
+    let w = slots::direct(BLKIF_OP_WRITE, 0, 1, 0, &[seg(1, 0, 0)]);
     assert_eq!(
-        dispatch(&cfg, &mut disk, &mut g, &w.decode(), true).status,
+        dispatch(&cfg, &mut disk, &mut g, &decode(&w), true).status,
         BLKIF_RSP_ERROR
     );
     let mut x = [5u8; 1];
@@ -464,7 +451,7 @@ fn injected_io_errors_and_null_disks() {
     let mut n = BackendConfig::blkback();
     n.null_disk = true;
     let (mut disk, mut g) = setup(&n);
-    let r = RequestSlot::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(42, 0, 7)]);
+    let r = slots::direct(BLKIF_OP_READ, 0, 1, 0, &[seg(42, 0, 7)]);
     let out = run(&n, &mut disk, &mut g, r);
     assert_eq!(out.status, BLKIF_RSP_OKAY);
     assert!(g.maps.is_empty(), "a null disk maps nothing");
