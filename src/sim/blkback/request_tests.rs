@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::super::decode::{decode, RawSlot, SEGS_PER_INDIRECT_PAGE};
-use super::super::test_slots as slots;
+use super::super::test_slots::{self as slots, Prng};
 use super::*;
 use crate::abi::blkif::BLKIF_DISCARD_SECURE;
 use crate::Error;
@@ -455,4 +455,177 @@ fn injected_io_errors_and_null_disks() {
     let out = run(&n, &mut disk, &mut g, r);
     assert_eq!(out.status, BLKIF_RSP_OKAY);
     assert!(g.maps.is_empty(), "a null disk maps nothing");
+}
+
+#[test]
+fn indirect_requests_to_a_backend_without_them_are_unknown_even_when_malformed() {
+    let mut cfg = BackendConfig::blkback();
+    cfg.max_indirect_segments = None;
+    let (mut disk, mut g) = setup(&cfg);
+    for slot in [
+        slots::indirect(BLKIF_OP_READ, 1, 3, 0, 0, &[1]),
+        slots::indirect(BLKIF_OP_FLUSH_DISKCACHE, 1, 3, 0, 0, &[1]),
+        slots::indirect(BLKIF_OP_WRITE, 0, 3, 0, 0, &[1]),
+    ] {
+        let out = run(&cfg, &mut disk, &mut g, slot);
+        assert_eq!(
+            (out.id, out.operation, out.status, out.kind),
+            (3, BLKIF_OP_INDIRECT, BLKIF_RSP_EOPNOTSUPP, Kind::Unknown)
+        );
+        let out = run(&BackendConfig::qdisk(), &mut disk, &mut g, slot);
+        assert_eq!(
+            (out.id, out.operation, out.status),
+            (3, BLKIF_OP_INDIRECT, BLKIF_RSP_ERROR)
+        );
+    }
+    // Offered: malformed ones are answered with their indirect_op.
+    cfg.max_indirect_segments = Some(4096);
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        slots::indirect(BLKIF_OP_FLUSH_DISKCACHE, 1, 4, 0, 0, &[1]),
+    );
+    assert_eq!(
+        (out.operation, out.status, out.indirect),
+        (BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_ERROR, true)
+    );
+    let out = run(
+        &cfg,
+        &mut disk,
+        &mut g,
+        slots::indirect(BLKIF_OP_WRITE, 4097, 4, 0, 0, &[1]),
+    );
+    assert_eq!(
+        (out.operation, out.status, out.indirect),
+        (BLKIF_OP_WRITE, BLKIF_RSP_ERROR, true)
+    );
+    assert!(g.maps.is_empty(), "nothing was mapped for any of them");
+}
+
+/// Random slots and indirect pages through every personality: each gets a
+/// response with its id and a defined status, and the disk of a read-only
+/// backend never changes.
+#[test]
+fn garbage_requests_get_answers_and_never_panic() {
+    let mut rng = Prng(0x0ddb_a11c_0ffe_e0dd);
+    let mut configs = Vec::new();
+    for personality in 0..2 {
+        for sector_size in [512, 4096] {
+            for read_only in [false, true] {
+                let mut c = if personality == 0 {
+                    BackendConfig::blkback()
+                } else {
+                    BackendConfig::qdisk()
+                };
+                c.sector_size = sector_size;
+                c.physical_sector_size = c.physical_sector_size.map(|_| sector_size);
+                c.read_only = read_only;
+                c.disk_bytes = 64 * 4096;
+                if personality == 0 && sector_size == 4096 {
+                    c.max_indirect_segments = None;
+                }
+                c.validate().unwrap();
+                configs.push(c);
+            }
+        }
+    }
+    let mut statuses = BTreeMap::new();
+    for cfg in &configs {
+        let (mut disk, mut g) = setup(cfg);
+        let mut image = vec![0u8; cfg.disk_bytes as usize];
+        rng.fill(&mut image);
+        disk.write(0, &image).unwrap();
+        for gref in 0..16 {
+            g.grant(gref, gref as u8, gref % 3 == 0);
+        }
+        // Indirect pages 500..508 of garbage, but for descriptors naming
+        // frames 0..20 near the start of each (rewritten as it goes).
+        for p in 500..508 {
+            let mut page = vec![0u8; PAGE_SIZE];
+            rng.fill(&mut page);
+            g.frames.insert(p, (page, p % 2 == 0));
+        }
+        for _ in 0..1500 {
+            for p in 500..508 {
+                let page = &mut g.frames.get_mut(&p).unwrap().0;
+                for d in page.chunks_exact_mut(8).take(40) {
+                    d.copy_from_slice(&slots::segment(some_segment(&mut rng)));
+                }
+            }
+            let mut b = [0u8; 112];
+            rng.fill(&mut b);
+            if rng.below(4) != 0 {
+                b[0] = rng.below(8) as u8;
+            }
+            match rng.below(4) {
+                0 => b[1] = rng.below(13) as u8,
+                1 | 2 => b[1] = rng.below(4) as u8,
+                _ => {}
+            }
+            if rng.below(2) == 0 {
+                b[2..4].copy_from_slice(&(rng.below(100) as u16).to_le_bytes());
+            }
+            if rng.below(4) != 0 {
+                // Inside the disk, often aligned to 4096-byte sectors.
+                let sector = rng.below(64) * [1, 8][rng.below(2) as usize];
+                b[16..24].copy_from_slice(&sector.to_le_bytes());
+            }
+            for i in 0..11 {
+                if rng.below(4) != 0 {
+                    let s = slots::segment(some_segment(&mut rng));
+                    b[24 + 8 * i..32 + 8 * i].copy_from_slice(&s);
+                }
+            }
+            if b[0] == BLKIF_OP_INDIRECT {
+                for i in 0..8 {
+                    let gref = 500 + rng.below(9) as u32;
+                    b[28 + 4 * i..32 + 4 * i].copy_from_slice(&gref.to_le_bytes());
+                }
+            }
+            let slot = RawSlot(b);
+            let req = decode(&slot);
+            let out = dispatch(cfg, &mut disk, &mut g, &req, rng.below(8) == 0);
+            assert_eq!(out.id, req.id());
+            assert!(
+                out.operation == b[0] || (b[0] == BLKIF_OP_INDIRECT && out.operation == b[1]),
+                "{req:?} answered as {}",
+                out.operation
+            );
+            assert!(
+                [BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP].contains(&out.status),
+                "{req:?}: {}",
+                out.status
+            );
+            if out.status != BLKIF_RSP_OKAY {
+                assert!(out.frames.is_empty(), "{req:?}");
+            }
+            *statuses.entry(out.status).or_insert(0u32) += 1;
+            g.maps.clear();
+        }
+        assert_eq!(disk.len(), cfg.disk_bytes);
+        if cfg.read_only {
+            assert!(disk_image(&disk) == image, "a read-only disk changed");
+        }
+    }
+    // Every outcome was reached, so the loop went past the first checks.
+    assert!(statuses.values().all(|&n| n > 50), "{statuses:?}");
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+}
+
+/// A segment naming one of frames 0..20, usually with a sector range that
+/// fits a page.
+fn some_segment(rng: &mut Prng) -> Segment {
+    let gref = rng.below(20) as u32;
+    if rng.below(4) == 0 {
+        return seg(gref, rng.below(256) as u8, rng.below(10) as u8);
+    }
+    let first = rng.below(8) as u8;
+    seg(gref, first, first + rng.below(u64::from(8 - first)) as u8)
+}
+
+fn disk_image(disk: &Disk) -> Vec<u8> {
+    let mut b = vec![0u8; disk.len() as usize];
+    disk.read(0, &mut b).unwrap();
+    b
 }
