@@ -250,6 +250,19 @@ impl Testbed {
         TestbedBuilder::default()
     }
 
+    /// The default machine (as [`builder`](Self::builder)) with `disks`,
+    /// disk `i` at [`vdev_of`]`(i)`.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestbedBuilder::build`].
+    pub fn new(disks: impl IntoIterator<Item = BackendConfig>) -> Testbed {
+        disks
+            .into_iter()
+            .fold(Testbed::builder(), TestbedBuilder::disk)
+            .build()
+    }
+
     /// Hot-plugs a disk into the running guest at the first free name (see
     /// [`TestbedBuilder::disk`]); returns its index.
     ///
