@@ -211,12 +211,20 @@ struct Slot {
 ///
 /// # Reuse
 ///
-/// Everything a [`Guest`] or a disk borrows lives in the testbed, and
-/// nothing outside it holds the pieces it builds, so one `&mut self`
-/// method can later wipe the machine for the next run (as a fuzzer wants,
-/// instead of a new [`SimXen`] per input): while it runs, the borrow
-/// checker guarantees no guest or disk exists.
+/// A [`Guest`] and its disks borrow the testbed, and everything they borrow
+/// lives in it; so a method taking `&mut self` runs only when no guest or
+/// disk is alive. That is the hook for a future `reset()` that readies the
+/// same machine for the next run (as a fuzzer wants, instead of a new
+/// [`SimXen`] per input). Handles taken with [`backend`](Self::backend) or
+/// clones of [`xen`](Self::xen) are the caller's to drop.
 pub struct Testbed {
+    // A reset(&mut self) would: take every backend out (remove_device) and
+    // drop it; wipe the guest domain in the simulator (pages, grant table,
+    // ports, clock: SimXen has no call for that yet); release and
+    // re-introduce the guest in xenstored (Store::release_domain); clear
+    // guest_made; re-add each disk at its vdev (its config: the handle's
+    // config()).
+    //
     // Dropped first: the backends hold mappings of the guest's pages.
     disks: Mutex<Vec<Slot>>,
     guest_made: AtomicBool,
@@ -439,6 +447,10 @@ impl fmt::Debug for Guest<'_> {
 impl<'tb> Guest<'tb> {
     /// Connects to the testbed's disk `i` ([`BlockFront::probe`] at
     /// [`Testbed::vdev`]`(i)`).
+    ///
+    /// The disk borrows this `Guest` for as long as the `Guest` borrows the
+    /// testbed: keep the `Guest` in a variable of its own, made before the
+    /// disks.
     ///
     /// # Errors
     ///
