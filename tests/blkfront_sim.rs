@@ -3,92 +3,17 @@
 //! backend's disk.
 #![cfg(feature = "sim")]
 
-use std::sync::Arc;
-
 use xenblk::blkfront::{
     BackendEvent, BackendKind, BlockFront, Config, DeviceState, DirectIoSafe, FlushMethod,
     SectorsUnit, StallCause,
 };
 use xenblk::error::{Error, Feature, Violation};
-use xenblk::gnttab::GrantTable;
 use xenblk::hal::DomId;
-use xenblk::sim::blkback::{
-    BackendConfig, BackendStore, BadId, Faults, Offer, SimBlkBack, SimBlkBackHandle,
-};
-use xenblk::sim::xenstored::SimXsTransport;
-use xenblk::sim::xenstored::XenStored;
-use xenblk::sim::{SimHal, SimXen};
+use xenblk::sim::blkback::{BackendConfig, BadId, Faults, Offer, SimBlkBackHandle};
+use xenblk::sim::{SimDisk, SimHal, Testbed};
 use xenblk::xenbus::XenbusState;
-use xenblk::xenstore::XenStore;
 
-const GUEST: DomId = DomId(1);
 const VDEV: u32 = 51712;
-
-type Store<'h> = spin::Mutex<XenStore<SimXsTransport<'h>>>;
-
-struct World {
-    xen: SimXen,
-    xsd: XenStored,
-    hal: SimHal,
-    /// The guest's accounting once its xenstore connection exists.
-    base: std::cell::RefCell<Option<xenblk::sim::Accounting>>,
-}
-
-impl World {
-    fn new() -> World {
-        let xen = SimXen::new();
-        let xsd = XenStored::new(&xen);
-        // The toolstack introduces the domain (its home directory) before
-        // it adds devices.
-        xsd.with_store(|s| s.introduce_domain(GUEST));
-        let hal = xen.hal(GUEST);
-        World {
-            xen,
-            xsd,
-            hal,
-            base: Default::default(),
-        }
-    }
-
-    fn threaded() -> World {
-        let xen = SimXen::new_threaded();
-        let xsd = XenStored::new(&xen);
-        xsd.with_store(|s| s.introduce_domain(GUEST));
-        let hal = xen.hal(GUEST);
-        World {
-            xen,
-            xsd,
-            hal,
-            base: Default::default(),
-        }
-    }
-
-    fn backend(&self, vdev: u32, cfg: BackendConfig) -> SimBlkBackHandle {
-        let store: Arc<dyn BackendStore> = Arc::new(self.xsd.clone());
-        SimBlkBack::new(&self.xen, store, GUEST, vdev, cfg).expect("backend")
-    }
-
-    fn store(&self) -> Store<'_> {
-        let s = spin::Mutex::new(XenStore::new(
-            self.xsd.connect(&self.hal).expect("xenstore connection"),
-        ));
-        *self.base.borrow_mut() = Some(self.xen.accounting(GUEST));
-        s
-    }
-}
-
-/// What the guest holds beyond `base` (taken after the xenstore connection
-/// was made, whose page and port stay): (grants, ports, pages).
-fn held(w: &World) -> (usize, usize, usize) {
-    let base = (*w.base.borrow()).expect("store() was called");
-    let a = w.xen.accounting(GUEST);
-    assert_eq!(a.bad_frees, 0, "{a:?}");
-    (
-        a.grants_active - base.grants_active,
-        a.ports_open - base.ports_open,
-        a.pages - base.pages,
-    )
-}
 
 /// A deterministic byte pattern: sector-tagged so misplaced data shows.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -108,20 +33,12 @@ fn small(mut cfg: BackendConfig) -> BackendConfig {
     cfg
 }
 
-macro_rules! connect {
-    ($w:ident, $gt:ident, $store:ident, $disk:ident, $cfg:expr) => {
-        let $gt = GrantTable::new(&$w.hal).unwrap();
-        let $store = $w.store();
-        #[allow(unused_mut)]
-        let mut $disk = BlockFront::probe(&$w.hal, &$gt, &$store, VDEV, $cfg).expect("probe");
-    };
-}
-
 #[test]
 fn blkback_negotiates_every_offered_feature() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let disk = guest.probe(0, Config::default()).expect("probe");
     let i = disk.info();
     assert_eq!(i.kind, BackendKind::Blkback);
     assert_eq!(i.sectors_unit, SectorsUnit::Bytes512);
@@ -144,11 +61,11 @@ fn blkback_negotiates_every_offered_feature() {
 
 #[test]
 fn qdisk_is_read_with_its_own_conventions() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::qdisk());
     cfg.direct_io_safe = Some(false);
-    let _be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let guest = tb.guest();
+    let disk = guest.probe(0, Config::default()).expect("probe");
     let i = disk.info();
     assert_eq!(i.kind, BackendKind::Qdisk);
     assert_eq!(i.sectors_unit, SectorsUnit::LogicalBlocks);
@@ -160,7 +77,7 @@ fn qdisk_is_read_with_its_own_conventions() {
     assert!(!i.offered.barrier);
 }
 
-fn roundtrip_sizes(disk: &mut BlockFront<'_, SimHal, SimXsTransport<'_>>, be: &SimBlkBackHandle) {
+fn roundtrip_sizes(disk: &mut SimDisk<'_>, be: &SimBlkBackHandle) {
     let ss = disk.sector_size() as usize;
     // Sizes around the page, the direct-segment and the indirect limits.
     for (k, &len) in [
@@ -194,9 +111,10 @@ fn roundtrip_sizes(disk: &mut BlockFront<'_, SimHal, SimXsTransport<'_>>, be: &S
 
 #[test]
 fn reads_and_writes_of_every_size_under_blkback() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     roundtrip_sizes(&mut disk, &be);
     assert!(
         be.stats().indirect > 0,
@@ -206,24 +124,26 @@ fn reads_and_writes_of_every_size_under_blkback() {
 
 #[test]
 fn reads_and_writes_of_every_size_under_qdisk() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::qdisk()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::qdisk())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     roundtrip_sizes(&mut disk, &be);
     assert_eq!(be.stats().indirect, 0);
 }
 
 #[test]
 fn without_indirect_requests_split_at_eleven_segments() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
     let cfg = Config {
         max_indirect_segments: 0,
         max_queues: 1,
         max_ring_page_order: 0,
         ..Config::default()
     };
-    connect!(w, gt, store, disk, cfg);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, cfg).expect("probe");
     assert_eq!(disk.info().negotiated.indirect_segments, 0);
     let data = pattern(7, 100 * 4096);
     disk.write(3, &data).unwrap();
@@ -237,12 +157,13 @@ fn without_indirect_requests_split_at_eleven_segments() {
 
 #[test]
 fn four_k_logical_sectors() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.sector_size = 4096;
     cfg.physical_sector_size = Some(4096);
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(disk.sector_size(), 4096);
     assert_eq!(disk.sectors(), (8 << 20) / 4096);
     let data = pattern(9, 3 * 4096);
@@ -254,8 +175,7 @@ fn four_k_logical_sectors() {
 
 #[test]
 fn caps_from_config_limit_what_is_negotiated() {
-    let w = World::new();
-    let _be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
     let cfg = Config {
         max_ring_page_order: 1,
         max_queues: 1,
@@ -263,7 +183,8 @@ fn caps_from_config_limit_what_is_negotiated() {
         persistent_grants: false,
         ..Config::default()
     };
-    connect!(w, gt, store, disk, cfg);
+    let guest = tb.guest();
+    let disk = guest.probe(0, cfg).expect("probe");
     let n = &disk.info().negotiated;
     assert_eq!(
         (
@@ -279,9 +200,10 @@ fn caps_from_config_limit_what_is_negotiated() {
 
 #[test]
 fn persistent_grants_are_reused_and_given_back_on_close() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     for i in 0..20 {
         disk.write(i, &pattern(i, 4096)).unwrap();
     }
@@ -291,23 +213,24 @@ fn persistent_grants_are_reused_and_given_back_on_close() {
         "a LIFO pool reuses a few grants, held {pinned}"
     );
     assert_eq!(disk.close().unwrap(), 0);
-    assert_eq!(held(&w), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn untrusted_backend_gets_no_persistent_grants() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.trusted = Some(false);
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert!(!disk.info().negotiated.trusted);
     assert!(!disk.info().negotiated.persistent);
     disk.write(0, &pattern(1, 8192)).unwrap();
     assert_eq!(be.stats().persistent_grants, 0);
     // Per-request grants are all revoked once requests complete.
     assert_eq!(
-        gt.in_use(),
+        guest.grants().in_use(),
         2 * (1 << 4),
         "only the ring pages stay granted"
     );
@@ -315,38 +238,40 @@ fn untrusted_backend_gets_no_persistent_grants() {
 
 #[test]
 fn flush_uses_flush_cache_or_falls_back_to_barrier() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     disk.flush().unwrap();
     assert_eq!(be.stats().flushes, 1);
 
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.flush = Offer::No;
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(disk.info().negotiated.flush, Some(FlushMethod::Barrier));
     disk.flush().unwrap();
     assert_eq!(be.stats().barriers, 1);
 
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.flush = Offer::No;
     cfg.barrier = Offer::No;
-    let _be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
 }
 
 #[test]
 fn eopnotsupp_turns_the_feature_off_and_says_why() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.flush = Offer::Eopnotsupp;
     cfg.discard = Offer::Eopnotsupp;
-    let _be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
     assert_eq!(disk.info().negotiated.flush, None);
     assert_eq!(
@@ -367,12 +292,13 @@ fn eopnotsupp_turns_the_feature_off_and_says_why() {
 
 #[test]
 fn discard_honours_granularity_and_alignment() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.discard_granularity = 4096;
     cfg.discard_alignment = 1024;
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     let ones = vec![0xffu8; 64 * 1024];
     disk.write(0, &ones).unwrap();
     // Sectors 1..=40 (bytes 512..20992): whole units [1024+4096k, ..) inside
@@ -393,18 +319,20 @@ fn discard_honours_granularity_and_alignment() {
 
 #[test]
 fn secure_discard_only_when_offered() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(
         disk.discard(0, 64, true),
         Err(Error::Unsupported(Feature::SecureDiscard))
     );
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.discard_secure = true;
-    let be2 = w.backend(VDEV, cfg);
-    connect!(w, gt2, store2, disk2, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be2 = tb.backend(0);
+    let guest2 = tb.guest();
+    let mut disk2 = guest2.probe(0, Config::default()).expect("probe");
     disk2.discard(0, 64, true).unwrap();
     assert_eq!(be2.stats().secure_discards, 1);
     drop(be);
@@ -412,13 +340,14 @@ fn secure_discard_only_when_offered() {
 
 #[test]
 fn read_only_disks_refuse_writes_and_report_flags() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.read_only = true;
     cfg.cdrom = true;
     cfg.removable = true;
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert!(disk.info().read_only() && disk.info().cdrom() && disk.info().removable());
     let buf = pattern(3, 4096);
     let r = disk.submit_write(0, buf.clone()).unwrap_err();
@@ -435,9 +364,9 @@ fn read_only_disks_refuse_writes_and_report_flags() {
 
 #[test]
 fn malformed_calls_are_refused_with_the_buffer_back() {
-    let w = World::new();
-    let _be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     let end = disk.sectors();
     for (sector, len, err) in [
         (0, 0, Error::Misaligned),
@@ -456,20 +385,21 @@ fn malformed_calls_are_refused_with_the_buffer_back() {
 
 #[test]
 fn a_batch_of_submits_costs_one_notification() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
     let cfg = Config {
         max_queues: 1,
         ..Config::default()
     };
-    connect!(w, gt, store, disk, cfg);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, cfg).expect("probe");
     let before = be.stats().notifications_received;
     let mut tokens = Vec::new();
     for i in 0..32u64 {
         tokens.push(disk.submit_write(i * 8, pattern(i, 4096)).unwrap());
     }
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(be.stats().notifications_received - before, 1);
     let mut seen = Vec::new();
     while seen.len() < 32 {
@@ -483,7 +413,7 @@ fn a_batch_of_submits_costs_one_notification() {
                 seen.push(c.token);
             }
             None => {
-                let _ = w.xen.run_until_idle();
+                let _ = tb.xen().run_until_idle();
             }
         }
     }
@@ -494,12 +424,13 @@ fn a_batch_of_submits_costs_one_notification() {
 
 #[test]
 fn ring_full_is_a_typed_back_pressure_error() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.max_ring_page_order = Some(0);
     cfg.max_queues = Some(1);
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.delay_ns = 1_000_000);
     let mut n = 0;
     let rejected = loop {
@@ -517,7 +448,7 @@ fn ring_full_is_a_typed_back_pressure_error() {
                 done += 1;
             }
             None => {
-                let _ = w.hal_wait(&disk);
+                let _ = tb.hal_wait(&disk);
             }
         }
     }
@@ -526,22 +457,23 @@ fn ring_full_is_a_typed_back_pressure_error() {
 
 #[test]
 fn the_non_blocking_api_waits_on_the_device_ports() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
     let cfg = Config {
         max_queues: 2,
         ..Config::default()
     };
-    connect!(w, gt, store, disk, cfg);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, cfg).expect("probe");
     let ports = disk.ports();
     assert_eq!(ports.len(), disk.info().negotiated.queues as usize);
     assert_eq!(ports.len(), 2);
     assert!(ports[0] != ports[1] && ports.iter().all(|p| p.0 != 0));
 
     // Nothing in flight: the wait runs to its deadline and says so.
-    let deadline = w.xen.now_ns() + 1_000_000;
+    let deadline = tb.xen().now_ns() + 1_000_000;
     assert_eq!(disk.wait(deadline), Err(Error::Timeout));
-    assert!(w.xen.now_ns() >= deadline);
+    assert!(tb.xen().now_ns() >= deadline);
 
     // A slow backend: the wait ends on the response's event, long before
     // its deadline, and the completion is then there to poll.
@@ -549,7 +481,7 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
     let t = disk.submit_read(8, vec![0; 4096]).unwrap();
     disk.kick();
     assert!(disk.poll().is_none());
-    let start = w.xen.now_ns();
+    let start = tb.xen().now_ns();
     let deadline = start + 1_000_000_000;
     let mut c = None;
     while c.is_none() {
@@ -558,29 +490,30 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
     }
     let c = c.unwrap();
     assert_eq!((c.token, c.result), (t, Ok(())));
-    let now = w.xen.now_ns();
+    let now = tb.xen().now_ns();
     assert!(now >= start + 5_000_000 && now < deadline, "woke at {now}");
 
     disk.close().unwrap();
     assert!(disk.ports().is_empty());
-    assert_eq!(disk.wait(w.xen.now_ns() + 1_000_000), Ok(()));
+    assert_eq!(disk.wait(tb.xen().now_ns() + 1_000_000), Ok(()));
 }
 
 trait Waiter {
-    fn hal_wait(&self, disk: &BlockFront<'_, SimHal, SimXsTransport<'_>>) -> Result<(), Error>;
+    fn hal_wait(&self, disk: &SimDisk<'_>) -> Result<(), Error>;
 }
 
-impl Waiter for World {
-    fn hal_wait(&self, _disk: &BlockFront<'_, SimHal, SimXsTransport<'_>>) -> Result<(), Error> {
-        let deadline = self.xen.now_ns() + 10_000_000;
-        self.xen.wait_until(Some(deadline), || false)
+impl Waiter for Testbed {
+    fn hal_wait(&self, _disk: &SimDisk<'_>) -> Result<(), Error> {
+        let deadline = self.xen().now_ns() + 10_000_000;
+        self.xen().wait_until(Some(deadline), || false)
     }
 }
 
 fn hostile(fault: impl FnOnce(&mut Faults), expect: Violation) {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(fault);
     let before = pattern(0xbad, 8192);
     let t = disk.submit_read(0, before.clone()).unwrap();
@@ -591,7 +524,7 @@ fn hostile(fault: impl FnOnce(&mut Faults), expect: Violation) {
             Some(c) => got.push(c),
             None if got.len() == 2 => break,
             None => {
-                let _ = w.xen.run_until_idle();
+                let _ = tb.xen().run_until_idle();
             }
         }
     }
@@ -624,12 +557,11 @@ fn a_response_with_an_id_out_of_range_breaks_the_device() {
 
 #[test]
 fn a_response_producer_jump_breaks_the_device() {
-    let w = World::new();
-    drop(w);
     // The jump target depends on the ring; check the kind of violation.
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.rsp_prod_jump = Some(1000));
     let t = disk.submit_read(0, vec![7; 4096]).unwrap();
     let mut got = None;
@@ -638,7 +570,7 @@ fn a_response_producer_jump_breaks_the_device() {
             got = Some(c);
             break;
         }
-        let _ = w.xen.run_until_idle();
+        let _ = tb.xen().run_until_idle();
     }
     let c = got.expect("completion");
     assert_eq!((c.token, c.result), (t, Err(Error::Broken)));
@@ -650,16 +582,17 @@ fn a_response_producer_jump_breaks_the_device() {
 
 #[test]
 fn a_wrong_operation_breaks_the_device() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.wrong_operation = true);
     let t = disk.submit_read(0, vec![7; 4096]).unwrap();
     let c = loop {
         if let Some(c) = disk.poll() {
             break c;
         }
-        let _ = w.xen.run_until_idle();
+        let _ = tb.xen().run_until_idle();
     };
     assert_eq!(
         (c.token, c.result, c.buf),
@@ -683,18 +616,14 @@ fn an_unknown_status_breaks_the_device() {
 fn a_duplicate_response_breaks_the_device() {
     // Two requests in one batch; the backend answers the first, then sends
     // the first one's id again instead of the second's.
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(
-        w,
-        gt,
-        store,
-        disk,
-        Config {
-            max_queues: 1,
-            ..Config::default()
-        }
-    );
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let cfg = Config {
+        max_queues: 1,
+        ..Config::default()
+    };
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, cfg).expect("probe");
     be.update_faults(|f| f.bad_id = Some(BadId::NotInFlight));
     let a = disk.submit_read(0, vec![1; 4096]).unwrap();
     let b = disk.submit_read(8, vec![2; 4096]).unwrap();
@@ -703,7 +632,7 @@ fn a_duplicate_response_breaks_the_device() {
         while let Some(c) = disk.poll() {
             got.push(c);
         }
-        let _ = w.xen.run_until_idle();
+        let _ = tb.xen().run_until_idle();
     }
     assert!(
         matches!(
@@ -723,9 +652,10 @@ fn a_duplicate_response_breaks_the_device() {
 
 #[test]
 fn io_errors_are_reported_per_request() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.io_errors = 1);
     let mut buf = vec![3; 4096];
     assert_eq!(disk.read(0, &mut buf), Err(Error::IoError));
@@ -736,18 +666,19 @@ fn io_errors_are_reported_per_request() {
 
 #[test]
 fn a_dead_backend_times_out_within_the_bound() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
     let cfg = Config {
         io_timeout_ns: 2_000_000_000,
         ..Config::default()
     };
-    connect!(w, gt, store, disk, cfg);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, cfg).expect("probe");
     be.update_faults(|f| f.swallow_requests = true);
-    let start = w.xen.now_ns();
+    let start = tb.xen().now_ns();
     let mut buf = vec![0; 4096];
     assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
-    let waited = w.xen.now_ns() - start;
+    let waited = tb.xen().now_ns() - start;
     assert!(
         (2_000_000_000..3_000_000_000).contains(&waited),
         "waited {waited} ns"
@@ -757,16 +688,17 @@ fn a_dead_backend_times_out_within_the_bound() {
 
 #[test]
 fn backend_closing_mid_io_aborts_and_closes_cleanly() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.closing_after = Some(2));
     let mut tokens = Vec::new();
     for i in 0..6u64 {
         tokens.push(disk.submit_write(i * 8, pattern(i, 4096)).unwrap());
     }
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(disk.check_backend(), Ok(BackendEvent::Closed));
     assert_eq!(disk.state(), DeviceState::Disconnected);
     let mut done = Vec::new();
@@ -775,15 +707,15 @@ fn backend_closing_mid_io_aborts_and_closes_cleanly() {
     }
     assert_eq!(done.len(), 6, "nothing hangs");
     assert!(done.iter().any(|c| c.result == Err(Error::Aborted)));
-    let fe_state = w
-        .xsd
+    let fe_state = tb
+        .xenstored()
         .read(
             DomId(0),
             &format!("/local/domain/1/device/vbd/{VDEV}/state"),
         )
         .unwrap();
     assert_eq!(fe_state, "6", "frontend went Closing then Closed");
-    let (grants, ports, _) = held(&w);
+    let (grants, ports, _) = guest.held();
     assert_eq!((grants, ports), (0, 0));
     assert_eq!(
         disk.submit_read(0, vec![0; 512]).unwrap_err().error,
@@ -793,9 +725,10 @@ fn backend_closing_mid_io_aborts_and_closes_cleanly() {
 
 #[test]
 fn reconnect_after_the_backend_returns_picks_up_a_new_size() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     disk.write(0, &pattern(1, 4096)).unwrap();
     be.update_faults(|f| f.closing_after = Some(0));
     let mut probe = vec![0; 512];
@@ -817,11 +750,12 @@ fn reconnect_after_the_backend_returns_picks_up_a_new_size() {
 
 #[test]
 fn resize_while_connected_is_seen() {
-    let w = World::new();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([small(BackendConfig::blkback())]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.set_size_bytes(32 << 20).unwrap();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(
         disk.check_backend(),
         Ok(BackendEvent::Resized {
@@ -836,25 +770,26 @@ fn resize_while_connected_is_seen() {
 #[test]
 fn close_gives_back_every_grant_port_and_page() {
     for cfg in [BackendConfig::blkback(), BackendConfig::qdisk()] {
-        let w = World::new();
-        let _be = w.backend(VDEV, small(cfg));
-        connect!(w, gt, store, disk, Config::default());
+        let tb = Testbed::new([small(cfg)]);
+        let guest = tb.guest();
+        let mut disk = guest.probe(0, Config::default()).expect("probe");
         disk.write(0, &pattern(5, 1 << 20)).unwrap();
         disk.flush().unwrap();
         assert_eq!(disk.close(), Ok(0));
         assert_eq!(disk.state(), DeviceState::Closed);
-        assert_eq!(held(&w), (0, 0, 0));
-        assert_eq!(gt.in_use(), 0);
+        assert_eq!(guest.held(), (0, 0, 0));
+        assert_eq!(guest.grants().in_use(), 0);
     }
 }
 
 #[test]
 fn a_grant_the_backend_keeps_mapped_is_quarantined() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::blkback());
     cfg.persistent = false;
-    let be = w.backend(VDEV, cfg);
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.keep_grants_mapped = true);
     disk.write(0, &pattern(1, 8192)).unwrap();
     assert!(
@@ -867,26 +802,22 @@ fn a_grant_the_backend_keeps_mapped_is_quarantined() {
     let mut back = vec![0; 8192];
     disk.read(0, &mut back).unwrap();
     assert_eq!(back, pattern(2, 8192));
-    let a = w.xen.accounting(GUEST);
+    let a = tb.accounting();
     assert_eq!(a.bad_frees, 0, "{a:?}");
 }
 
 #[test]
 fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
-    let w = World::new();
     let mut cfg = small(BackendConfig::qdisk());
     cfg.direct_io_safe = Some(true);
     cfg.stall_with_direct_io_safe = true;
-    let _be = w.backend(VDEV, cfg);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let store = w.store();
+    let tb = Testbed::new([cfg]);
+    let guest = tb.guest();
     let cfg = Config {
         connect_timeout_ns: 5_000_000_000,
         ..Config::default()
     };
-    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg)
-        .err()
-        .expect("must not connect");
+    let err = guest.probe(0, cfg).err().expect("must not connect");
     assert_eq!(
         err.error,
         Error::StateTimeout {
@@ -903,26 +834,31 @@ fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
         line.contains("type=qdisk mode=w connected=no backend-state=1 direct-io-safe=1 cause=qdisk-direct-io-safe"),
         "{line}"
     );
-    assert_eq!(held(&w), (0, 0, 0), "nothing leaked");
+    assert_eq!(guest.held(), (0, 0, 0), "nothing leaked");
 }
 
 #[test]
 fn enumerate_lists_every_disk() {
-    let w = World::new();
-    let _a = w.backend(51712, small(BackendConfig::blkback()));
-    let _b = w.backend(51728, small(BackendConfig::qdisk()));
-    let store = w.store();
+    let tb = Testbed::new([
+        small(BackendConfig::blkback()),
+        small(BackendConfig::qdisk()),
+    ]);
+    let guest = tb.guest();
     assert_eq!(
-        BlockFront::<SimHal, _>::enumerate(&store).unwrap(),
+        BlockFront::<SimHal, _>::enumerate(guest.store()).unwrap(),
         vec![51712, 51728]
     );
 }
 
 #[test]
 fn threaded_backend_moves_data_too() {
-    let w = World::threaded();
-    let be = w.backend(VDEV, small(BackendConfig::blkback()));
-    connect!(w, gt, store, disk, Config::default());
+    let tb = Testbed::builder()
+        .threaded()
+        .disk(small(BackendConfig::blkback()))
+        .build();
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
     let data = pattern(11, 256 * 1024);
     disk.write(10, &data).unwrap();
     let mut back = vec![0; data.len()];
@@ -930,7 +866,7 @@ fn threaded_backend_moves_data_too() {
     assert_eq!(back, data);
     assert_eq!(be.disk_read(10 * 512, data.len()).unwrap(), data);
     disk.close().unwrap();
-    w.xen.stop_threads();
+    tb.xen().stop_threads();
 }
 
 /// Random reads and writes of random sizes and offsets, in both directions,
@@ -941,9 +877,10 @@ fn random_io_matches_a_model_of_the_disk() {
         (BackendConfig::blkback(), 1u64),
         (BackendConfig::qdisk(), 2),
     ] {
-        let w = World::new();
-        let be = w.backend(VDEV, small(personality));
-        connect!(w, gt, store, disk, Config::default());
+        let tb = Testbed::new([small(personality)]);
+        let be = tb.backend(0);
+        let guest = tb.guest();
+        let mut disk = guest.probe(0, Config::default()).expect("probe");
         let size = (8usize << 20) as u64;
         let mut model = vec![0u8; size as usize];
         let mut x = seed;

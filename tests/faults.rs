@@ -7,81 +7,20 @@
 //! connection errors.
 #![cfg(feature = "sim")]
 
-use std::sync::Arc;
-
 use xenblk::abi::blkif::{BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
-use xenblk::blkfront::{BackendEvent, BlockFront, Config, DeviceState};
+use xenblk::blkfront::{BackendEvent, Config, DeviceState};
 use xenblk::error::Error;
-use xenblk::gnttab::GrantTable;
-use xenblk::hal::DomId;
-use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
-use xenblk::sim::xenstored::{SimXsTransport, XenStored};
-use xenblk::sim::{Accounting, SimHal, SimXen};
-use xenblk::xenstore::XenStore;
+use xenblk::sim::blkback::BackendConfig;
+use xenblk::sim::{SimDisk, Testbed};
 
-const GUEST: DomId = DomId(1);
-const VDEV: u32 = 51712;
-
-type Store<'h> = spin::Mutex<XenStore<SimXsTransport<'h>>>;
-type Disk<'a> = BlockFront<'a, SimHal, SimXsTransport<'a>>;
-
-struct World {
-    xen: SimXen,
-    xsd: XenStored,
-    hal: SimHal,
-}
-
-impl World {
-    fn new() -> World {
-        let xen = SimXen::new();
-        let xsd = XenStored::new(&xen);
-        xsd.with_store(|s| s.introduce_domain(GUEST));
-        let hal = xen.hal(GUEST);
-        World { xen, xsd, hal }
-    }
-
-    fn backend(&self, persistent: bool) -> SimBlkBackHandle {
-        let mut cfg = BackendConfig::blkback();
-        // Miri runs a few of these: a smaller disk is much cheaper there.
-        cfg.disk_bytes = if cfg!(miri) { 1 << 20 } else { 4 << 20 };
-        cfg.persistent = persistent;
-        cfg.hotplug_delay_ns = 0;
-        let store: Arc<dyn BackendStore> = Arc::new(self.xsd.clone());
-        SimBlkBack::new(&self.xen, store, GUEST, VDEV, cfg).expect("backend")
-    }
-
-    fn store(&self) -> (Store<'_>, Accounting) {
-        let s = spin::Mutex::new(XenStore::new(
-            self.xsd.connect(&self.hal).expect("xenstore"),
-        ));
-        (s, self.xen.accounting(GUEST))
-    }
-
-    /// Grants, ports and pages the guest holds beyond `base`.
-    fn held(&self, base: Accounting) -> (usize, usize, usize) {
-        let a = self.xen.accounting(GUEST);
-        assert_eq!(
-            a.bad_frees, 0,
-            "a page was freed while granted or mapped: {a:?}"
-        );
-        (
-            a.grants_active - base.grants_active,
-            a.ports_open - base.ports_open,
-            a.pages - base.pages,
-        )
-    }
-
-    /// Every grant the guest still has active is one the backend maps.
-    fn only_mapped_grants_left(&self, base: Accounting) {
-        let a = self.xen.accounting(GUEST);
-        let granted = a.grants_active - base.grants_active;
-        let mapped = a.grants_mapped_by_others - base.grants_mapped_by_others;
-        assert!(
-            granted <= mapped,
-            "{granted} grants active, {mapped} mapped"
-        );
-        assert_eq!(a.ports_open, base.ports_open, "event channel left open");
-    }
+/// The disk of every scenario.
+fn backend(persistent: bool) -> BackendConfig {
+    let mut cfg = BackendConfig::blkback();
+    // Miri runs a few of these: a smaller disk is much cheaper there.
+    cfg.disk_bytes = if cfg!(miri) { 1 << 20 } else { 4 << 20 };
+    cfg.persistent = persistent;
+    cfg.hotplug_delay_ns = 0;
+    cfg
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -100,35 +39,25 @@ fn one_queue() -> Config {
     }
 }
 
-/// Connects disk `$disk` of `$w` with [`one_queue`], binding its grant
-/// table, xenstore client and the accounting before it.
-macro_rules! connect {
-    ($w:ident, $gt:ident, $store:ident, $base:ident, $disk:ident) => {
-        let $gt = GrantTable::new(&$w.hal).unwrap();
-        let ($store, $base) = $w.store();
-        #[allow(unused_mut)]
-        let mut $disk = BlockFront::probe(&$w.hal, &$gt, &$store, VDEV, one_queue()).unwrap();
-    };
-}
-
-fn drain(disk: &mut Disk<'_>) -> Vec<xenblk::blkfront::Completion> {
+fn drain(disk: &mut SimDisk<'_>) -> Vec<xenblk::blkfront::Completion> {
     std::iter::from_fn(|| disk.poll()).collect()
 }
 
 #[test]
 fn backend_dead_mid_io_times_out_within_the_bound() {
-    let w = World::new();
-    let be = w.backend(true);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(true)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     disk.write(0, &pattern(1, 8192)).unwrap();
     be.update_faults(|f| f.swallow_requests = true);
     let queued: Vec<_> = (0..5u64)
         .map(|i| disk.submit_read(i * 8, vec![0xcc; 4096]).unwrap())
         .collect();
-    let start = w.xen.now_ns();
+    let start = tb.xen().now_ns();
     let mut buf = vec![0x5a; 4096];
     assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
-    let waited = w.xen.now_ns() - start;
+    let waited = tb.xen().now_ns() - start;
     assert!(
         (1_000_000_000..1_100_000_000).contains(&waited),
         "timed out after {waited} ns, bound 1 s"
@@ -155,9 +84,9 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
         Error::Broken
     );
     let _ = disk.close();
-    w.only_mapped_grants_left(base);
+    guest.assert_only_mapped_grants_left();
     assert_eq!(
-        w.held(base).0,
+        guest.held().0,
         0,
         "the dead backend mapped nothing: all revoked"
     );
@@ -165,15 +94,16 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
 
 #[test]
 fn backend_closing_mid_io_aborts_then_reconnects() {
-    let w = World::new();
-    let be = w.backend(true);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(true)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     be.update_faults(|f| f.closing_after = Some(3));
     let tokens: Vec<_> = (0..8u64)
         .map(|i| disk.submit_write(i * 8, pattern(i, 4096)).unwrap())
         .collect();
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(disk.check_backend(), Ok(BackendEvent::Closed));
     assert_eq!(disk.state(), DeviceState::Disconnected);
     let done = drain(&mut disk);
@@ -183,7 +113,7 @@ fn backend_closing_mid_io_aborts_then_reconnects() {
         .filter(|c| c.result == Err(Error::Aborted))
         .count();
     assert!(aborted >= 6, "{aborted} of 8 aborted");
-    let (grants, ports, _) = w.held(base);
+    let (grants, ports, _) = guest.held();
     assert_eq!(
         (grants, ports),
         (0, 0),
@@ -196,18 +126,19 @@ fn backend_closing_mid_io_aborts_then_reconnects() {
     disk.read(0, &mut back).unwrap();
     assert_eq!(back, pattern(9, 4096));
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
-    let w = World::new();
-    let be = w.backend(false);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(false)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     be.update_faults(|f| f.hold_responses = true);
     let t = disk.submit_read(0, vec![0xcc; 8192]).unwrap();
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(
         be.held_responses().len(),
         1,
@@ -219,7 +150,7 @@ fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
         operation: BLKIF_OP_READ,
         status: BLKIF_RSP_OKAY,
     };
-    assert!(be.push_forged(&w.xen, 0, rsp));
+    assert!(be.push_forged(tb.xen(), 0, rsp));
     let c = disk.poll().expect("the forged response completes the read");
     assert_eq!((c.token, c.result), (t, Ok(())));
     let q = disk.quarantined();
@@ -238,69 +169,64 @@ fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
         "a mapped page was reused"
     );
     assert_eq!(disk.quarantined(), q);
-    let (grants, ..) = w.held(base);
+    let (grants, ..) = guest.held();
     assert!(grants >= 2, "the quarantined grants are still active");
     // The backend unmaps everything once the frontend is Closed; close
     // retries the quarantined revocations then, and nothing is left.
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn eagain_storms_on_transactions_are_retried_then_reported() {
     // A storm shorter than the retry budget: probe succeeds.
-    let w = World::new();
-    let _be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    w.xsd.fail_next_commits(5);
+    let tb = Testbed::new([backend(true)]);
+    let guest = tb.guest();
+    tb.xenstored().fail_next_commits(5);
     let cfg = Config {
         transaction_retries: 8,
         ..one_queue()
     };
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg).expect("retried");
+    let mut disk = guest.probe(0, cfg).expect("retried");
     disk.write(0, &pattern(2, 4096)).unwrap();
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 
     // A storm longer than it: a typed error, nothing left behind.
-    let w = World::new();
-    let _be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    w.xsd.fail_next_commits(1000);
+    let tb = Testbed::new([backend(true)]);
+    let guest = tb.guest();
+    tb.xenstored().fail_next_commits(1000);
     let cfg = Config {
         transaction_retries: 8,
         ..one_queue()
     };
-    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg)
-        .err()
-        .expect("must fail");
+    let err = guest.probe(0, cfg).err().expect("must fail");
     assert_eq!(err.error, Error::XsTransactionRetriesExhausted);
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn spurious_event_storms_do_not_livelock() {
-    let w = World::new();
-    let be = w.backend(true);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(true)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     be.update_faults(|f| f.hold_responses = true);
     let t = disk.submit_read(8, vec![0; 4096]).unwrap();
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     // 20 000 notifications with nothing on the ring: every poll returns at
     // once with nothing.
     for _ in 0..20_000 {
-        assert!(be.notify_frontend(&w.xen, 0));
+        assert!(be.notify_frontend(tb.xen(), 0));
         assert!(disk.poll().is_none());
     }
     be.update_faults(|f| f.spurious_notifications = 50_000);
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert!(disk.poll().is_none());
     // The real response still gets through, and blocking I/O amid a storm
     // completes.
-    assert!(be.release_held(&w.xen, 0, |_| {}));
+    assert!(be.release_held(tb.xen(), 0, |_| {}));
     let c = disk.poll().expect("completion after the storm");
     assert_eq!((c.token, c.result), (t, Ok(())));
     be.update_faults(|f| {
@@ -311,14 +237,15 @@ fn spurious_event_storms_do_not_livelock() {
     assert_eq!(disk.state(), DeviceState::Connected);
     assert!(be.stats().notifications_sent > 100_000);
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn a_full_ring_pushes_back_and_recovers() {
-    let w = World::new();
-    let be = w.backend(true);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(true)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     be.update_faults(|f| f.hold_responses = true);
     let slots = disk.info().negotiated.ring_slots as usize;
     assert_eq!(slots, 32);
@@ -339,10 +266,10 @@ fn a_full_ring_pushes_back_and_recovers() {
     assert_eq!(rejected, Error::RingFull);
     assert_eq!(tokens.len(), slots);
     assert_eq!(disk.submit_flush(), Err(Error::RingFull));
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(be.held_responses().len(), slots);
     // One answer frees one slot, and one more request fits.
-    assert!(be.release_held(&w.xen, 0, |_| {}));
+    assert!(be.release_held(tb.xen(), 0, |_| {}));
     let c = disk.poll().expect("one completion");
     assert_eq!((c.token, c.result), (tokens[0], Ok(())));
     let t = disk
@@ -353,9 +280,9 @@ fn a_full_ring_pushes_back_and_recovers() {
         Error::RingFull
     );
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     while !be.held_responses().is_empty() {
-        assert!(be.release_held(&w.xen, 0, |_| {}));
+        assert!(be.release_held(tb.xen(), 0, |_| {}));
     }
     let done = drain(&mut disk);
     assert_eq!(done.len(), slots);
@@ -366,48 +293,51 @@ fn a_full_ring_pushes_back_and_recovers() {
     disk.read(0, &mut back).unwrap();
     assert_eq!(back, pattern(99, 4096));
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]
 fn xenstore_connection_errors_are_typed_and_leak_nothing() {
     // Garbage instead of a reply during probe: a typed error, nothing held.
-    let w = World::new();
-    let _be = w.backend(true);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
-    assert!(w.xsd.reply_garbage(GUEST, vec![0xff; 40]));
-    let err = BlockFront::probe(&w.hal, &gt, &store, VDEV, one_queue())
+    let tb = Testbed::new([backend(true)]);
+    let guest = tb.guest();
+    assert!(tb.xenstored().reply_garbage(tb.domid(), vec![0xff; 40]));
+    let err = guest
+        .probe(0, one_queue())
         .err()
         .expect("garbage must fail the probe");
     assert!(
         matches!(err.error, Error::XsMalformed(_) | Error::XsConnection),
         "{err}"
     );
-    assert_eq!(w.held(base), (0, 0, 0));
-    assert!(store.lock().is_broken());
+    assert_eq!(guest.held(), (0, 0, 0));
+    assert!(guest.store().lock().is_broken());
 
     // The connection dropped while connected: the rings keep working (they
     // do not need xenstore), state checks fail with a typed error, and
     // close still gives back everything the backend does not map.
-    let w = World::new();
-    let be = w.backend(true);
-    connect!(w, gt, store, base, disk);
+    let tb = Testbed::new([backend(true)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).unwrap();
     disk.write(0, &pattern(5, 4096)).unwrap();
-    assert!(w.xsd.drop_connection(GUEST));
+    assert!(tb.xenstored().drop_connection(tb.domid()));
     assert!(disk.check_backend().is_err());
     let mut back = vec![0; 4096];
     disk.read(0, &mut back).unwrap();
     assert_eq!(back, pattern(5, 4096));
     assert!(disk.close().is_err(), "close says the state switch failed");
     assert_eq!(disk.state(), DeviceState::Closed);
-    w.only_mapped_grants_left(base);
+    guest.assert_only_mapped_grants_left();
     // The backend never heard of the close and still maps its rings; once
     // it lets go, nothing the frontend holds is granted any more.
-    w.xen.remove_device(be.device_id());
+    assert!(tb.remove_disk(0));
     drop(be);
-    let a = w.xen.accounting(GUEST);
-    assert_eq!(a.grants_mapped_by_others, base.grants_mapped_by_others);
+    let a = tb.accounting();
+    assert_eq!(
+        a.grants_mapped_by_others,
+        guest.base().grants_mapped_by_others
+    );
     assert_eq!(a.bad_frees, 0);
 }
 
@@ -416,25 +346,24 @@ fn xenstore_connection_errors_are_typed_and_leak_nothing() {
 /// so a read that failed as a whole had still written into the buffer.
 #[test]
 fn a_read_with_one_failed_part_leaves_the_buffer_alone() {
-    let w = World::new();
-    let be = w.backend(false);
-    let gt = GrantTable::new(&w.hal).unwrap();
-    let (store, base) = w.store();
+    let tb = Testbed::new([backend(false)]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
     let cfg = Config {
         max_indirect_segments: 0,
         ..one_queue()
     };
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, cfg).unwrap();
+    let mut disk = guest.probe(0, cfg).unwrap();
     disk.write(0, &pattern(7, 16 * 4096)).unwrap();
     be.update_faults(|f| f.hold_responses = true);
     // 16 pages: a part of 11 segments and one of 5.
     let t = disk.submit_read(0, vec![0xcc; 16 * 4096]).unwrap();
     disk.kick();
-    let _ = w.xen.run_until_idle();
+    let _ = tb.xen().run_until_idle();
     assert_eq!(be.held_responses().len(), 2);
-    assert!(be.release_held(&w.xen, 0, |_| {}));
+    assert!(be.release_held(tb.xen(), 0, |_| {}));
     assert!(disk.poll().is_none(), "one part is still out");
-    assert!(be.release_held(&w.xen, 0, |r| r.status =
+    assert!(be.release_held(tb.xen(), 0, |r| r.status =
         xenblk::abi::blkif::BLKIF_RSP_ERROR));
     let c = disk.poll().expect("the read completes");
     assert_eq!((c.token, c.result), (t, Err(Error::IoError)));
@@ -446,11 +375,11 @@ fn a_read_with_one_failed_part_leaves_the_buffer_alone() {
     // Both parts succeeding still delivers the data.
     let t = disk.submit_read(0, vec![0xcc; 16 * 4096]).unwrap();
     disk.kick();
-    let _ = w.xen.run_until_idle();
-    while be.release_held(&w.xen, 0, |_| {}) {}
+    let _ = tb.xen().run_until_idle();
+    while be.release_held(tb.xen(), 0, |_| {}) {}
     let c = disk.poll().expect("the read completes");
     assert_eq!((c.token, c.result), (t, Ok(())));
     assert_eq!(c.buf, Some(pattern(7, 16 * 4096)));
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(w.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }

@@ -44,28 +44,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xenblk_bench::{callgrind_total, command_line, env_num, loadavg, machine, median, update_doc};
 
-use xenblk::blkfront::{BlockFront, Completion, Config};
-use xenblk::gnttab::GrantTable;
-use xenblk::hal::DomId;
-use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
-use xenblk::sim::xenstored::{SimXsTransport, XenStored};
-use xenblk::sim::{SimConfig, SimXen};
-use xenblk::xenstore::XenStore;
+use xenblk::blkfront::{Completion, Config};
+use xenblk::sim::blkback::BackendConfig;
+use xenblk::sim::{SimConfig, SimDisk, SimXen, Testbed};
 
-const GUEST: DomId = DomId(1);
-const VDEV: u32 = 51712;
 /// Bytes per request.
 const IO: usize = 4096;
 /// Disk size: random 4 KiB blocks are spread over it.
 const DISK_BYTES: u64 = 32 << 20;
 /// The fixed seed of the sector sequence.
 const SEED: u64 = 0x5eed_f00d_b10c;
-
-type Disk<'a> = BlockFront<'a, xenblk::sim::SimHal, SimXsTransport<'a>>;
 
 // ----- configurations -----------------------------------------------------------------
 
@@ -145,36 +136,21 @@ impl Case {
 
 // ----- the rig ------------------------------------------------------------------------
 
-/// Simulator, xenstored and backend for one configuration.
-struct World {
-    xen: SimXen,
-    xsd: XenStored,
-    hal: xenblk::sim::SimHal,
-    /// Keeps the backend: the simulator only holds it weakly.
-    _be: SimBlkBackHandle,
-}
-
-impl World {
-    fn new(case: Case, threaded: bool) -> World {
-        // Enough grant entries for 4 queues x 16 ring pages and QD 128 of
-        // per-request or persistent grants.
-        let cfg = SimConfig {
-            grant_frames: 8,
-            ..SimConfig::default()
-        };
-        let xen = SimXen::with_config(cfg, threaded);
-        let xsd = XenStored::new(&xen);
-        xsd.with_store(|s| s.introduce_domain(GUEST));
-        let hal = xen.hal(GUEST);
-        let mut be = BackendConfig::blkback();
-        be.disk_bytes = DISK_BYTES;
-        be.null_disk = case.null;
-        be.persistent = true;
-        be.max_queues = Some(4);
-        let store: Arc<dyn BackendStore> = Arc::new(xsd.clone());
-        let _be = SimBlkBack::new(&xen, store, GUEST, VDEV, be).expect("backend");
-        World { xen, xsd, hal, _be }
-    }
+/// The simulated machine of one configuration: one blkback disk.
+fn testbed(case: Case, threaded: bool) -> Testbed {
+    // Enough grant entries for 4 queues x 16 ring pages and QD 128 of
+    // per-request or persistent grants.
+    let cfg = SimConfig {
+        grant_frames: 8,
+        ..SimConfig::default()
+    };
+    let mut be = BackendConfig::blkback();
+    be.disk_bytes = DISK_BYTES;
+    be.null_disk = case.null;
+    be.persistent = true;
+    be.max_queues = Some(4);
+    let tb = Testbed::builder().sim_config(cfg).disk(be);
+    if threaded { tb.threaded() } else { tb }.build()
 }
 
 fn front_config(case: Case) -> Config {
@@ -212,7 +188,7 @@ struct Run {
 
 /// The state of the closed loop: queue depth `qd`, `n` requests in all.
 struct Loop<'d, 'a> {
-    disk: &'d mut Disk<'a>,
+    disk: &'d mut SimDisk<'a>,
     case: Case,
     n: u64,
     submitted: u64,
@@ -328,10 +304,10 @@ enum Mode {
 /// Sets up `case` and runs `reps` timed loops of `n` requests on the same
 /// connected device (after one warm-up loop); returns (elapsed, run) per rep.
 fn measure(case: Case, mode: Mode, n: u64, reps: usize) -> Vec<(Duration, Run)> {
-    let w = World::new(case, mode == Mode::Threaded);
-    let gt = GrantTable::new(&w.hal).expect("grant table");
-    let store = spin::Mutex::new(XenStore::new(w.xsd.connect(&w.hal).expect("xenstore")));
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, front_config(case))
+    let tb = testbed(case, mode == Mode::Threaded);
+    let guest = tb.guest();
+    let mut disk = guest
+        .probe(0, front_config(case))
         .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name()));
     check_negotiated(case, &disk);
     let sector_size = u64::from(disk.sector_size());
@@ -348,7 +324,7 @@ fn measure(case: Case, mode: Mode, n: u64, reps: usize) -> Vec<(Duration, Run)> 
         };
         let t0 = Instant::now();
         match mode {
-            Mode::Step => xenblk_bench_step_loop(&mut l, &w.xen, true),
+            Mode::Step => xenblk_bench_step_loop(&mut l, tb.xen(), true),
             Mode::Threaded => threaded_loop(&mut l),
         }
         let elapsed = t0.elapsed();
@@ -362,12 +338,11 @@ fn measure(case: Case, mode: Mode, n: u64, reps: usize) -> Vec<(Duration, Run)> 
             out.push((elapsed, run));
         }
     }
-    drop(disk);
-    w.xen.stop_threads();
+    // Dropping the testbed stops the device thread of threaded mode.
     out
 }
 
-fn check_negotiated(case: Case, disk: &Disk<'_>) {
+fn check_negotiated(case: Case, disk: &SimDisk<'_>) {
     let n = &disk.info().negotiated;
     assert_eq!(n.queues, case.queues, "{}: queues", case.name());
     assert_eq!(n.persistent, case.persistent, "{}: persistent", case.name());
@@ -396,10 +371,10 @@ fn callgrind_child(args: &[String]) -> std::process::ExitCode {
         eprintln!("usage: --callgrind-child <case> <requests>");
         return std::process::ExitCode::FAILURE;
     };
-    let w = World::new(case, false);
-    let gt = GrantTable::new(&w.hal).expect("grant table");
-    let store = spin::Mutex::new(XenStore::new(w.xsd.connect(&w.hal).expect("xenstore")));
-    let mut disk = BlockFront::probe(&w.hal, &gt, &store, VDEV, front_config(case))
+    let tb = testbed(case, false);
+    let guest = tb.guest();
+    let mut disk = guest
+        .probe(0, front_config(case))
         .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name()));
     check_negotiated(case, &disk);
     let sector_size = u64::from(disk.sector_size());
@@ -416,9 +391,9 @@ fn callgrind_child(args: &[String]) -> std::process::ExitCode {
             run: Run::default(),
         };
         if rep == 0 {
-            warm_up(&mut l, &w.xen);
+            warm_up(&mut l, tb.xen());
         } else {
-            counted(&mut l, &w.xen);
+            counted(&mut l, tb.xen());
         }
         assert!(
             l.run.errors == 0 && l.run.done == n,

@@ -23,25 +23,16 @@
 //! `tests/fuzz_replay.rs`, which replays the seed corpus and past findings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use xenblk::abi::blkif::{
     BlkifResponse, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use xenblk::blkfront::{BlockFront, Completion, Config, DeviceState};
+use xenblk::blkfront::{Completion, Config, DeviceState};
 use xenblk::error::Error;
-use xenblk::gnttab::GrantTable;
 use xenblk::hal::DomId;
-use xenblk::sim::blkback::{
-    BackendConfig, BackendStore, BadId, Offer, SimBlkBack, SimBlkBackHandle,
-};
-use xenblk::sim::xenstored::{SimXsTransport, XenStored};
-use xenblk::sim::{SimHal, SimXen};
-use xenblk::xenstore::XenStore;
-
-const GUEST: DomId = DomId(1);
-const VDEV: u32 = 51712;
+use xenblk::sim::blkback::{BackendConfig, BadId, Offer, SimBlkBackHandle};
+use xenblk::sim::{SimDisk, Testbed};
 /// 1 MiB: 2048 stamped 512-byte units.
 const DISK_BYTES: u64 = 1 << 20;
 
@@ -113,10 +104,9 @@ enum Kind {
 }
 
 struct Rig<'a> {
-    xen: &'a SimXen,
-    xsd: &'a XenStored,
+    tb: &'a Testbed,
     be: &'a SimBlkBackHandle,
-    disk: BlockFront<'a, SimHal, SimXsTransport<'a>>,
+    disk: SimDisk<'a>,
     /// Tokens submitted and not yet completed.
     live: BTreeMap<u64, Kind>,
     /// 512-byte units a discard may have zeroed.
@@ -182,7 +172,7 @@ impl Rig<'_> {
     /// Publish what was submitted and let the backend take it.
     fn settle(&mut self) {
         self.disk.kick();
-        let _ = self.xen.run_until_idle();
+        let _ = self.tb.xen().run_until_idle();
         if self.be.untaken_requests() > 0 {
             self.strict = false;
         }
@@ -196,7 +186,7 @@ impl Rig<'_> {
     }
 
     fn check_always(&self) {
-        let a = self.xen.accounting(GUEST);
+        let a = self.tb.accounting();
         assert_eq!(
             a.bad_frees, 0,
             "a page was freed while granted or mapped: {a:?}"
@@ -324,7 +314,7 @@ impl Rig<'_> {
         if rsp.id != held[n].1.id {
             self.forged_ids();
         }
-        self.be.release_held(self.xen, n, |r| *r = rsp);
+        self.be.release_held(self.tb.xen(), n, |r| *r = rsp);
     }
 
     fn poke(&mut self, inp: &mut Input<'_>) {
@@ -357,7 +347,7 @@ impl Rig<'_> {
         self.forged_ids();
         self.be.poke_rsp_prod(q, v);
         if inp.u8() & 1 == 1 {
-            self.be.notify_frontend(self.xen, q);
+            self.be.notify_frontend(self.tb.xen(), q);
         }
     }
 
@@ -380,7 +370,7 @@ impl Rig<'_> {
         if matches!(v % 9, 3 | 4 | 8) {
             self.forged_ids();
         }
-        let _ = self.xen.run_until_idle();
+        let _ = self.tb.xen().run_until_idle();
     }
 
     fn xenstore(&mut self, inp: &mut Input<'_>) {
@@ -417,7 +407,7 @@ impl Rig<'_> {
             String::from_utf8_lossy(inp.bytes(24)).replace('\0', "")
         };
         let path = format!("{}/{key}", self.be.backend_path());
-        let _ = self.xsd.write(DomId::DOM0, &path, &value);
+        let _ = self.tb.xenstored().write(DomId::DOM0, &path, &value);
         let _ = self.disk.check_backend();
     }
 
@@ -473,10 +463,6 @@ impl Rig<'_> {
 pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
     let flags = inp.u8();
-    let xen = SimXen::new();
-    let xsd = XenStored::new(&xen);
-    xsd.with_store(|s| s.introduce_domain(GUEST));
-    let hal = xen.hal(GUEST);
     let mut bcfg = if flags & 1 == 0 {
         BackendConfig::blkback()
     } else {
@@ -493,14 +479,13 @@ pub fn run(data: &[u8]) {
         bcfg.discard = Offer::Eopnotsupp;
         bcfg.flush = Offer::Eopnotsupp;
     }
-    let store: Arc<dyn BackendStore> = Arc::new(xsd.clone());
-    let be = SimBlkBack::new(&xen, store, GUEST, VDEV, bcfg).expect("backend");
+    let tb = Testbed::new([bcfg]);
+    let xen = tb.xen();
+    let be = tb.backend(0);
     for u in 0..DISK_BYTES / 512 {
         be.disk_write(u * 512, &stamp(u)).expect("stamp");
     }
-    let gt = GrantTable::new(&hal).expect("grant table");
-    let xs = spin::Mutex::new(XenStore::new(xsd.connect(&hal).expect("xenstore")));
-    let base = xen.accounting(GUEST);
+    let guest = tb.guest();
     let cfg = Config {
         max_ring_page_order: u32::from(flags >> 3 & 1),
         max_queues: 1 + u32::from(flags >> 4 & 1),
@@ -510,15 +495,14 @@ pub fn run(data: &[u8]) {
         io_timeout_ns: 200_000_000,
         transaction_retries: 4,
     };
-    let disk = match BlockFront::probe(&hal, &gt, &xs, VDEV, cfg) {
+    let disk = match guest.probe(0, cfg) {
         Ok(d) => d,
         Err(e) => panic!("probe a healthy backend: {e} ({:?})", be.last_error()),
     };
     be.update_faults(|f| f.hold_responses = true);
     let ss = u64::from(disk.sector_size());
     let mut rig = Rig {
-        xen: &xen,
-        xsd: &xsd,
+        tb: &tb,
         be: &be,
         disk,
         live: BTreeMap::new(),
@@ -556,7 +540,7 @@ pub fn run(data: &[u8]) {
                 let b = inp.u8();
                 let q = usize::from(b % 2);
                 if b & 2 == 0 {
-                    rig.be.notify_frontend(&xen, q);
+                    rig.be.notify_frontend(xen, q);
                 } else {
                     // A response the backend makes up, through its own producer.
                     let base = BlkifResponse {
@@ -566,7 +550,7 @@ pub fn run(data: &[u8]) {
                     };
                     let rsp = Rig::forged(&mut inp, base);
                     rig.forged_ids();
-                    rig.be.push_forged(&xen, q, rsp);
+                    rig.be.push_forged(xen, q, rsp);
                 }
             }
             10 | 11 => rig.drain(),
@@ -608,18 +592,8 @@ pub fn run(data: &[u8]) {
         Some(Error::Closed),
         "a closed device refuses I/O"
     );
-    let a = xen.accounting(GUEST);
-    assert_eq!(a.bad_frees, 0, "{a:?}");
-    assert_eq!(a.ports_open, base.ports_open, "event channel left open");
-    let granted = a.grants_active - base.grants_active;
-    let mapped = a.grants_mapped_by_others - base.grants_mapped_by_others;
-    assert!(
-        granted <= mapped,
-        "after close {granted} grants stay active but only {mapped} are mapped by the backend"
-    );
+    // No free refused, no event channel left open, and every grant still
+    // active is one the backend maps.
+    guest.assert_only_mapped_grants_left();
     rig.check_always();
-    drop(rig);
-    // The backend holds the simulator (through xenstored and its mappings)
-    // and the simulator holds the backend: take it out to free both.
-    xen.remove_device(be.device_id());
 }

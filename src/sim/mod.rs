@@ -19,6 +19,29 @@
 //! - **devices**: simulated backends and xenstored implement [`SimDevice`] and
 //!   are driven by the simulator.
 //!
+//! # A whole machine in one call
+//!
+//! [`Testbed`] builds what a driver test needs — a [`SimXen`], a simulated
+//! xenstored, the guest domain introduced as the toolstack does, and one
+//! simulated backend per virtual disk (numbered as Linux does, see
+//! [`vdev_of`]) — and [`Testbed::guest`] gives the guest's grant table and
+//! xenstore client, through which [`Guest::probe`] connects a disk:
+//!
+//! ```
+//! use xenblk::blkfront::Config;
+//! use xenblk::sim::{blkback::BackendConfig, Testbed};
+//!
+//! let tb = Testbed::builder().disk(BackendConfig::blkback()).build();
+//! let guest = tb.guest();
+//! let mut disk = guest.probe(0, Config::default()).unwrap();
+//! let mut buf = vec![0xff; 512];
+//! disk.read(0, &mut buf).unwrap();
+//! assert_eq!(buf, vec![0; 512]);
+//! ```
+//!
+//! The rest of this page is the machinery underneath, for tests that need
+//! its pieces one by one.
+//!
 //! # Step mode and threaded mode
 //!
 //! [`SimXen::new`] is deterministic: nothing runs on its own. Whenever guest
@@ -98,6 +121,7 @@ mod device;
 mod event;
 mod grant;
 mod hal;
+mod testbed;
 mod xen;
 pub mod xenstored;
 
@@ -105,6 +129,7 @@ pub use device::{DeviceHandle, DeviceId, SimDevice};
 pub use event::PortInfo;
 pub use grant::GrantMapping;
 pub use hal::SimHal;
+pub use testbed::{vdev_of, Guest, SimDisk, Testbed, TestbedBuilder};
 pub use xen::{Accounting, SimConfig, SimXen};
 
 /// Xen errno values (`xen/errno.h`) the simulator returns inside
