@@ -286,6 +286,12 @@ impl SimBlkBack {
 
     fn handle(&mut self, xen: &SimXen, q: &mut Queue, persistent: bool, slot: &RequestSlot) {
         let req = slot.decode();
+        if let Decoded::Discard {
+            sector, nr_sectors, ..
+        } = req
+        {
+            self.stats.last_discard = Some((sector, nr_sectors));
+        }
         let fail_io = self.faults.io_errors > 0 && does_io(&req);
         if fail_io {
             self.faults.io_errors -= 1;
