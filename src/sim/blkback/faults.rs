@@ -76,6 +76,12 @@ pub struct Stats {
     pub barriers: u64,
     /// `BLKIF_OP_DISCARD` requests.
     pub discards: u64,
+    /// `(sector_number, nr_sectors)` of the last `BLKIF_OP_DISCARD` request
+    /// taken, as it came on the ring (512-byte units for blkback, logical
+    /// blocks for qdisk), whatever its outcome: lets a test check that a
+    /// discard stays inside the range its caller asked for even on a null
+    /// disk, whose contents show nothing.
+    pub last_discard: Option<(u64, u64)>,
     /// Secure discards carried out.
     pub secure_discards: u64,
     /// Requests that came as `BLKIF_OP_INDIRECT`.

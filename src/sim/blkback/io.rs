@@ -287,6 +287,9 @@ impl SimBlkBack {
 
     fn handle(&mut self, xen: &SimXen, q: &mut Queue, persistent: bool, slot: &RawSlot) {
         let req = decode::decode(slot);
+        if let Request::Discard(d) = &req {
+            self.stats.last_discard = Some((d.sector, d.nr_sectors));
+        }
         let fail_io = self.faults.io_errors > 0 && does_io(&req);
         if fail_io {
             self.faults.io_errors -= 1;
