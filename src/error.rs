@@ -155,6 +155,10 @@ pub enum Violation {
     },
     /// A response carried a status outside the values `blkif.h` defines.
     UnknownStatus(i16),
+    /// After answering the request with this id, the backend still maps a
+    /// page it was granted for that request only (Linux's blkfront treats
+    /// this as fatal since XSA-396).
+    StillMapped(u64),
 }
 
 /// The error strings of `xs_wire.h` (`xsd_errors`), plus one for strings it
@@ -264,6 +268,10 @@ impl fmt::Display for Violation {
                 write!(f, "response id {id}: operation {got}, sent {sent}")
             }
             Violation::UnknownStatus(s) => write!(f, "unknown response status {s}"),
+            Violation::StillMapped(id) => write!(
+                f,
+                "response id {id}: the backend still maps a page granted for that request only"
+            ),
         }
     }
 }

@@ -394,6 +394,26 @@ pub fn read_otherend<T: XsTransport>(
     path_key: &'static str,
     id_key: &'static str,
 ) -> Result<OtherEnd> {
+    let o = read_otherend_keys(xs, dir, path_key, id_key)?;
+    if xs.read_opt(&o.path)?.is_none() {
+        return Err(Error::NoDevice);
+    }
+    Ok(o)
+}
+
+/// Reads and validates the other end's keys as [`read_otherend`] does,
+/// without checking that its directory exists yet (a frontend may start
+/// before the toolstack has created the backend).
+///
+/// # Errors
+///
+/// As for [`read_otherend`], but never [`Error::NoDevice`].
+pub fn read_otherend_keys<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+    path_key: &'static str,
+    id_key: &'static str,
+) -> Result<OtherEnd> {
     let path = read_key(xs, dir, path_key)?;
     if !is_abs_path(&path) {
         return Err(Error::MalformedKey(path_key));
@@ -402,9 +422,6 @@ pub fn read_otherend<T: XsTransport>(
     // DOMID_FIRST_RESERVED (xen.h): ids from 0x7ff0 up are not real domains.
     if id >= u32::from(DomId::SELF.0) {
         return Err(Error::MalformedKey(id_key));
-    }
-    if xs.read_opt(&path)?.is_none() {
-        return Err(Error::NoDevice);
     }
     Ok(OtherEnd {
         path,
@@ -428,6 +445,17 @@ pub fn read_backend<T: XsTransport>(xs: &mut XenStore<T>, dir: &str) -> Result<O
 ///
 /// `MissingKey("domid")`, `MalformedKey("domid")`, xenstore errors.
 pub fn home_path<T: XsTransport>(xs: &mut XenStore<T>) -> Result<String> {
+    let id = own_domid(xs)?;
+    xs.get_domain_path(id)
+}
+
+/// This domain's id, from its `domid` key.
+///
+/// # Errors
+///
+/// `MissingKey("domid")`, `MalformedKey("domid")` (also for a reserved
+/// id), xenstore errors.
+pub fn own_domid<T: XsTransport>(xs: &mut XenStore<T>) -> Result<DomId> {
     let id = parse_u32(
         "domid",
         &xs.read("domid").map_err(|e| match e {
@@ -435,8 +463,10 @@ pub fn home_path<T: XsTransport>(xs: &mut XenStore<T>) -> Result<String> {
             e => e,
         })?,
     )?;
-    let id = u16::try_from(id).map_err(|_| Error::MalformedKey("domid"))?;
-    xs.get_domain_path(DomId(id))
+    match u16::try_from(id) {
+        Ok(id) if id < DomId::SELF.0 => Ok(DomId(id)),
+        _ => Err(Error::MalformedKey("domid")),
+    }
 }
 
 /// One virtual block device of this domain.

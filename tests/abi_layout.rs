@@ -161,6 +161,19 @@ fn all_checks() -> Checks {
             VDISK_READONLY,
         ]
     );
+    // `RequestSlot` is a request slot as words: the size of the largest
+    // request layout, `struct blkif_request`.
+    c.structs.insert("RequestSlot".into());
+    c.push(
+        "RequestSlot: size = sizeof(struct blkif_request)".into(),
+        "sizeof(struct blkif_request)".into(),
+        size_of::<RequestSlot>() as i128,
+    );
+    c.constant(
+        "REQUEST_SLOT_WORDS",
+        "sizeof(struct blkif_request) / 8",
+        REQUEST_SLOT_WORDS as i128,
+    );
     c.constant(
         "BLKIF_RING_SLOT_SIZE",
         "sizeof(union blkif_sring_entry)",

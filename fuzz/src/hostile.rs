@@ -492,6 +492,7 @@ pub fn run(data: &[u8]) {
         max_indirect_segments: if flags & 0x20 != 0 { 0 } else { 32 },
         persistent_grants: flags & 0x40 == 0,
         connect_timeout_ns: 1_000_000_000,
+        close_timeout_ns: 1_000_000_000,
         io_timeout_ns: 200_000_000,
         transaction_retries: 4,
     };

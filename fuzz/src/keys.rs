@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use xenblk::blkfront::info::parse_offered;
+use xenblk::blkfront::Endpoints;
 use xenblk::blkfront::{BackendInfo, StallReport};
 use xenblk::hal::DomId;
 use xenblk::xenbus::{self, XenbusState};
@@ -89,15 +90,13 @@ pub fn run(data: &[u8]) {
     assert!(offered.max_queues >= 1);
     for connected in [false, true] {
         let state = XenbusState::from_u32(u32::from(inp.u8() % 9)).unwrap_or(XenbusState::Unknown);
-        match BackendInfo::from_keys(
-            51712,
-            "device/vbd/51712",
-            path,
-            DomId(0),
-            state,
-            raw.clone(),
-            connected,
-        ) {
+        let ends = Endpoints {
+            vdev: 51712,
+            frontend: "device/vbd/51712".into(),
+            backend: path.into(),
+            backend_id: DomId(0),
+        };
+        match BackendInfo::from_keys(&ends, state, raw.clone(), connected) {
             Ok(info) => {
                 let _ = format!("{info}");
                 let _ = info.disk_line();

@@ -108,6 +108,20 @@ pub struct BlkifRequestIndirect {
     pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
 }
 
+/// Words in one [`RequestSlot`].
+pub const REQUEST_SLOT_WORDS: usize = size_of::<BlkifRequest>() / 8;
+
+/// One request slot of a blkif ring as plain 8-byte words: room for the
+/// largest request layout, `struct blkif_request` (112 bytes on x86_64);
+/// `blkif_request_indirect` and `blkif_request_discard` overlay it. The
+/// driver encodes requests into it field by field (`blkfront::wire`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestSlot(pub [u64; REQUEST_SLOT_WORDS]);
+
+const _: () = assert!(size_of::<BlkifRequest>() % 8 == 0);
+const _: () = assert!(size_of::<RequestSlot>() == size_of::<BlkifRequest>());
+
 /// `struct blkif_response`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,21 +1,25 @@
-//! What the backend published and what was negotiated: [`BackendInfo`], and
-//! the explanation of a backend that never connects: [`StallReport`].
+//! What the backend published and what was negotiated: [`BackendInfo`] and
+//! its one-screen report.
 //!
-//! Key names and defaults follow the "Backend XenBus Nodes" section of
-//! `io/blkif.h`. Values are parsed strictly: a malformed value of a key we
-//! rely on is an error naming the key, a malformed optional key is recorded
-//! as such and reported, never guessed.
+//! Every key is read through the driver's one parser per key
+//! (`blkfront::keys`): a malformed value of a key the driver relies on is an
+//! error naming the key, a malformed optional key is recorded as such and
+//! reported, never guessed.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use super::keys::{self, KeyReader};
+use super::units::SectorSize;
 use crate::abi::blkif::{VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE};
 use crate::error::Feature;
 use crate::hal::DomId;
 use crate::xenbus::XenbusState;
-use crate::{Error, Result};
+#[cfg(doc)]
+use crate::Error;
+use crate::Result;
 
 /// Which implementation serves the disk, as far as the frontend can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,15 +73,6 @@ pub enum DirectIoSafe {
 }
 
 impl DirectIoSafe {
-    fn parse(v: Option<&str>) -> DirectIoSafe {
-        match v.map(str::trim) {
-            None => DirectIoSafe::Absent,
-            Some("0") => DirectIoSafe::Off,
-            Some("1") => DirectIoSafe::On,
-            Some(_) => DirectIoSafe::Invalid,
-        }
-    }
-
     /// The token used in the machine-readable `xenblk-disk` line.
     pub fn token(self) -> &'static str {
         match self {
@@ -220,107 +215,27 @@ pub struct BackendInfo {
     pub raw: BTreeMap<String, String>,
 }
 
-fn parse_u64(v: &str) -> Option<u64> {
-    let v = v.trim();
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
+/// Where a disk lives: both ends' directories and the backend's domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The `virtual-device` number (the directory name under `device/vbd`).
+    pub vdev: u32,
+    /// Frontend directory.
+    pub frontend: String,
+    /// Backend directory.
+    pub backend: String,
+    /// Backend domain.
+    pub backend_id: DomId,
 }
 
-fn parse_u32(v: &str) -> Option<u32> {
-    parse_u64(v).and_then(|x| u32::try_from(x).ok())
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match parse_u64(v)? {
-        0 => Some(false),
-        _ => Some(true),
-    }
-}
-
-/// Reads typed values out of a backend directory snapshot, recording
-/// malformed optional keys instead of guessing.
-struct Keys<'a> {
-    raw: &'a BTreeMap<String, String>,
-    malformed: Vec<(String, String)>,
-}
-
-impl<'a> Keys<'a> {
-    fn str(&self, key: &str) -> Option<&'a str> {
-        self.raw.get(key).map(String::as_str)
-    }
-
-    fn opt<T>(&mut self, key: &str, parse: fn(&str) -> Option<T>) -> Option<T> {
-        let v = self.str(key)?;
-        let parsed = parse(v);
-        if parsed.is_none() {
-            self.malformed.push((key.into(), v.into()));
-        }
-        parsed
-    }
-
-    fn flag(&mut self, key: &str) -> bool {
-        self.opt(key, parse_bool).unwrap_or(false)
-    }
-
-    fn required<T>(&self, key: &'static str, parse: fn(&str) -> Option<T>) -> Result<T> {
-        let v = self.str(key).ok_or(Error::MissingKey(key))?;
-        parse(v).ok_or(Error::MalformedKey(key))
-    }
-}
-
-/// The transport parameters a backend offers at InitWait
-/// (`max-ring-page-order`, `multi-queue-max-queues`, `feature-persistent`,
-/// `feature-max-indirect-segments`). Missing keys take blkif.h's defaults;
-/// malformed ones are treated as absent and recorded.
+/// The transport parameters a backend offers (`max-ring-page-order`,
+/// `multi-queue-max-queues`, `feature-*`, discard parameters), read from a
+/// snapshot of its directory with the same parsers the driver uses, and the
+/// malformed keys among them.
 pub fn parse_offered(raw: &BTreeMap<String, String>) -> (Offered, Vec<(String, String)>) {
-    let mut k = Keys {
-        raw,
-        malformed: Vec::new(),
-    };
-    let max_ring_page_order = match k.opt("max-ring-page-order", parse_u32) {
-        Some(o) => o,
-        // Legacy key: a page count, a power of two.
-        None => match k.opt("max-ring-pages", parse_u32) {
-            Some(n) if n.is_power_of_two() => n.trailing_zeros(),
-            Some(n) => {
-                k.malformed
-                    .push(("max-ring-pages".into(), alloc::format!("{n}")));
-                0
-            }
-            None => 0,
-        },
-    };
-    let max_queues = k
-        .opt("multi-queue-max-queues", parse_u32)
-        .unwrap_or(1)
-        .max(1);
-    let persistent = k.flag("feature-persistent");
-    let max_indirect_segments = k
-        .opt("feature-max-indirect-segments", parse_u32)
-        .unwrap_or(0);
-    let flush_cache = k.flag("feature-flush-cache");
-    let barrier = k.flag("feature-barrier");
-    let discard = if k.flag("feature-discard") {
-        Some(DiscardInfo {
-            granularity: k.opt("discard-granularity", parse_u32).unwrap_or(0),
-            alignment: k.opt("discard-alignment", parse_u32).unwrap_or(0),
-            secure: k.flag("discard-secure"),
-        })
-    } else {
-        None
-    };
-    let offered = Offered {
-        flush_cache,
-        barrier,
-        discard,
-        persistent,
-        max_indirect_segments,
-        max_ring_page_order,
-        max_queues,
-    };
-    (offered, k.malformed)
+    let mut k = KeyReader::new(raw);
+    let o = k.offered();
+    (o, k.into_malformed())
 }
 
 impl BackendInfo {
@@ -335,90 +250,71 @@ impl BackendInfo {
     ///
     /// [`Error::MissingKey`] / [`Error::MalformedKey`] for a required key, and
     /// [`Error::MalformedKey`] for a geometry that makes no sense (a sector
-    /// size that is not a power of two of at least 512, a physical sector size
-    /// that is not a multiple of it, a capacity that overflows).
-    #[allow(clippy::too_many_arguments)]
+    /// size that is not a power of two from 512 to 4096, a physical sector
+    /// size that is not a multiple of it, a capacity that overflows or
+    /// exceeds `i64::MAX` bytes).
     pub fn from_keys(
-        vdev: u32,
-        frontend_path: &str,
-        backend_path: &str,
-        backend_id: DomId,
+        ends: &Endpoints,
         state: XenbusState,
         raw: BTreeMap<String, String>,
         connected: bool,
     ) -> Result<BackendInfo> {
-        let (offered, mut malformed) = parse_offered(&raw);
-        let mut k = Keys {
-            raw: &raw,
-            malformed: Vec::new(),
-        };
+        let mut k = KeyReader::new(&raw);
+        let offered = k.offered();
         let type_ = k.str("type").map(String::from);
-        let kind = BackendKind::classify(backend_path, type_.as_deref());
-        let sectors_unit = match kind {
-            BackendKind::Blkback => SectorsUnit::Bytes512,
-            BackendKind::Qdisk | BackendKind::Other => SectorsUnit::LogicalBlocks,
-        };
-        let (sectors_raw, sector_size, info) = if connected {
-            let sectors = k.required("sectors", parse_u64)?;
-            let info = k.required("info", parse_u32)?;
-            let ss = match k.str("sector-size") {
-                None => 512,
-                Some(_) => k.required("sector-size", parse_u32)?,
-            };
-            (Some(sectors), ss, info)
+        let kind = BackendKind::classify(&ends.backend, type_.as_deref());
+        let sectors_unit = keys::sectors_unit(kind);
+        let geometry = if connected {
+            let ss = k.sector_size()?;
+            let sectors = k.sectors()?;
+            let info = k.info()?;
+            let physical = k.physical_sector_size(ss)?;
+            let bytes = keys::capacity_bytes(sectors, sectors_unit, ss)?;
+            (Some(sectors), ss, info, physical, bytes)
         } else {
-            (
-                k.opt("sectors", parse_u64),
-                k.opt("sector-size", parse_u32).unwrap_or(512),
-                k.opt("info", parse_u32).unwrap_or(0),
-            )
+            // Report what is there; a value that would be refused at
+            // connect is recorded as malformed.
+            let ss = k.sector_size().unwrap_or_else(|_| {
+                k.note("sector-size");
+                SectorSize::DEFAULT
+            });
+            let sectors = match k.str("sectors").map(keys::parse_sectors) {
+                Some(Ok(s)) => Some(s),
+                Some(Err(_)) => {
+                    k.note("sectors");
+                    None
+                }
+                None => None,
+            };
+            let info = k.opt_u32("info").unwrap_or(0);
+            let physical = k.physical_sector_size(ss).unwrap_or_else(|_| {
+                k.note("physical-sector-size");
+                None
+            });
+            let bytes = sectors
+                .and_then(|s| keys::capacity_bytes(s, sectors_unit, ss).ok())
+                .unwrap_or(0);
+            (sectors, ss, info, physical, bytes)
         };
-        if !sector_size.is_power_of_two() || sector_size < 512 {
-            if connected {
-                return Err(Error::MalformedKey("sector-size"));
-            }
-            k.malformed
-                .push(("sector-size".into(), alloc::format!("{sector_size}")));
-        }
-        let physical_sector_size = k.opt("physical-sector-size", parse_u32);
-        if let Some(p) = physical_sector_size {
-            if connected && (p == 0 || p % sector_size != 0) {
-                return Err(Error::MalformedKey("physical-sector-size"));
-            }
-        }
-        let unit = match sectors_unit {
-            SectorsUnit::Bytes512 => 512u64,
-            SectorsUnit::LogicalBlocks => u64::from(sector_size),
-        };
-        let capacity_bytes = match sectors_raw {
-            Some(s) => match s.checked_mul(unit) {
-                Some(b) => b,
-                None if connected => return Err(Error::MalformedKey("sectors")),
-                None => 0,
-            },
-            None => 0,
-        };
-        if connected && capacity_bytes % u64::from(sector_size) != 0 {
-            return Err(Error::MalformedKey("sectors"));
-        }
+        let (sectors_raw, ss, info, physical_sector_size, capacity_bytes) = geometry;
         let mut offered = offered;
         if let Some(d) = offered.discard.as_mut() {
             if d.granularity == 0 {
-                d.granularity = sector_size;
+                d.granularity = ss.bytes();
             }
         }
-        let direct_io_safe = DirectIoSafe::parse(k.str("direct-io-safe"));
-        malformed.append(&mut k.malformed);
+        let direct_io_safe = k.direct_io_safe();
+        let malformed = k.into_malformed();
         Ok(BackendInfo {
-            vdev,
-            frontend_path: frontend_path.into(),
-            backend_path: backend_path.into(),
-            backend_id,
+            vdev: ends.vdev,
+            frontend_path: ends.frontend.clone(),
+            backend_path: ends.backend.clone(),
+            backend_id: ends.backend_id,
             kind,
             state,
             sectors_raw,
             sectors_unit,
-            sector_size,
+            sector_size: ss.bytes(),
             physical_sector_size,
             capacity_bytes,
             info,
@@ -622,201 +518,20 @@ impl fmt::Display for BackendInfo {
     }
 }
 
-/// Why a backend that never connected is probably stuck.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StallCause {
-    /// A qdisk backend asked for `direct-io-safe=1` stays in Initialising:
-    /// QEMU then wants O_DIRECT with native AIO, and a QEMU built without
-    /// libaio refuses to open the image.
-    QdiskDirectIoSafe,
-    /// The backend directory does not exist (no backend was created, or it
-    /// was removed).
-    NoBackendDirectory,
-    /// A blkback backend waits in InitWait without `physical-device`: its
-    /// hotplug script did not run or failed.
-    HotplugScript,
-    /// The backend reached InitWait but never Connected after the frontend
-    /// published its rings.
-    NeverConnected,
-    /// The backend is closing or closed.
-    BackendClosed,
-    /// Nothing specific is known.
-    Unknown,
-}
-
-impl StallCause {
-    /// A short token for machine-readable lines.
-    pub fn token(self) -> &'static str {
-        match self {
-            StallCause::QdiskDirectIoSafe => "qdisk-direct-io-safe",
-            StallCause::NoBackendDirectory => "no-backend-directory",
-            StallCause::HotplugScript => "hotplug-script",
-            StallCause::NeverConnected => "never-connected",
-            StallCause::BackendClosed => "backend-closed",
-            StallCause::Unknown => "unknown",
-        }
-    }
-
-    /// A sentence an operator can act on.
-    pub fn explain(self) -> &'static str {
-        match self {
-            StallCause::QdiskDirectIoSafe => {
-                "the qdisk backend never left Initialising and direct-io-safe=1 was requested: with \
-                 it QEMU opens the image with O_DIRECT and aio=native, which a QEMU built without \
-                 libaio (Debian's qemu-system-xen) refuses ('aio=native was specified, but is not \
-                 supported in this build' in /var/log/xen/qemu-dm-<domain>.log); drop \
-                 direct-io-safe from the disk line or use backendtype=phy"
-            }
-            StallCause::NoBackendDirectory => {
-                "the backend directory does not exist: the toolstack created no backend for this \
-                 disk, or removed it"
-            }
-            StallCause::HotplugScript => {
-                "blkback waits in InitWait without physical-device: the block hotplug script did \
-                 not run or failed (see /var/log/xen/xl-<domain>.log in the backend domain)"
-            }
-            StallCause::NeverConnected => {
-                "the backend saw the frontend's rings but never connected; check the backend \
-                 domain's kernel log or device-model log"
-            }
-            StallCause::BackendClosed => "the backend is closing or closed",
-            StallCause::Unknown => "the backend made no progress; no specific cause is known",
-        }
-    }
-
-    /// Infers the likely cause from the backend's state and directory.
-    pub fn diagnose(
-        state: Option<XenbusState>,
-        kind: BackendKind,
-        raw: &BTreeMap<String, String>,
-    ) -> StallCause {
-        let dio = DirectIoSafe::parse(raw.get("direct-io-safe").map(String::as_str));
-        match state {
-            None => StallCause::NoBackendDirectory,
-            Some(XenbusState::Closing) | Some(XenbusState::Closed) => StallCause::BackendClosed,
-            Some(XenbusState::Unknown) | Some(XenbusState::Initialising)
-                if kind == BackendKind::Qdisk && dio == DirectIoSafe::On =>
-            {
-                StallCause::QdiskDirectIoSafe
-            }
-            Some(XenbusState::InitWait)
-                if kind == BackendKind::Blkback && !raw.contains_key("physical-device") =>
-            {
-                StallCause::HotplugScript
-            }
-            Some(XenbusState::InitWait) | Some(XenbusState::Initialised) => {
-                StallCause::NeverConnected
-            }
-            _ => StallCause::Unknown,
-        }
-    }
-}
-
-/// The report on a disk whose backend did not connect within the caller's
-/// bound: everything readable, and the likely cause.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StallReport {
-    /// The disk.
-    pub vdev: u32,
-    /// Backend directory.
-    pub backend_path: String,
-    /// The state the frontend waited for.
-    pub wanted: XenbusState,
-    /// The backend's last state (`None`: no state key / no directory).
-    pub backend_state: Option<XenbusState>,
-    /// Which implementation serves the disk.
-    pub kind: BackendKind,
-    /// `direct-io-safe` as published.
-    pub direct_io_safe: DirectIoSafe,
-    /// The likely cause.
-    pub cause: StallCause,
-    /// Every key of the backend directory, verbatim.
-    pub raw: BTreeMap<String, String>,
-}
-
-impl StallReport {
-    /// Builds a report from what could be read.
-    pub fn new(
-        vdev: u32,
-        backend_path: &str,
-        wanted: XenbusState,
-        backend_state: Option<XenbusState>,
-        raw: BTreeMap<String, String>,
-    ) -> StallReport {
-        let kind = BackendKind::classify(backend_path, raw.get("type").map(String::as_str));
-        let direct_io_safe = DirectIoSafe::parse(raw.get("direct-io-safe").map(String::as_str));
-        let cause = StallCause::diagnose(backend_state, kind, &raw);
-        StallReport {
-            vdev,
-            backend_path: backend_path.into(),
-            wanted,
-            backend_state,
-            kind,
-            direct_io_safe,
-            cause,
-            raw,
-        }
-    }
-
-    /// The error to hand the caller with this report.
-    pub fn error(&self) -> Error {
-        Error::StateTimeout {
-            wanted: self.wanted,
-            seen: self.backend_state.unwrap_or(XenbusState::Unknown),
-        }
-    }
-
-    /// The machine-readable line for a disk that did not connect.
-    pub fn disk_line(&self) -> String {
-        alloc::format!(
-            "xenblk-disk vdev={} backend={} type={} mode={} connected=no backend-state={} \
-             direct-io-safe={} cause={}",
-            self.vdev,
-            self.backend_path,
-            self.raw.get("type").map_or("-", String::as_str),
-            self.raw.get("mode").map_or("-", String::as_str),
-            self.backend_state.map_or(0, |s| s as u8),
-            self.direct_io_safe.token(),
-            self.cause.token(),
-        )
-    }
-}
-
-impl fmt::Display for StallReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "disk {} did not connect ({:?} backend)",
-            self.vdev, self.kind
-        )?;
-        writeln!(f, "  backend         {}", self.backend_path)?;
-        match self.backend_state {
-            Some(s) => writeln!(f, "  backend state   {s}, waited for {}", self.wanted)?,
-            None => writeln!(
-                f,
-                "  backend state   unreadable, waited for {}",
-                self.wanted
-            )?,
-        }
-        writeln!(
-            f,
-            "  direct-io-safe  {}: {}",
-            self.direct_io_safe.token(),
-            self.direct_io_safe.explain(self.kind)
-        )?;
-        writeln!(f, "  likely cause    {}", self.cause.explain())?;
-        write!(f, "  keys            {}", self.raw.len())?;
-        for (k, v) in &self.raw {
-            write!(f, "\n    {k} = {v}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use alloc::string::ToString;
+
+    fn ends(vdev: u32, frontend: &str, backend: &str) -> Endpoints {
+        Endpoints {
+            vdev,
+            frontend: frontend.into(),
+            backend: backend.into(),
+            backend_id: DomId(0),
+        }
+    }
 
     fn keys(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -869,10 +584,11 @@ mod tests {
     #[test]
     fn blkback_key_set_parses_with_512_byte_sectors() {
         let i = BackendInfo::from_keys(
-            51712,
-            "device/vbd/51712",
-            "/local/domain/0/backend/vbd/3/51712",
-            DomId(0),
+            &ends(
+                51712,
+                "device/vbd/51712",
+                "/local/domain/0/backend/vbd/3/51712",
+            ),
             XenbusState::Connected,
             blkback_keys(),
             true,
@@ -901,10 +617,11 @@ mod tests {
     #[test]
     fn qdisk_sectors_are_logical_blocks() {
         let i = BackendInfo::from_keys(
-            51728,
-            "device/vbd/51728",
-            "/local/domain/0/backend/qdisk/3/51728",
-            DomId(0),
+            &ends(
+                51728,
+                "device/vbd/51728",
+                "/local/domain/0/backend/qdisk/3/51728",
+            ),
             XenbusState::Connected,
             qdisk_keys(),
             true,
@@ -926,27 +643,13 @@ mod tests {
     fn required_geometry_keys_are_named_in_errors() {
         let mut k = blkback_keys();
         k.remove("sectors");
-        let e = BackendInfo::from_keys(
-            1,
-            "f",
-            "/b/vbd/1/1",
-            DomId(0),
-            XenbusState::Connected,
-            k,
-            true,
-        );
+        let e =
+            BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true);
         assert_eq!(e, Err(Error::MissingKey("sectors")));
         let mut k = blkback_keys();
         k.insert("info".into(), "zero".into());
-        let e = BackendInfo::from_keys(
-            1,
-            "f",
-            "/b/vbd/1/1",
-            DomId(0),
-            XenbusState::Connected,
-            k,
-            true,
-        );
+        let e =
+            BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true);
         assert_eq!(e, Err(Error::MalformedKey("info")));
     }
 
@@ -956,7 +659,10 @@ mod tests {
             ("sector-size", "1000"),
             ("sector-size", "256"),
             ("sector-size", "0"),
+            ("sector-size", "8192"),
+            ("sector-size", "2147483648"),
             ("physical-sector-size", "768"),
+            ("sectors", "36028797018963968"),
             ("sectors", "18446744073709551615"),
             ("sectors", "-1"),
             ("sectors", "12abc"),
@@ -964,10 +670,7 @@ mod tests {
             let mut k = blkback_keys();
             k.insert(key.into(), val.into());
             let r = BackendInfo::from_keys(
-                1,
-                "f",
-                "/b/vbd/1/1",
-                DomId(0),
+                &ends(1, "f", "/b/vbd/1/1"),
                 XenbusState::Connected,
                 k,
                 true,
@@ -984,16 +687,9 @@ mod tests {
         let mut k = blkback_keys();
         k.insert("feature-max-indirect-segments".into(), "lots".into());
         k.insert("max-ring-page-order".into(), "99999999999".into());
-        let i = BackendInfo::from_keys(
-            1,
-            "f",
-            "/b/vbd/1/1",
-            DomId(0),
-            XenbusState::Connected,
-            k,
-            true,
-        )
-        .unwrap();
+        let i =
+            BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true)
+                .unwrap();
         assert_eq!(i.offered.max_indirect_segments, 0);
         assert_eq!(i.offered.max_ring_page_order, 0);
         assert_eq!(i.malformed.len(), 2);
@@ -1013,103 +709,27 @@ mod tests {
     fn read_only_from_info_bit_or_mode() {
         let mut k = blkback_keys();
         k.insert("info".into(), "4".into());
-        let i = BackendInfo::from_keys(
-            1,
-            "f",
-            "/b/vbd/1/1",
-            DomId(0),
-            XenbusState::Connected,
-            k,
-            true,
-        )
-        .unwrap();
+        let i =
+            BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true)
+                .unwrap();
         assert!(i.read_only());
         let mut k = blkback_keys();
         k.insert("mode".into(), "r".into());
         k.insert("info".into(), "3".into());
-        let i = BackendInfo::from_keys(
-            1,
-            "f",
-            "/b/vbd/1/1",
-            DomId(0),
-            XenbusState::Connected,
-            k,
-            true,
-        )
-        .unwrap();
+        let i =
+            BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true)
+                .unwrap();
         assert!(i.read_only() && i.cdrom() && i.removable());
-    }
-
-    #[test]
-    fn qdisk_with_direct_io_safe_stuck_in_initialising_names_the_cause() {
-        let k = keys(&[
-            ("direct-io-safe", "1"),
-            ("type", "qdisk"),
-            ("mode", "w"),
-            ("params", "aio:/tmp/d.img"),
-            ("state", "1"),
-        ]);
-        let r = StallReport::new(
-            51712,
-            "/local/domain/0/backend/qdisk/3/51712",
-            XenbusState::InitWait,
-            Some(XenbusState::Initialising),
-            k,
-        );
-        assert_eq!(r.cause, StallCause::QdiskDirectIoSafe);
-        let line = r.disk_line();
-        assert!(line.contains("mode=w connected=no"), "{line}");
-        assert!(line.contains("backend-state=1"), "{line}");
-        assert!(line.contains("direct-io-safe=1"), "{line}");
-        assert!(line.contains("type=qdisk"), "{line}");
-        assert!(line.contains("cause=qdisk-direct-io-safe"), "{line}");
-        let text = alloc::format!("{r}");
-        assert!(text.contains("aio=native"), "{text}");
-        assert_eq!(
-            r.error(),
-            Error::StateTimeout {
-                wanted: XenbusState::InitWait,
-                seen: XenbusState::Initialising
-            }
-        );
-    }
-
-    #[test]
-    fn the_same_stall_without_direct_io_safe_is_not_blamed_on_it() {
-        let k = keys(&[("type", "qdisk"), ("state", "1")]);
-        let r = StallReport::new(
-            1,
-            "/local/domain/0/backend/qdisk/3/1",
-            XenbusState::InitWait,
-            Some(XenbusState::Initialising),
-            k,
-        );
-        assert_eq!(r.cause, StallCause::Unknown);
-        let r = StallReport::new(
-            1,
-            "/x/backend/vbd/3/1",
-            XenbusState::InitWait,
-            None,
-            BTreeMap::new(),
-        );
-        assert_eq!(r.cause, StallCause::NoBackendDirectory);
-        let r = StallReport::new(
-            1,
-            "/x/backend/vbd/3/1",
-            XenbusState::Connected,
-            Some(XenbusState::InitWait),
-            keys(&[("type", "phy")]),
-        );
-        assert_eq!(r.cause, StallCause::HotplugScript);
     }
 
     #[test]
     fn disk_line_has_the_documented_fields_in_order() {
         let mut i = BackendInfo::from_keys(
-            51712,
-            "device/vbd/51712",
-            "/local/domain/0/backend/vbd/3/51712",
-            DomId(0),
+            &ends(
+                51712,
+                "device/vbd/51712",
+                "/local/domain/0/backend/vbd/3/51712",
+            ),
             XenbusState::Connected,
             blkback_keys(),
             true,

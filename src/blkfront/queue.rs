@@ -1,348 +1,397 @@
-//! One ring of the block frontend: the shared ring, its event channel, the
-//! shadow table of what was sent, and the pool of granted data pages.
+//! One ring of the block frontend: the shared ring and its event channel,
+//! the shadow of every request slot, and the pool of data pages.
 //!
-//! Data flows one way per direction (ARCHITECTURE.md): caller bytes are
-//! copied into pages this queue owns, the pages are granted, the request is
-//! written into a ring slot whose index doubles as the wire `id`; each
-//! response is copied out once, validated against the shadow (id in range,
-//! slot in flight, operation matches, status known — the checks Linux's
-//! `blkif_interrupt` makes since XSA-396), and only then are grants revoked
-//! and data copied back.
+//! Data flows one way per direction. A request part's bytes are copied into
+//! pages this queue owns, the pages are granted, and the request is written
+//! into a ring slot whose shadow index ([`SlotId`]) is the wire `id`. Each
+//! response is copied out of the ring once and validated against the shadow
+//! — id in range, slot in flight, operation as sent, status known: the
+//! checks Linux's `blkif_interrupt` makes since XSA-396 — and only then are
+//! per-request grants ended and data copied back. A per-request grant the
+//! backend still maps after answering is a protocol violation (as in Linux's
+//! `blkif_completion`): its page goes to the quarantine and the device
+//! breaks.
+//!
+//! Pages and grants are owned values ([`SharedPage`], [`SharedPages`]):
+//! whatever this queue drops is ended and freed, or quarantined while the
+//! backend still maps it.
 
 use alloc::vec::Vec;
 
+use super::request::PendingId;
+use super::units::Sector512;
+use super::wire::{encode_segment, RequestSlot, SEGS_PER_INDIRECT_PAGE};
 use crate::abi::blkif::{
     BlkifRequestSegment, BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
     BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use crate::blkfront::wire::{encode_segment, RequestSlot, SEGS_PER_INDIRECT_PAGE};
 use crate::error::{Feature, Violation};
-use crate::gnttab::GrantTable;
-use crate::hal::{DomId, GrantRef, Hal, Pages, Port, PAGE_SIZE};
-use crate::ring::FrontRing;
+use crate::evtchn::EventChannel;
+use crate::gnttab::{GrantTable, SharedPage, SharedPages};
+use crate::hal::{DomId, GrantRef, Hal, Port, PAGE_SIZE};
+use crate::ring::OwnedFrontRing;
 use crate::{Error, Result};
 
-/// The blkif ring as this driver uses it.
-pub(crate) type BlkRing = FrontRing<RequestSlot, BlkifResponse>;
+/// The blkif ring as this driver uses it, on its own granted pages.
+type BlkRing<'a, H> = OwnedFrontRing<SharedPages<'a, H>, RequestSlot, BlkifResponse>;
 
-/// One page used for data or indirect descriptors, and its grant.
-pub(crate) struct DataPage {
-    pub(crate) page: Pages,
-    /// The grant the backend uses for this page, if any.
-    pub(crate) gref: Option<GrantRef>,
-    /// Whether `gref` is per request (revoked at completion) rather than
-    /// persistent.
-    pub(crate) transient: bool,
+/// The index of a ring slot's shadow entry, sent as the request's wire
+/// `id`. The driver only ever trusts ids it can look up here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SlotId(u32);
+
+impl SlotId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
 }
 
-/// What a request slot carries while it is in flight.
-#[derive(Default)]
-pub(crate) struct Shadow {
-    pub(crate) in_flight: bool,
-    /// The operation a matching response must carry (`indirect_op` for an
-    /// indirect request: that is what backends echo).
-    pub(crate) op: u8,
-    /// The caller-visible request this slot is part of (its index in the
-    /// driver's table of pending requests).
-    pub(crate) req: u32,
-    /// Byte offset of this part within the caller's buffer.
-    pub(crate) offset: usize,
-    /// Bytes this part carries.
-    pub(crate) len: usize,
-    /// Data pages, in order. Emptied when the slot is released, keeping its
-    /// capacity for the next request (no allocation per request).
-    pub(crate) pages: Vec<DataPage>,
-    /// Indirect descriptor pages (likewise reused).
-    pub(crate) indirect: Vec<DataPage>,
+/// How a data page is shared with the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lease {
+    /// Granted once and kept granted while it is in the pool
+    /// (`feature-persistent`).
+    Persistent,
+    /// Granted for one request, revoked when its response arrives.
+    PerRequest,
 }
 
-/// The outcome of one validated response. Its slot stays taken, with its
-/// data pages, until [`Queue::release`]: read data is copied out of
-/// [`Queue::data_pages`] in between.
-pub(crate) struct Done {
-    /// The slot (the wire id).
-    pub(crate) id: u32,
-    pub(crate) req: u32,
-    pub(crate) op: u8,
-    pub(crate) status: Result<()>,
-    pub(crate) offset: usize,
-    pub(crate) len: usize,
+struct DataPage<'a, H: Hal> {
+    mem: SharedPage<'a, H>,
+    lease: Lease,
 }
+
+/// A slot in flight: what its response must carry, and which part of which
+/// request it is.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Busy {
+    /// The operation a matching response echoes (`indirect_op` for an
+    /// indirect request: that is what backends send back).
+    pub(super) op: u8,
+    /// The request this part belongs to.
+    pub(super) pending: PendingId,
+    /// Byte offset of this part within the request's buffer.
+    pub(super) offset: usize,
+    /// Bytes this part carries (0 for control requests).
+    pub(super) len: usize,
+}
+
+/// Where a ring slot stands.
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Free,
+    InFlight(Busy),
+    /// Answered and validated; its pages are still held for the copy-out.
+    Answered,
+}
+
+struct Slot<'a, H: Hal> {
+    state: State,
+    /// Data pages of the part in flight, in order (emptied on release; the
+    /// capacity stays, so that steady-state I/O allocates nothing).
+    pages: Vec<DataPage<'a, H>>,
+    /// Indirect descriptor pages.
+    indirect: Vec<DataPage<'a, H>>,
+}
+
+/// A read or write part to push: `len` bytes (a non-zero multiple of 512)
+/// at `sector`, `offset` bytes into request `pending`'s buffer. `data` holds
+/// the bytes to write (`None` for a read).
+pub(super) struct RwPart<'b> {
+    pub(super) pending: PendingId,
+    pub(super) sector: Sector512,
+    pub(super) offset: usize,
+    pub(super) len: usize,
+    pub(super) data: Option<&'b [u8]>,
+}
+
+/// One validated response. Its slot stays taken, with its data pages, until
+/// [`Queue::release`]: read data is copied out with [`Queue::read_data`]
+/// in between.
+pub(super) struct Done {
+    pub(super) slot: SlotId,
+    pub(super) busy: Busy,
+    pub(super) status: Result<()>,
+}
+
+/// Grants kept by a queue that uses persistent grants.
+struct Persistent {
+    /// Most pages kept granted at once.
+    cap: usize,
+    /// Pages granted persistently now (in the pool or in flight).
+    granted: usize,
+}
+
+/// Idle private pages kept for reuse beyond what is in flight.
+const IDLE_PRIVATE_PAGES: usize = 64;
 
 /// One ring and everything that belongs to it.
-pub(crate) struct Queue {
-    pub(crate) ring: BlkRing,
-    pub(crate) ring_pages: Option<Pages>,
-    pub(crate) ring_grefs: Vec<GrantRef>,
-    pub(crate) port: Port,
-    pub(crate) shadow: Vec<Shadow>,
-    free_ids: Vec<u32>,
-    /// LIFO pool of idle data pages (persistently granted when `persistent`).
-    pool: Vec<DataPage>,
-    pub(crate) persistent: bool,
-    pub(crate) backend: DomId,
+pub(super) struct Queue<'a, H: Hal> {
+    ring: BlkRing<'a, H>,
+    channel: EventChannel<'a, H>,
+    table: &'a GrantTable<'a, H>,
+    backend: DomId,
+    slots: Vec<Slot<'a, H>>,
+    free: Vec<SlotId>,
+    /// LIFO pool of idle data pages.
+    pool: Vec<DataPage<'a, H>>,
+    persistent: Option<Persistent>,
     /// Requests pushed but not yet published to the backend.
     unpublished: bool,
-    /// Pages whose grant the backend still held at revocation: never reused.
-    pub(crate) quarantine: Vec<(GrantRef, Pages)>,
+    /// The device number, tagging this queue's pages in the quarantine.
+    owner: u32,
 }
 
-impl Queue {
-    pub(crate) fn new(
-        ring: BlkRing,
-        ring_pages: Pages,
-        ring_grefs: Vec<GrantRef>,
-        port: Port,
-        persistent: bool,
+impl<'a, H: Hal> Queue<'a, H> {
+    /// A ring of `1 << order` pages granted to `backend`, and an unbound
+    /// event channel for it.
+    ///
+    /// # Errors
+    ///
+    /// Memory, grant and event-channel errors; nothing is held on error.
+    pub(super) fn new(
+        hal: &'a H,
+        table: &'a GrantTable<'a, H>,
         backend: DomId,
-    ) -> Queue {
-        let slots = ring.size() as usize;
-        let mut shadow = Vec::with_capacity(slots);
-        shadow.resize_with(slots, Shadow::default);
-        Queue {
+        order: u32,
+        owner: u32,
+    ) -> Result<Self> {
+        let mem = SharedPages::alloc_granted(table, 1 << order, backend, false, owner)?;
+        let ring = BlkRing::init(mem, order).map_err(|(e, _mem)| e)?;
+        let channel = EventChannel::alloc_unbound(hal, backend)?;
+        let n = ring.size() as usize;
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(n).map_err(|_| Error::OutOfMemory)?;
+        slots.resize_with(n, || Slot {
+            state: State::Free,
+            pages: Vec::new(),
+            indirect: Vec::new(),
+        });
+        Ok(Queue {
             ring,
-            ring_pages: Some(ring_pages),
-            ring_grefs,
-            port,
-            shadow,
-            // Popped from the end: low ids go out first.
-            free_ids: (0..slots as u32).rev().collect(),
-            pool: Vec::new(),
-            persistent,
+            channel,
+            table,
             backend,
+            slots,
+            // Popped from the end: low ids go out first.
+            free: (0..n as u32).rev().map(SlotId).collect(),
+            pool: Vec::new(),
+            persistent: None,
             unpublished: false,
-            quarantine: Vec::new(),
-        }
-    }
-
-    /// Free request slots.
-    pub(crate) fn free_slots(&self) -> usize {
-        self.free_ids.len()
-    }
-
-    /// Requests in flight.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.shadow.len() - self.free_ids.len()
-    }
-
-    /// A page from the LIFO pool, or a new one (persistently granted when
-    /// persistent grants are in use).
-    fn take_page<H: Hal>(&mut self, hal: &H, gt: &GrantTable<'_, H>) -> Result<DataPage> {
-        if let Some(p) = self.pool.pop() {
-            return Ok(p);
-        }
-        let page = hal.alloc_pages(1)?;
-        let gref = if self.persistent {
-            match gt.grant_access(self.backend, page.gfn(), false) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    // SAFETY: the page was never granted or shared.
-                    unsafe { hal.free_pages(page) };
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
-        Ok(DataPage {
-            page,
-            gref,
-            transient: false,
+            owner,
         })
     }
 
-    /// Grants `p` for one request unless it is persistently granted.
-    fn grant_for_request<H: Hal>(
-        &self,
-        gt: &GrantTable<'_, H>,
-        p: &mut DataPage,
-        readonly: bool,
-    ) -> Result<GrantRef> {
-        if let Some(g) = p.gref {
-            return Ok(g);
-        }
-        let g = gt.grant_access(self.backend, p.page.gfn(), readonly)?;
-        p.gref = Some(g);
-        p.transient = true;
-        Ok(g)
+    /// The grant references of the ring pages, in order.
+    pub(super) fn ring_grefs(&self) -> &[GrantRef] {
+        self.ring.memory().grefs()
     }
 
-    /// Ends per-request grants and returns pages to the pool. A grant the
-    /// backend still maps sends its page to quarantine instead: it is never
-    /// reused while the backend may write to it.
-    pub(crate) fn recycle<H: Hal>(
-        &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
-        pages: &mut Vec<DataPage>,
-    ) {
-        let cap = self.shadow.len() * 4 + 64;
-        for mut p in pages.drain(..) {
-            if p.transient {
-                let g = p.gref.take().unwrap_or(GrantRef(0));
-                p.transient = false;
-                if gt.end_access_and_free(g).is_err() {
-                    log::warn!(
-                        "grant {} still mapped by domain {}: page quarantined",
-                        g.0,
-                        self.backend.0
-                    );
-                    self.quarantine.push((g, p.page));
-                    continue;
-                }
+    /// The event channel's port.
+    pub(super) fn port(&self) -> Port {
+        self.channel.port()
+    }
+
+    /// Request slots of the ring.
+    pub(super) fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Free request slots.
+    pub(super) fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Requests in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// From now on keep up to `cap` data pages granted persistently. Called
+    /// at Connected, before any data page exists.
+    pub(super) fn use_persistent_grants(&mut self, cap: usize) {
+        self.persistent = Some(Persistent { cap, granted: 0 });
+    }
+
+    /// A page from the pool, or a new one: granted persistently while the
+    /// budget allows, else private (granted per request).
+    fn take_page(&mut self) -> Result<DataPage<'a, H>> {
+        if let Some(p) = self.pool.pop() {
+            return Ok(p);
+        }
+        let mut mem = SharedPage::alloc(self.table, self.owner)?;
+        match &mut self.persistent {
+            Some(b) if b.granted < b.cap => {
+                // On error the page drops (never granted: freed).
+                mem.grant(self.backend, false)?;
+                b.granted += 1;
+                Ok(DataPage {
+                    mem,
+                    lease: Lease::Persistent,
+                })
             }
-            if self.pool.len() < cap || p.gref.is_some() {
-                self.pool.push(p);
-            } else {
-                // SAFETY: a page without any grant is not shared.
-                unsafe { hal.free_pages(p.page) };
-            }
+            _ => Ok(DataPage {
+                mem,
+                lease: Lease::PerRequest,
+            }),
         }
     }
 
-    /// Pushes one read or write part of `len` bytes (a non-zero multiple of
-    /// 512) at 512-byte sector `sector`. `src` holds the bytes to write
-    /// (`None` for a read). `indirect_segs` is the negotiated indirect limit
-    /// (0 when not in use). Nothing is published until
-    /// [`publish`](Queue::publish). On error nothing was pushed and every
-    /// resource taken here is given back.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn push_rw<H: Hal>(
+    /// The reference the backend uses for `p` in this request, granting it
+    /// now if it is per-request: read-only when the backend only reads the
+    /// page, unless persistent grants are in use (blkback then maps every
+    /// grant writable, hoping to keep it, as Linux's blkfront expects).
+    fn grant_for(&self, p: &mut DataPage<'a, H>, backend_reads: bool) -> Result<GrantRef> {
+        match (p.lease, p.mem.gref()) {
+            (Lease::Persistent, Some(g)) => Ok(g),
+            _ => p
+                .mem
+                .grant(self.backend, backend_reads && self.persistent.is_none()),
+        }
+    }
+
+    /// Gives a page back to the pool (ending a per-request grant), or drops
+    /// it when the pool holds enough.
+    fn recycle(&mut self, mut p: DataPage<'a, H>) {
+        if p.lease == Lease::PerRequest && p.mem.revoke().is_err() {
+            self.quarantine(p);
+            return;
+        }
+        if p.lease == Lease::Persistent || self.pool.len() < self.slots.len() + IDLE_PRIVATE_PAGES {
+            self.pool.push(p);
+        }
+        // Otherwise `p` drops here: private, so freed.
+    }
+
+    fn quarantine(&mut self, p: DataPage<'a, H>) {
+        if p.lease == Lease::Persistent {
+            if let Some(b) = &mut self.persistent {
+                b.granted = b.granted.saturating_sub(1);
+            }
+        }
+        p.mem.release();
+    }
+
+    /// Ends the grants of idle persistent pages the backend no longer maps
+    /// and frees those pages; returns how many. Called when grant
+    /// references run out, so that exhaustion clears.
+    pub(super) fn purge_idle(&mut self) -> usize {
+        let mut freed = 0;
+        let mut keep = Vec::new();
+        for mut p in self.pool.drain(..) {
+            if p.lease == Lease::Persistent && p.mem.revoke().is_ok() {
+                freed += 1;
+                continue;
+            }
+            keep.push(p);
+        }
+        self.pool = keep;
+        if let Some(b) = &mut self.persistent {
+            b.granted = b.granted.saturating_sub(freed);
+        }
+        freed
+    }
+
+    /// Pushes one read or write part. Nothing is published until
+    /// [`publish`](Self::publish). On error nothing was pushed and every
+    /// page taken here went back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingFull`] when no slot is free; memory and grant errors.
+    pub(super) fn push_rw(
         &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
+        part: &RwPart<'_>,
         handle: u16,
-        sector: u64,
-        req: u32,
-        offset: usize,
-        src: Option<&[u8]>,
-        len: usize,
         indirect_segs: usize,
     ) -> Result<()> {
-        let nsegs = len.div_ceil(PAGE_SIZE);
-        if nsegs == 0 || len % 512 != 0 || src.is_some_and(|s| s.len() != len) {
+        let nsegs = part.len.div_ceil(PAGE_SIZE);
+        if nsegs == 0
+            || part.len % 512 != 0
+            || part.data.is_some_and(|d| d.len() != part.len)
+            || nsegs > BLKIF_MAX_SEGMENTS_PER_REQUEST.max(indirect_segs)
+        {
             return Err(Error::Misaligned);
         }
-        if nsegs > BLKIF_MAX_SEGMENTS_PER_REQUEST.max(indirect_segs) {
-            return Err(Error::OutOfRange);
-        }
-        let id = *self.free_ids.last().ok_or(Error::RingFull)?;
-        let write = src.is_some();
+        let id = *self.free.last().ok_or(Error::RingFull)?;
+        let write = part.data.is_some();
         // The free slot's own (empty) vectors, with their capacity.
-        let s = &mut self.shadow[id as usize];
-        let mut pages = core::mem::take(&mut s.pages);
-        let mut indirect = core::mem::take(&mut s.indirect);
-        pages.clear();
-        indirect.clear();
-        if let Err(e) = self.prepare(hal, gt, &mut pages, &mut indirect, src, len, nsegs, write) {
-            self.give_back(hal, gt, id, pages, indirect);
-            return Err(e);
-        }
-        let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
-        let slot = if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
-            let mut segs = [BlkifRequestSegment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-            for (i, p) in pages.iter().enumerate() {
-                segs[i] = segment(i, p, len);
+        let slot = &mut self.slots[id.index()];
+        let mut pages = core::mem::take(&mut slot.pages);
+        let mut indirect = core::mem::take(&mut slot.indirect);
+        let r = self.prepare(part, nsegs, &mut pages, &mut indirect);
+        let r = r.and_then(|()| {
+            let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
+            let req = encode(op, handle, id, part, &pages, &indirect)?;
+            self.ring.push_request(&req).map(|()| op)
+        });
+        match r {
+            Ok(op) => {
+                self.free.pop();
+                let slot = &mut self.slots[id.index()];
+                slot.state = State::InFlight(Busy {
+                    op,
+                    pending: part.pending,
+                    offset: part.offset,
+                    len: part.len,
+                });
+                slot.pages = pages;
+                slot.indirect = indirect;
+                self.unpublished = true;
+                Ok(())
             }
-            RequestSlot::direct(op, handle, u64::from(id), sector, &segs[..nsegs])
-        } else {
-            let mut igrefs = [0u32; 8];
-            for (k, p) in indirect.iter().enumerate() {
-                igrefs[k] = p.gref.map_or(0, |g| g.0);
+            Err(e) => {
+                for p in pages.drain(..).chain(indirect.drain(..)) {
+                    self.recycle(p);
+                }
+                let slot = &mut self.slots[id.index()];
+                slot.pages = pages;
+                slot.indirect = indirect;
+                Err(e)
             }
-            RequestSlot::indirect(
-                op,
-                nsegs as u16,
-                u64::from(id),
-                sector,
-                handle,
-                &igrefs[..indirect.len()],
-            )
-        };
-        if let Err(e) = self.ring.push_request(&slot) {
-            self.give_back(hal, gt, id, pages, indirect);
-            return Err(e);
-        }
-        self.free_ids.pop();
-        let s = &mut self.shadow[id as usize];
-        s.in_flight = true;
-        s.op = op;
-        s.req = req;
-        s.offset = offset;
-        s.len = len;
-        s.pages = pages;
-        s.indirect = indirect;
-        self.unpublished = true;
-        Ok(())
-    }
-
-    /// Returns the pages of a part that was not sent to the pool, and the
-    /// emptied vectors to free slot `id`.
-    fn give_back<H: Hal>(
-        &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
-        id: u32,
-        mut pages: Vec<DataPage>,
-        mut indirect: Vec<DataPage>,
-    ) {
-        self.recycle(hal, gt, &mut pages);
-        self.recycle(hal, gt, &mut indirect);
-        if let Some(s) = self.shadow.get_mut(id as usize) {
-            s.pages = pages;
-            s.indirect = indirect;
         }
     }
 
-    /// Takes and fills the data pages (and indirect pages) of one part.
-    #[allow(clippy::too_many_arguments)]
-    fn prepare<H: Hal>(
+    /// Takes, fills and grants the data pages (and indirect pages) of one
+    /// part. Pages taken so far are in `pages` / `indirect` on error.
+    fn prepare(
         &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
-        pages: &mut Vec<DataPage>,
-        indirect: &mut Vec<DataPage>,
-        src: Option<&[u8]>,
-        len: usize,
+        part: &RwPart<'_>,
         nsegs: usize,
-        write: bool,
+        pages: &mut Vec<DataPage<'a, H>>,
+        indirect: &mut Vec<DataPage<'a, H>>,
     ) -> Result<()> {
         for i in 0..nsegs {
-            let mut p = self.take_page(hal, gt)?;
-            if let Some(src) = src {
-                let chunk = &src[i * PAGE_SIZE..len.min((i + 1) * PAGE_SIZE)];
-                // SAFETY: the page is ours and PAGE_SIZE long; the backend
-                // does not access it while no request using it is in flight
-                // (a persistent grant is only used by requests we send).
-                unsafe {
-                    core::ptr::copy_nonoverlapping(chunk.as_ptr(), p.page.as_ptr(), chunk.len())
-                };
-            }
-            let r = self.grant_for_request(gt, &mut p, write);
+            let mut p = self.take_page()?;
+            let r = match part.data {
+                // The backend does not look at the page while no request
+                // using it is in flight (a persistent grant is only used by
+                // the requests we send).
+                Some(d) => p
+                    .mem
+                    .write(0, &d[i * PAGE_SIZE..part.len.min((i + 1) * PAGE_SIZE)])
+                    .and_then(|()| self.grant_for(&mut p, true)),
+                None => self.grant_for(&mut p, false),
+            };
             pages.push(p);
             r?;
         }
         if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
             return Ok(());
         }
-        for chunk in pages.chunks(SEGS_PER_INDIRECT_PAGE) {
-            let base = indirect.len() * SEGS_PER_INDIRECT_PAGE;
-            let mut p = self.take_page(hal, gt)?;
-            for (j, dp) in chunk.iter().enumerate() {
-                let bytes = encode_segment(&segment(base + j, dp, len));
-                // SAFETY: at most 512 descriptors of 8 bytes fit in the page,
-                // which is ours and not visible to the backend until the
-                // request is published.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        p.page.as_ptr().add(j * bytes.len()),
-                        bytes.len(),
-                    )
-                };
+        for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
+            let mut p = self.take_page()?;
+            let first = k * SEGS_PER_INDIRECT_PAGE;
+            let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
+            let mut r = Ok(());
+            for (j, dp) in pages[first..last].iter().enumerate() {
+                r = r.and_then(|()| {
+                    let bytes = encode_segment(&segment(first + j, dp, part.len)?);
+                    p.mem.write(j * bytes.len(), &bytes)
+                });
             }
-            let r = self.grant_for_request(gt, &mut p, true);
+            let r = r.and_then(|()| self.grant_for(&mut p, true));
             indirect.push(p);
             r?;
         }
@@ -350,164 +399,256 @@ impl Queue {
     }
 
     /// Pushes a request without data (flush, barrier, discard) built by
-    /// `slot_of(id)`; `op` is the operation its response must echo.
-    pub(crate) fn push_control(
+    /// `slot_of(wire id)`; `op` is the operation its response must echo.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RingFull`] when no slot is free.
+    pub(super) fn push_control(
         &mut self,
-        req: u32,
+        pending: PendingId,
         op: u8,
         slot_of: impl FnOnce(u64) -> RequestSlot,
     ) -> Result<()> {
-        let id = *self.free_ids.last().ok_or(Error::RingFull)?;
-        self.ring.push_request(&slot_of(u64::from(id)))?;
-        self.free_ids.pop();
-        let s = &mut self.shadow[id as usize];
-        s.in_flight = true;
-        s.op = op;
-        s.req = req;
-        s.offset = 0;
-        s.len = 0;
+        let id = *self.free.last().ok_or(Error::RingFull)?;
+        self.ring.push_request(&slot_of(u64::from(id.0)))?;
+        self.free.pop();
+        self.slots[id.index()].state = State::InFlight(Busy {
+            op,
+            pending,
+            offset: 0,
+            len: 0,
+        });
         self.unpublished = true;
         Ok(())
     }
 
-    /// Publishes pushed requests; returns whether the backend must be
-    /// notified (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
-    pub(crate) fn publish(&mut self) -> bool {
+    /// Publishes pushed requests and notifies the backend if it asked for
+    /// it (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    pub(super) fn kick(&mut self) {
         if !self.unpublished {
-            return false;
+            return;
         }
         self.unpublished = false;
-        self.ring.push_requests_and_check_notify()
+        if self.ring.push_requests_and_check_notify() {
+            // A failed notify leaves the requests published; the backend
+            // finds them when it next looks (or the I/O bound fires).
+            let _ = self.channel.notify();
+        }
+    }
+
+    /// Tests and clears the queue's event.
+    pub(super) fn consume_event(&self) -> bool {
+        self.channel.consume()
+    }
+
+    /// The next response, following the final-check protocol of `ring.h`:
+    /// `Ok(None)` only once the backend has been asked to notify on the next
+    /// one and none slipped in.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Protocol`] when the backend's producer index is impossible.
+    pub(super) fn next_response(&mut self) -> Result<Option<BlkifResponse>> {
+        loop {
+            if let Some(r) = self.ring.poll_response()? {
+                return Ok(Some(r));
+            }
+            if !self.ring.final_check_for_responses()? {
+                return Ok(None);
+            }
+        }
     }
 
     /// Validates one response against the shadow and takes its slot out of
-    /// flight (revoking per-request grants); [`release`](Queue::release)
-    /// frees it once the data is copied out. A bad response returns the
-    /// violation and changes nothing; the caller then breaks the device.
-    pub(crate) fn complete<H: Hal>(
+    /// flight, ending per-request grants before anyone looks at the data;
+    /// [`release`](Self::release) frees the slot once data is copied out.
+    ///
+    /// # Errors
+    ///
+    /// The [`Violation`] when the response does not match a request in
+    /// flight (nothing changed), or when the backend still maps a page it
+    /// was granted for this request only (the slot is then out of flight;
+    /// the caller breaks the device).
+    pub(super) fn complete(
         &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
         rsp: &BlkifResponse,
     ) -> core::result::Result<Done, Violation> {
-        let id = rsp.id;
-        let idx = usize::try_from(id).map_err(|_| Violation::BadId(id))?;
-        let s = self.shadow.get_mut(idx).ok_or(Violation::BadId(id))?;
-        if !s.in_flight {
-            return Err(Violation::NotInFlight(id));
-        }
-        if rsp.operation != s.op {
+        let idx = usize::try_from(rsp.id).map_err(|_| Violation::BadId(rsp.id))?;
+        let slot = self.slots.get_mut(idx).ok_or(Violation::BadId(rsp.id))?;
+        let State::InFlight(busy) = slot.state else {
+            return Err(Violation::NotInFlight(rsp.id));
+        };
+        if rsp.operation != busy.op {
             return Err(Violation::WrongOperation {
-                id,
-                sent: s.op,
+                id: rsp.id,
+                sent: busy.op,
                 got: rsp.operation,
             });
         }
         let status = match rsp.status {
             BLKIF_RSP_OKAY => Ok(()),
             BLKIF_RSP_ERROR => Err(Error::IoError),
-            BLKIF_RSP_EOPNOTSUPP => Err(Error::Unsupported(match s.op {
-                BLKIF_OP_FLUSH_DISKCACHE => Feature::FlushCache,
-                BLKIF_OP_WRITE_BARRIER => Feature::Barrier,
-                BLKIF_OP_DISCARD => Feature::Discard,
-                _ => Feature::Indirect,
-            })),
+            BLKIF_RSP_EOPNOTSUPP => Err(match busy.op {
+                BLKIF_OP_FLUSH_DISKCACHE => Error::Unsupported(Feature::FlushCache),
+                BLKIF_OP_WRITE_BARRIER => Error::Unsupported(Feature::Barrier),
+                BLKIF_OP_DISCARD => Error::Unsupported(Feature::Discard),
+                // Reads and writes have no feature to turn off: an I/O error,
+                // as Linux's blkif_interrupt treats any failed data request.
+                _ => Error::IoError,
+            }),
             other => return Err(Violation::UnknownStatus(other)),
         };
-        s.in_flight = false;
-        let (req, op, offset, len) = (s.req, s.op, s.offset, s.len);
-        let mut indirect = core::mem::take(&mut s.indirect);
-        self.recycle(hal, gt, &mut indirect);
-        let s = &mut self.shadow[idx];
-        s.indirect = indirect;
-        // Per-request grants of data pages end now, before anyone reads the
-        // data: after a successful revoke the backend can no longer change it.
-        for p in s.pages.iter_mut().filter(|p| p.transient) {
-            let g = p.gref.unwrap_or(GrantRef(0));
-            if gt.end_access_and_free(g).is_ok() {
-                p.gref = None;
-                p.transient = false;
+        slot.state = State::Answered;
+        let persistent = self.persistent.is_some();
+        let mut still_mapped = false;
+        for p in slot.pages.iter_mut().chain(slot.indirect.iter_mut()) {
+            if p.lease == Lease::PerRequest && p.mem.revoke().is_err() {
+                if persistent {
+                    // The backend chose to keep it (as blkback does up to its
+                    // persistent limit): keep it granted, as Linux does.
+                    p.lease = Lease::Persistent;
+                    if let Some(b) = &mut self.persistent {
+                        b.granted += 1;
+                    }
+                } else {
+                    still_mapped = true;
+                }
             }
         }
+        if still_mapped {
+            self.release(SlotId(idx as u32));
+            return Err(Violation::StillMapped(rsp.id));
+        }
         Ok(Done {
-            id: idx as u32,
-            req,
-            op,
+            slot: SlotId(idx as u32),
+            busy,
             status,
-            offset,
-            len,
         })
     }
 
-    /// The data pages of slot `id` (completed, not yet released).
-    pub(crate) fn data_pages(&self, id: u32) -> &[DataPage] {
-        self.shadow.get(id as usize).map_or(&[], |s| &s.pages)
+    /// Copies the data of completed slot `slot` into `dst` (`dst.len()` is
+    /// the part's length).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] when `dst` is longer than the slot's pages.
+    pub(super) fn read_data(&self, slot: SlotId, dst: &mut [u8]) -> Result<()> {
+        let pages = self.slots.get(slot.index()).map_or(&[][..], |s| &s.pages);
+        if dst.len() > pages.len() * PAGE_SIZE {
+            return Err(Error::OutOfRange);
+        }
+        for (chunk, p) in dst.chunks_mut(PAGE_SIZE).zip(pages) {
+            p.mem.read(0, chunk)?;
+        }
+        Ok(())
     }
 
-    /// Frees slot `id` after [`complete`](Queue::complete): its pages go
-    /// back to the pool (or quarantine), the slot to the free list.
-    pub(crate) fn release<H: Hal>(&mut self, hal: &H, gt: &GrantTable<'_, H>, id: u32) {
-        let Some(s) = self.shadow.get_mut(id as usize) else {
+    /// Frees slot `slot` after [`complete`](Self::complete): its pages go
+    /// back to the pool (or the quarantine), the slot to the free list.
+    pub(super) fn release(&mut self, slot: SlotId) {
+        let Some(s) = self.slots.get_mut(slot.index()) else {
             return;
         };
-        if s.in_flight {
+        if !matches!(s.state, State::Answered) {
             return;
         }
+        s.state = State::Free;
         let mut pages = core::mem::take(&mut s.pages);
-        self.recycle(hal, gt, &mut pages);
-        self.shadow[id as usize].pages = pages;
-        self.free_ids.push(id);
+        let mut indirect = core::mem::take(&mut s.indirect);
+        for p in pages.drain(..).chain(indirect.drain(..)) {
+            self.recycle(p);
+        }
+        let s = &mut self.slots[slot.index()];
+        s.pages = pages;
+        s.indirect = indirect;
+        self.free.push(slot);
     }
 
-    /// Retires every in-flight slot without a response (the backend went
-    /// away or broke the protocol), calling `f` with each slot's token.
-    /// Grants are revoked; pages the backend still maps are quarantined.
-    pub(crate) fn abort_all<H: Hal>(
-        &mut self,
-        hal: &H,
-        gt: &GrantTable<'_, H>,
-        mut f: impl FnMut(u32),
-    ) {
-        for idx in 0..self.shadow.len() {
-            if !self.shadow[idx].in_flight {
-                continue;
+    /// Retires every slot in flight without a response (the backend went
+    /// away or broke the protocol), calling `f` with each slot's request.
+    /// Per-request grants are ended; pages the backend still maps go to the
+    /// quarantine.
+    pub(super) fn abort_all(&mut self, mut f: impl FnMut(PendingId)) {
+        for i in 0..self.slots.len() {
+            if let State::InFlight(busy) = self.slots[i].state {
+                self.slots[i].state = State::Answered;
+                self.release(SlotId(i as u32));
+                f(busy.pending);
             }
-            let s = &mut self.shadow[idx];
-            s.in_flight = false;
-            let pages = core::mem::take(&mut s.pages);
-            let indirect = core::mem::take(&mut s.indirect);
-            let req = s.req;
-            self.give_back(hal, gt, idx as u32, pages, indirect);
-            self.free_ids.push(idx as u32);
-            f(req);
         }
         self.unpublished = false;
     }
 
-    /// Gives back every page and grant this queue holds except its ring and
-    /// what is quarantined: the pool, with persistent grants revoked.
-    pub(crate) fn drain_pool<H: Hal>(&mut self, hal: &H, gt: &GrantTable<'_, H>) {
-        for mut p in self.pool.drain(..) {
-            if let Some(g) = p.gref.take() {
-                if gt.end_access_and_free(g).is_err() {
-                    self.quarantine.push((g, p.page));
-                    continue;
-                }
-            }
-            // SAFETY: the page's grant (if any) was revoked successfully.
-            unsafe { hal.free_pages(p.page) };
-        }
+    /// Ends the ring's grants (the teardown step before the frontend keys
+    /// that name them are removed). The references stay allocated until the
+    /// queue is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GrantInUse`] when the backend still maps the ring: dropping
+    /// the queue then quarantines it.
+    pub(super) fn revoke_ring(&mut self) -> Result<()> {
+        self.ring.memory_mut().revoke()
     }
 }
 
 /// The segment descriptor of data page `i` of a part of `len` bytes: data
 /// always starts at offset 0 of our own pages, so only the last page may be
 /// partial.
-fn segment(i: usize, p: &DataPage, len: usize) -> BlkifRequestSegment {
+///
+/// # Errors
+///
+/// [`Error::InvalidGrantRef`] for a page without a grant.
+fn segment<H: Hal>(i: usize, p: &DataPage<'_, H>, len: usize) -> Result<BlkifRequestSegment> {
     let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
-    BlkifRequestSegment {
-        gref: p.gref.map_or(0, |g| g.0),
+    Ok(BlkifRequestSegment {
+        gref: p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0,
         first_sect: 0,
         last_sect: (bytes / 512 - 1) as u8,
+    })
+}
+
+/// The ring slot of a read or write part whose pages are all granted.
+///
+/// # Errors
+///
+/// [`Error::InvalidGrantRef`] for a page without a grant (never the case
+/// after `prepare`).
+fn encode<H: Hal>(
+    op: u8,
+    handle: u16,
+    id: SlotId,
+    part: &RwPart<'_>,
+    pages: &[DataPage<'_, H>],
+    indirect: &[DataPage<'_, H>],
+) -> Result<RequestSlot> {
+    let wire_id = u64::from(id.0);
+    if pages.len() <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        let mut segs = [BlkifRequestSegment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        for (i, p) in pages.iter().enumerate() {
+            segs[i] = segment(i, p, part.len)?;
+        }
+        Ok(RequestSlot::direct(
+            op,
+            handle,
+            wire_id,
+            part.sector.0,
+            &segs[..pages.len()],
+        ))
+    } else {
+        let mut grefs = [0u32; 8];
+        for (g, p) in grefs.iter_mut().zip(indirect) {
+            *g = p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0;
+        }
+        let n = indirect.len().min(grefs.len());
+        Ok(RequestSlot::indirect(
+            op,
+            pages.len() as u16,
+            wire_id,
+            part.sector.0,
+            handle,
+            &grefs[..n],
+        ))
     }
 }

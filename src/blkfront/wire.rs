@@ -16,10 +16,12 @@ use crate::abi::blkif::{
     BLKIF_OP_INDIRECT,
 };
 
+pub use crate::abi::blkif::RequestSlot;
+
 /// Size of one request slot: `sizeof(struct blkif_request)`.
 pub const SLOT_SIZE: usize = size_of::<BlkifRequest>();
 const WORDS: usize = SLOT_SIZE / 8;
-const _: () = assert!(SLOT_SIZE % 8 == 0);
+const _: () = assert!(SLOT_SIZE == size_of::<RequestSlot>());
 const _: () = assert!(size_of::<BlkifRequestIndirect>() <= SLOT_SIZE);
 const _: () = assert!(size_of::<BlkifRequestDiscard>() <= SLOT_SIZE);
 
@@ -29,17 +31,6 @@ pub const SEGS_PER_INDIRECT_PAGE: usize = crate::hal::PAGE_SIZE / size_of::<Blki
 /// The most segments one indirect request can carry.
 pub const MAX_INDIRECT_SEGMENTS: usize =
     SEGS_PER_INDIRECT_PAGE * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST;
-
-/// One ring slot's worth of request bytes.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestSlot([u64; WORDS]);
-
-impl Default for RequestSlot {
-    fn default() -> Self {
-        RequestSlot([0; WORDS])
-    }
-}
 
 /// A request as a backend sees it after decoding a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -57,11 +57,13 @@ use crate::{Error, Result};
 
 mod back;
 mod front;
+mod owned;
 #[cfg(test)]
 mod tests;
 
 pub use back::BackRing;
 pub use front::FrontRing;
+pub use owned::{OwnedFrontRing, RingEntry, RingMemory};
 
 /// The largest ring order (`log2` of the number of pages) this crate
 /// supports: 16 pages, the most Linux blkback and QEMU offer

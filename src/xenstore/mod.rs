@@ -573,6 +573,27 @@ impl<T: XsTransport> XenStore<T> {
         }
     }
 
+    /// Takes a queued event of the watch `token` without blocking, after
+    /// collecting what the transport has; other watches' events stay queued
+    /// in order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::XsConnection`] or a framing error when the connection is (or
+    /// just became) unusable.
+    pub fn take_watch_event_for(&mut self, token: &str) -> Result<Option<WatchEvent>> {
+        if !self.broken {
+            self.flush()?;
+            self.pump()?;
+        }
+        let want = |ev: &Result<WatchEvent>| ev.as_ref().is_ok_and(|e| e.token == token);
+        match self.events.iter().position(want) {
+            Some(i) => self.events.remove(i).transpose(),
+            None if self.broken => Err(Error::XsConnection),
+            None => Ok(None),
+        }
+    }
+
     /// Waits until a watch event arrives or `deadline` ([`XsTransport::now_ns`]
     /// time) passes.
     ///

@@ -1,6 +1,8 @@
 //! Grant references: an allocator over this domain's version-1 grant table,
 //! granting and revoking foreign access the way `grant_table.h` prescribes,
-//! and a [`Quarantine`] for pages whose grant could not be revoked.
+//! the owned memory that is shared through it ([`SharedPage`],
+//! [`SharedPages`]), and a quarantine for pages whose grant could not be
+//! revoked.
 //!
 //! The [`GrantTable`] owns every entry from [`GNTTAB_RESERVED`] to the end of
 //! [`Hal::grant_table`] (the reserved ones belong to the toolstack). A
@@ -15,8 +17,13 @@
 //! Revoking can fail: the other domain may still map the page
 //! (`GTF_reading` / `GTF_writing` set by the hypervisor). The entry then
 //! stays granted and the page must not be reused —
-//! [`Error::GrantInUse`] says so, and [`Quarantine`] keeps such pages until a
-//! later [`retry`](Quarantine::retry) succeeds.
+//! [`Error::GrantInUse`] says so. Shared memory is owned by a value
+//! ([`SharedPage`], [`SharedPages`], in the shape of virtio-drivers' `Dma`):
+//! dropping it ends its grants and frees its pages, or, when a grant is
+//! still mapped, moves pages and grants into the table's quarantine, which
+//! never hands them out again and frees them once
+//! [`retry_quarantine`](GrantTable::retry_quarantine) can end every grant.
+//! No code outside this module frees shared memory by hand.
 //!
 //! All methods take `&self` (a `spin::Mutex` inside), so several queues can
 //! share one table.
@@ -30,6 +37,12 @@ use spin::Mutex;
 use crate::abi::grant;
 use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, Hal, Pages, GNTTAB_RESERVED};
 use crate::{Error, Result};
+
+mod quarantine;
+mod shared;
+
+use quarantine::Quarantine;
+pub use shared::{SharedPage, SharedPages};
 
 // grant_table.h, "Type of grant entry" and "Subflags for GTF_permit_access".
 const GTF_PERMIT_ACCESS: u16 = grant::GTF_permit_access;
@@ -63,6 +76,7 @@ struct Refs {
 pub struct GrantTable<'h, H: Hal> {
     hal: &'h H,
     refs: Mutex<Refs>,
+    quarantine: Quarantine,
 }
 
 impl<H: Hal> fmt::Debug for GrantTable<'_, H> {
@@ -70,6 +84,7 @@ impl<H: Hal> fmt::Debug for GrantTable<'_, H> {
         f.debug_struct("GrantTable")
             .field("capacity", &self.capacity())
             .field("in_use", &self.in_use())
+            .field("quarantined_pages", &self.quarantined_pages())
             .finish()
     }
 }
@@ -100,6 +115,7 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         Ok(GrantTable {
             hal,
             refs: Mutex::new(Refs { free, slots }),
+            quarantine: Quarantine::new(),
         })
     }
 
@@ -217,7 +233,7 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// [`Error::GrantInUse`] when the other domain still maps the page: the
     /// entry stays granted, and the page must not be reused or freed (hand it
-    /// to a [`Quarantine`]). [`Error::InvalidGrantRef`] when `gref` is not
+    /// to the quarantine). [`Error::InvalidGrantRef`] when `gref` is not
     /// granted through this table.
     pub fn end_access(&self, gref: GrantRef) -> Result<()> {
         let mut r = self.refs.lock();
@@ -272,155 +288,89 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         self.free(gref)
     }
 
-    /// Ends and frees every reference in `grefs`, then frees `pages` — or,
-    /// when some grant is still mapped, moves `pages` and the references that
-    /// could not be ended into `quarantine`. Returns whether the pages were
-    /// freed now.
+    /// Ends every grant in `grefs` and returns the references to the free
+    /// list, then frees `pages`. When the other domain still maps one of
+    /// them, the pages and the references still granted go into the table's
+    /// quarantine instead, where they stay, never reused, until
+    /// [`retry_quarantine`](Self::retry_quarantine) can end them. Returns
+    /// whether the pages were freed now.
+    ///
+    /// `grefs` may hold references that are granted or only allocated (a
+    /// grant revoked earlier whose reference was kept back).
     ///
     /// # Safety
     ///
-    /// As [`Quarantine::push_many`]: `pages` came from this table's `Hal`,
-    /// nothing uses pointers into it afterwards, and `grefs` lists every
-    /// grant of it that is still active.
-    pub unsafe fn release(
+    /// `pages` came from this table's `Hal`, nothing uses a pointer into it
+    /// afterwards, and `grefs` lists every reference of this table that
+    /// grants any of its pages.
+    pub(crate) unsafe fn release_pages(
         &self,
         grefs: &[GrantRef],
         pages: Pages,
-        quarantine: &Quarantine,
+        owner: u32,
     ) -> bool {
         let mut in_use = Vec::new();
         for &g in grefs {
-            match self.end_access_and_free(g) {
+            match self.retire(g) {
                 Ok(()) => {}
                 Err(Error::GrantInUse(_)) => in_use.push(g),
                 Err(e) => log::warn!("gnttab: releasing {g:?}: {e}"),
             }
         }
         if in_use.is_empty() {
-            // SAFETY: the caller promises the pages are ours and unused; every
-            // active grant of them was just ended.
+            // SAFETY: the caller promises the pages are ours and unused;
+            // every grant of them was just ended.
             unsafe { self.hal.free_pages(pages) };
             true
         } else {
-            // SAFETY: forwarded from the caller; `in_use` holds the grants
-            // still active.
-            unsafe { quarantine.push_many(in_use, pages) };
+            log::warn!(
+                "gnttab: {} grant(s) still mapped by the other domain: {} page(s) quarantined",
+                in_use.len(),
+                pages.count()
+            );
+            self.quarantine.push(in_use, pages, owner);
             false
         }
     }
-}
 
-struct Held {
-    grefs: Vec<GrantRef>,
-    pages: Pages,
-}
-
-/// Pages whose grants could not be revoked because the other domain still
-/// maps them. The quarantine owns them, never hands them out again, and
-/// frees them once [`retry`](Quarantine::retry) manages to end every grant.
-/// Pages still held when the quarantine is dropped are leaked (never freed),
-/// which is safe.
-#[derive(Default)]
-pub struct Quarantine {
-    held: Mutex<Vec<Held>>,
-}
-
-impl fmt::Debug for Quarantine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Quarantine")
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl Quarantine {
-    /// An empty quarantine.
-    pub const fn new() -> Quarantine {
-        Quarantine {
-            held: Mutex::new(Vec::new()),
+    /// Ends `gref`'s grant if it has one, then frees it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GrantInUse`] (the reference stays granted);
+    /// [`Error::InvalidGrantRef`] for a reference that is not allocated.
+    fn retire(&self, gref: GrantRef) -> Result<()> {
+        match self.end_access(gref) {
+            Ok(()) => {}
+            // Allocated but not granted: nothing to end.
+            Err(Error::InvalidGrantRef(_)) if self.is_allocated(gref) => {}
+            Err(e) => return Err(e),
         }
+        self.free(gref)
     }
 
-    /// Takes `pages`, whose grant `gref` is still mapped.
-    ///
-    /// # Safety
-    ///
-    /// As [`push_many`](Self::push_many).
-    pub unsafe fn push(&self, gref: GrantRef, pages: Pages) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.push_many([gref], pages) }
+    fn is_allocated(&self, gref: GrantRef) -> bool {
+        let r = self.refs.lock();
+        Self::index(&r, gref).is_ok_and(|i| r.slots[i] == Slot::Allocated)
     }
 
-    /// Takes `pages` with the grants `grefs` that are still active on it.
-    ///
-    /// # Safety
-    ///
-    /// Handing pages to the quarantine is handing them to
-    /// [`Hal::free_pages`] later: they came from the `Hal` of the
-    /// [`GrantTable`] later passed to [`retry`](Self::retry), nothing uses a
-    /// pointer into them afterwards, and `grefs` (granted through that table)
-    /// are all the grants of them still active.
-    pub unsafe fn push_many(&self, grefs: impl IntoIterator<Item = GrantRef>, pages: Pages) {
-        let grefs = grefs.into_iter().collect();
-        self.held.lock().push(Held { grefs, pages });
+    /// Tries again to end the quarantined grants; frees the references that
+    /// end, and the pages whose grants all ended. Returns how many page runs
+    /// were freed.
+    pub fn retry_quarantine(&self) -> usize {
+        self.quarantine.retry(self)
     }
 
-    /// Tries again to end the held grants; frees the references that end,
-    /// and the pages whose grants all ended. Returns how many page runs were
-    /// freed.
-    pub fn retry<H: Hal>(&self, table: &GrantTable<'_, H>) -> usize {
-        let mut held = self.held.lock();
-        let mut freed = 0;
-        let mut i = 0;
-        while i < held.len() {
-            held[i]
-                .grefs
-                .retain(|&g| match table.end_access_and_free(g) {
-                    Ok(()) => false,
-                    Err(Error::GrantInUse(_)) => true,
-                    Err(e) => {
-                        log::warn!("gnttab: quarantined {g:?}: {e}; dropping it");
-                        false
-                    }
-                });
-            if held[i].grefs.is_empty() {
-                let h = held.swap_remove(i);
-                // SAFETY: `push_many`'s caller promised the pages belong to
-                // this table's `Hal` and are unused, and every grant of them
-                // has now ended.
-                unsafe { table.hal.free_pages(h.pages) };
-                freed += 1;
-            } else {
-                i += 1;
-            }
-        }
-        freed
+    /// Pages held in quarantine because the other domain kept a grant of
+    /// them mapped (never reused while that holds).
+    pub fn quarantined_pages(&self) -> usize {
+        self.quarantine.pages(None)
     }
 
-    /// How many page runs are held.
-    pub fn len(&self) -> usize {
-        self.held.lock().len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many pages (not runs) are held.
-    pub fn pages(&self) -> usize {
-        self.held.lock().iter().map(|h| h.pages.count()).sum()
-    }
-}
-
-impl Drop for Quarantine {
-    fn drop(&mut self) {
-        let n = self.held.get_mut().len();
-        if n != 0 {
-            log::warn!(
-                "gnttab: dropping a quarantine with {n} page runs still mapped; leaking them"
-            );
-        }
+    /// Of those, the pages released by `owner` (the tag given to
+    /// [`SharedPage::alloc`] / [`SharedPages::alloc_granted`]).
+    pub fn quarantined_pages_of(&self, owner: u32) -> usize {
+        self.quarantine.pages(Some(owner))
     }
 }
 
@@ -570,43 +520,82 @@ mod tests {
     }
 
     #[test]
-    fn quarantine_keeps_pages_until_the_backend_unmaps() {
+    fn a_run_still_mapped_is_quarantined_until_the_backend_unmaps() {
         let (xen, hal) = setup();
         let gt = GrantTable::new(&hal).unwrap();
-        let q = Quarantine::new();
-        let pages = hal.alloc_pages(2).unwrap();
-        let g0 = gt.grant_access(BACK, pages.gfn(), false).unwrap();
-        let g1 = gt
-            .grant_access(BACK, pages.page_gfn(1).unwrap(), true)
-            .unwrap();
-        let map = xen.map_grant(BACK, FRONT, g1, true).unwrap();
-
-        // SAFETY: both grants are listed; the pages are not used afterwards.
-        let freed = unsafe { gt.release(&[g0, g1], pages, &q) };
-        assert!(!freed);
-        assert_eq!((q.len(), q.pages()), (1, 2));
+        let run = SharedPages::alloc_granted(&gt, 2, BACK, false, 7).unwrap();
+        let g1 = run.grefs()[1];
+        let map = xen.map_grant(BACK, FRONT, g1, false).unwrap();
+        drop(run);
+        assert_eq!(gt.quarantined_pages(), 2);
         assert_eq!(gt.in_use(), 1, "g0 ended and was freed, g1 is held");
-        assert_eq!(q.retry(&gt), 0);
+        assert_eq!(gt.retry_quarantine(), 0);
         assert_eq!(xen.accounting(FRONT).pages, 2);
+        map.write(0, b"the backend may still write").unwrap();
 
         map.unmap();
-        assert_eq!(q.retry(&gt), 1);
-        assert!(q.is_empty());
+        assert_eq!(gt.retry_quarantine(), 1);
+        assert_eq!(gt.quarantined_pages(), 0);
         assert_eq!(gt.in_use(), 0);
         let acct = xen.accounting(FRONT);
         assert_eq!((acct.pages, acct.grants_active, acct.bad_frees), (0, 0, 0));
     }
 
     #[test]
-    fn release_frees_at_once_when_nothing_is_mapped() {
+    fn a_revoked_run_keeps_its_references_until_dropped() {
         let (xen, hal) = setup();
         let gt = GrantTable::new(&hal).unwrap();
-        let q = Quarantine::new();
-        let pages = hal.alloc_pages(1).unwrap();
-        let g = gt.grant_access(BACK, pages.gfn(), false).unwrap();
-        // SAFETY: the only grant is listed; the pages are not used afterwards.
-        assert!(unsafe { gt.release(&[g], pages, &q) });
-        assert!(q.is_empty());
+        let mut run = SharedPages::alloc_granted(&gt, 4, BACK, false, 7).unwrap();
+        assert_eq!(xen.accounting(FRONT).grants_active, 4);
+        run.revoke().unwrap();
+        run.revoke().unwrap();
+        assert_eq!(xen.accounting(FRONT).grants_active, 0);
+        assert_eq!(gt.in_use(), 4, "references stay reserved");
+        let g = run.grefs()[0];
+        assert!(xen.map_grant(BACK, FRONT, g, true).is_err(), "revoked");
+        drop(run);
+        assert_eq!(gt.in_use(), 0);
+        assert_eq!(xen.accounting(FRONT), Default::default());
+    }
+
+    #[test]
+    fn a_shared_page_frees_itself_and_checks_bounds() {
+        let (xen, hal) = setup();
+        let gt = GrantTable::new(&hal).unwrap();
+        let mut p = SharedPage::alloc(&gt, 7).unwrap();
+        assert_eq!(p.gref(), None);
+        p.write(4090, b"abcdef").unwrap();
+        assert_eq!(p.write(4091, b"abcdef"), Err(Error::OutOfRange));
+        assert_eq!(p.write(usize::MAX, b"a"), Err(Error::OutOfRange));
+        let mut out = [0u8; 6];
+        p.read(4090, &mut out).unwrap();
+        assert_eq!(&out, b"abcdef");
+        assert_eq!(p.read(4091, &mut out), Err(Error::OutOfRange));
+        let g = p.grant(BACK, true).unwrap();
+        assert_eq!(p.grant(BACK, true), Err(Error::InvalidGrantRef(g.0)));
+        let map = xen.map_grant(BACK, FRONT, g, true).unwrap();
+        let mut seen = [0u8; 6];
+        map.read(4090, &mut seen).unwrap();
+        assert_eq!(&seen, b"abcdef");
+        assert_eq!(p.revoke(), Err(Error::GrantInUse(g.0)));
+        assert_eq!(p.gref(), Some(g), "still granted");
+        drop(map);
+        p.revoke().unwrap();
+        assert_eq!(p.gref(), None);
+        assert!(p.release(), "freed at once");
+        assert_eq!(xen.accounting(FRONT), Default::default());
+
+        let mut p = SharedPage::alloc(&gt, 7).unwrap();
+        let g = p.grant(BACK, false).unwrap();
+        let map = xen.map_grant(BACK, FRONT, g, false).unwrap();
+        assert!(!p.release(), "still mapped: quarantined");
+        assert_eq!(gt.quarantined_pages(), 1);
+        assert_eq!(
+            (gt.quarantined_pages_of(7), gt.quarantined_pages_of(8)),
+            (1, 0)
+        );
+        drop(map);
+        assert_eq!(gt.retry_quarantine(), 1);
         assert_eq!(xen.accounting(FRONT), Default::default());
     }
 

@@ -1,0 +1,553 @@
+//! The control plane: finding the backend, the connection protocol, the
+//! backend's state while connected, reconnecting, and tearing down.
+//!
+//! The transitions follow `io/blkif.h`'s state diagram and what Linux
+//! blkback does (`drivers/block/xen-blkback/xenbus.c`, `frontend_changed`):
+//! the backend answers a frontend Closing with Closing, unmaps rings and
+//! grants only when the frontend goes Closed, and answers a frontend
+//! Initialising after Closed with InitWait (a reconnect).
+//!
+//! A connection that fails after the rings were published is torn down in
+//! the protocol's order ([`Connection::teardown`]): frontend Closing, then
+//! Closed, each time waiting (bounded) for the backend to follow; the ring
+//! grants are revoked; the frontend's ring keys are removed; only then are
+//! grant references and pages freed. A reference the frontend still
+//! advertises is thus never handed to another ring, and a reference the
+//! backend still maps stays in quarantine.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::info::{BackendInfo, Endpoints, FlushMethod, Negotiated};
+use super::io::Limits;
+use super::keys::{self, KeyReader};
+use super::queue::Queue;
+use super::stall::StallReport;
+use super::units::SectorSize;
+use super::wire::MAX_INDIRECT_SEGMENTS;
+use super::{Config, ProbeError, SharedStore};
+use crate::abi::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
+use crate::error::{Feature, XsErrno};
+use crate::gnttab::GrantTable;
+use crate::hal::{Hal, XsTransport, PAGE_SIZE};
+use crate::ring::MAX_RING_ORDER;
+use crate::xenbus::{self, XenbusState};
+use crate::{Error, Result};
+
+/// The ABI name written to the frontend's `protocol` key.
+const PROTOCOL: &str = "x86_64-abi";
+
+/// Most data pages one queue keeps granted persistently: what Linux
+/// blkback keeps mapped per ring (`max_persistent_grants`, 1056); pages
+/// granted beyond it would be mapped per request by the backend anyway.
+const PERSISTENT_MAX: usize = 1056;
+
+/// The share of the free grant references all queues of one disk may keep
+/// granted persistently, as a divisor: a quarter, which leaves room for
+/// per-request grants and for other disks.
+const PERSISTENT_SHARE: usize = 4;
+
+/// Every key of directory `dir` with its value (one level: sub-directories
+/// such as `queue-0` are skipped when they hold no value). A missing
+/// directory is empty.
+fn snapshot<T: XsTransport>(store: &SharedStore<T>, dir: &str) -> Result<BTreeMap<String, String>> {
+    let mut xs = store.lock();
+    let names = match xs.directory(dir) {
+        Ok(n) => n,
+        Err(Error::XenStore(XsErrno::ENOENT)) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = BTreeMap::new();
+    for n in names {
+        if let Some(v) = xs.read_opt(&format!("{dir}/{n}"))? {
+            out.insert(n, v);
+        }
+    }
+    Ok(out)
+}
+
+/// What the backend did while connected, as [`Connection::check`] saw it.
+pub(super) enum Change {
+    /// Nothing that matters.
+    None,
+    /// The backend left Connected.
+    Left,
+    /// The backend is in InitWait again: it can be reconnected.
+    Back,
+    /// The backend published a new `sectors` value, meaning this many
+    /// bytes.
+    Resized(u64),
+}
+
+/// The control plane of one disk.
+pub(super) struct Connection<'a, H: Hal, T: XsTransport> {
+    hal: &'a H,
+    gt: &'a GrantTable<'a, H>,
+    store: &'a SharedStore<T>,
+    cfg: Config,
+    ends: Endpoints,
+    trusted: bool,
+    /// What the backend published and what was negotiated.
+    pub(super) info: BackendInfo,
+    /// The keys this frontend wrote for the current rings.
+    published: Vec<String>,
+    /// The token of this disk's watch on the backend's `state`, once set.
+    watch: Option<String>,
+}
+
+impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
+    /// Reads and checks the frontend directory of disk `vdev`: where the
+    /// backend is, which domain serves it, whether it is trusted.
+    ///
+    /// # Errors
+    ///
+    /// `MissingKey` / `MalformedKey` naming `backend` or `backend-id` (a path
+    /// that is not absolute, a reserved domain id, or this domain's own id);
+    /// xenstore errors.
+    pub(super) fn open(
+        hal: &'a H,
+        gt: &'a GrantTable<'a, H>,
+        store: &'a SharedStore<T>,
+        vdev: u32,
+        cfg: Config,
+    ) -> Result<Self> {
+        let mut xs = store.lock();
+        let me = xenbus::own_domid(&mut xs).ok();
+        let frontend = match me.map(|id| xs.get_domain_path(id)) {
+            Some(Ok(home)) => format!("{home}/device/vbd/{vdev}"),
+            _ => format!("device/vbd/{vdev}"),
+        };
+        let other = xenbus::read_otherend_keys(&mut xs, &frontend, "backend", "backend-id")?;
+        if Some(other.domid) == me {
+            return Err(Error::MalformedKey("backend-id"));
+        }
+        let trusted = keys::trusted(xs.read_opt(&format!("{frontend}/trusted"))?.as_deref());
+        drop(xs);
+        let ends = Endpoints {
+            vdev,
+            frontend,
+            backend: other.path,
+            backend_id: other.domid,
+        };
+        let mut info = BackendInfo::from_keys(&ends, XenbusState::Unknown, BTreeMap::new(), false)?;
+        info.negotiated.trusted = trusted;
+        Ok(Connection {
+            hal,
+            gt,
+            store,
+            cfg,
+            ends,
+            trusted,
+            info,
+            published: Vec::new(),
+            watch: None,
+        })
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn watch_token(&mut self) -> Result<String> {
+        if let Some(t) = &self.watch {
+            return Ok(t.clone());
+        }
+        let token = format!("xenblk:{}", self.ends.backend);
+        xenbus::watch_state(&mut self.store.lock(), &self.ends.backend, &token)?;
+        self.watch = Some(token.clone());
+        Ok(token)
+    }
+
+    fn unwatch(&mut self) {
+        if let Some(t) = self.watch.take() {
+            let _ = xenbus::unwatch_state(&mut self.store.lock(), &self.ends.backend, &t);
+        }
+    }
+
+    /// Waits for the backend to reach `wanted`; a backend that closes
+    /// instead, or does not get there in time, yields a stall report.
+    fn wait_backend(&mut self, wanted: XenbusState) -> core::result::Result<(), ProbeError> {
+        let token = self.watch_token()?;
+        let deadline = self
+            .hal
+            .now_ns()
+            .saturating_add(self.cfg.connect_timeout_ns);
+        let r = xenbus::wait_for_state(
+            &mut self.store.lock(),
+            &self.ends.backend,
+            &token,
+            wanted,
+            deadline,
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(e @ Error::UnexpectedState(s)) => Err(self.stall(wanted, Some(s), e)),
+            Err(e @ Error::StateTimeout { seen, .. }) => {
+                let seen = self.backend_state().ok().flatten().or(Some(seen));
+                Err(self.stall(wanted, seen, e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The backend's state; `None` when its directory or key is gone.
+    fn backend_state(&self) -> Result<Option<XenbusState>> {
+        let v = self
+            .store
+            .lock()
+            .read_opt(&format!("{}/state", self.ends.backend))?;
+        v.map(|v| keys::parse_state(&v)).transpose()
+    }
+
+    fn stall(&self, wanted: XenbusState, seen: Option<XenbusState>, error: Error) -> ProbeError {
+        let raw = snapshot(self.store, &self.ends.backend).unwrap_or_default();
+        let seen = if raw.is_empty() { None } else { seen };
+        let report = StallReport::new(self.ends.vdev, &self.ends.backend, wanted, seen, raw);
+        let error = match error {
+            Error::StateTimeout { .. } => report.error(),
+            e => e,
+        };
+        ProbeError {
+            error,
+            stall: Some(report),
+        }
+    }
+
+    /// Runs the connection protocol from the backend's InitWait to
+    /// Connected and returns the rings and what was negotiated. On failure
+    /// everything taken is given back, in the protocol's order.
+    pub(super) fn connect(
+        &mut self,
+    ) -> core::result::Result<(Vec<Queue<'a, H>>, Limits), ProbeError> {
+        let fe_state = xenbus::read_state(&mut self.store.lock(), &self.ends.frontend)?;
+        if matches!(fe_state, XenbusState::Closing | XenbusState::Closed) {
+            // Left Closed by an earlier connection: ask the backend back
+            // (blkback answers a frontend Initialising with InitWait).
+            self.switch(XenbusState::Initialising)?;
+        }
+        self.wait_backend(XenbusState::InitWait)?;
+        let raw = snapshot(self.store, &self.ends.backend)?;
+        let offered = KeyReader::new(&raw).offered();
+        let cfg = self.cfg;
+        let order = offered
+            .max_ring_page_order
+            .min(cfg.max_ring_page_order)
+            .min(MAX_RING_ORDER);
+        let nq = offered.max_queues.min(cfg.max_queues).max(1);
+        let mut queues = Vec::new();
+        for _ in 0..nq {
+            // On error, the queues made so far drop: nothing was published.
+            queues.push(Queue::new(
+                self.hal,
+                self.gt,
+                self.ends.backend_id,
+                order,
+                self.ends.vdev,
+            )?);
+        }
+        match self.publish_and_connect(&mut queues, order) {
+            Ok(limits) => Ok((queues, limits)),
+            Err(e) => {
+                let _ = self.teardown(queues);
+                Err(e)
+            }
+        }
+    }
+
+    fn publish_and_connect(
+        &mut self,
+        queues: &mut [Queue<'a, H>],
+        order: u32,
+    ) -> core::result::Result<Limits, ProbeError> {
+        // Like Linux's blkfront: advertise persistent grants now, decide at
+        // Connected (real blkback publishes `feature-persistent` only then).
+        let advertise_persistent = self.cfg.persistent_grants && self.trusted;
+        self.publish(queues, order, advertise_persistent)?;
+        self.switch(XenbusState::Initialised)?;
+        self.wait_backend(XenbusState::Connected)?;
+        let raw = snapshot(self.store, &self.ends.backend)?;
+        let mut info = BackendInfo::from_keys(&self.ends, XenbusState::Connected, raw, true)?;
+        let sector_size =
+            SectorSize::new(info.sector_size).ok_or(Error::MalformedKey("sector-size"))?;
+        let persistent = advertise_persistent && info.offered.persistent;
+        if persistent {
+            let free = self.gt.capacity().saturating_sub(self.gt.in_use());
+            let cap = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
+            for q in queues.iter_mut() {
+                q.use_persistent_grants(cap);
+            }
+        }
+        let indirect = info
+            .offered
+            .max_indirect_segments
+            .min(self.cfg.max_indirect_segments)
+            .min(MAX_INDIRECT_SEGMENTS as u32);
+        let indirect = if indirect as usize > BLKIF_MAX_SEGMENTS_PER_REQUEST {
+            indirect
+        } else {
+            0
+        };
+        let mut flush = if info.offered.flush_cache {
+            Some(FlushMethod::FlushCache)
+        } else if info.offered.barrier {
+            Some(FlushMethod::Barrier)
+        } else {
+            None
+        };
+        let mut discard = info.offered.discard;
+        // What was learnt at run time stays learnt across reconnects.
+        info.disabled = core::mem::take(&mut self.info.disabled);
+        for (feat, _) in &info.disabled {
+            match feat {
+                Feature::FlushCache | Feature::Barrier => flush = None,
+                Feature::Discard | Feature::SecureDiscard => discard = None,
+                Feature::Persistent | Feature::Indirect => {}
+            }
+        }
+        info.negotiated = Negotiated {
+            ring_page_order: order,
+            ring_slots: queues.first().map_or(0, |q| q.size() as u32),
+            queues: queues.len() as u32,
+            indirect_segments: indirect,
+            persistent,
+            flush,
+            discard: discard.is_some(),
+            trusted: self.trusted,
+        };
+        let segs = match indirect as usize {
+            0 => BLKIF_MAX_SEGMENTS_PER_REQUEST,
+            n => n,
+        };
+        let limits = Limits {
+            handle: self.ends.vdev as u16,
+            sector_size,
+            sectors: info.logical_sectors(),
+            read_only: info.read_only(),
+            part_bytes: segs * PAGE_SIZE,
+            indirect_segments: indirect as usize,
+            flush,
+            discard,
+        };
+        self.switch(XenbusState::Connected)?;
+        self.info = info;
+        log::info!(
+            "xenblk {}: connected ({} queues, ring order {order})",
+            self.ends.vdev,
+            queues.len()
+        );
+        Ok(limits)
+    }
+
+    /// The frontend keys of `talk_to_blkback`, written in one transaction.
+    fn publish(&mut self, queues: &[Queue<'a, H>], order: u32, persistent: bool) -> Result<()> {
+        let fe = &self.ends.frontend;
+        let mut kv: Vec<(String, String)> = Vec::new();
+        if order > 0 {
+            kv.push((format!("{fe}/ring-page-order"), format!("{order}")));
+            kv.push((format!("{fe}/num-ring-pages"), format!("{}", 1u32 << order)));
+        }
+        let ring_keys = |dir: &str, q: &Queue<'a, H>, kv: &mut Vec<(String, String)>| {
+            match q.ring_grefs() {
+                [g] if order == 0 => kv.push((format!("{dir}/ring-ref"), format!("{}", g.0))),
+                grefs => {
+                    for (i, g) in grefs.iter().enumerate() {
+                        kv.push((format!("{dir}/ring-ref{i}"), format!("{}", g.0)));
+                    }
+                }
+            }
+            kv.push((format!("{dir}/event-channel"), format!("{}", q.port().0)));
+        };
+        if let [q] = queues {
+            ring_keys(fe, q, &mut kv);
+        } else {
+            kv.push((
+                format!("{fe}/multi-queue-num-queues"),
+                format!("{}", queues.len()),
+            ));
+            for (i, q) in queues.iter().enumerate() {
+                ring_keys(&format!("{fe}/queue-{i}"), q, &mut kv);
+            }
+        }
+        kv.push((format!("{fe}/protocol"), PROTOCOL.into()));
+        kv.push((
+            format!("{fe}/feature-persistent"),
+            if persistent { "1" } else { "0" }.into(),
+        ));
+        // Remembered before writing: a failed transaction may have written
+        // nothing, and removing a missing key is harmless.
+        self.published = kv.iter().map(|(k, _)| k.clone()).collect();
+        self.published.extend(
+            (0..queues.len())
+                .filter(|_| queues.len() > 1)
+                .map(|i| format!("{fe}/queue-{i}")),
+        );
+        self.store
+            .lock()
+            .transaction(self.cfg.transaction_retries, |xs, tx| {
+                for (k, v) in &kv {
+                    xs.write_tx(tx, k, v)?;
+                }
+                Ok(())
+            })
+    }
+
+    /// Removes the keys [`publish`](Self::publish) wrote.
+    fn unpublish(&mut self) -> Result<()> {
+        let keys = core::mem::take(&mut self.published);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .lock()
+            .transaction(self.cfg.transaction_retries, |xs, tx| {
+                for k in &keys {
+                    match xs.rm_tx(tx, k) {
+                        Ok(()) | Err(Error::XenStore(XsErrno::ENOENT)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+    }
+
+    /// Moves the frontend to `s`; a directory the toolstack removed is not
+    /// recreated.
+    fn switch(&self, s: XenbusState) -> Result<()> {
+        xenbus::switch_state(&mut self.store.lock(), &self.ends.frontend, s)
+    }
+
+    /// Waits, bounded by the close timeout, until the backend's state
+    /// satisfies `ok` (or its directory is gone).
+    fn wait_backend_until(&mut self, ok: impl Fn(XenbusState) -> bool) {
+        let Ok(token) = self.watch_token() else {
+            return;
+        };
+        let deadline = self.hal.now_ns().saturating_add(self.cfg.close_timeout_ns);
+        let _ = xenbus::wait_state_until(
+            &mut self.store.lock(),
+            &self.ends.backend,
+            &token,
+            deadline,
+            |s| s == XenbusState::Unknown || ok(s),
+        );
+    }
+
+    /// Gives back `queues` in the protocol's order: frontend Closing (the
+    /// backend stops using the rings), Closed (it unmaps them), revoke the
+    /// ring grants, remove the frontend's ring keys, then free references
+    /// and pages (or quarantine what the backend still maps).
+    ///
+    /// # Errors
+    ///
+    /// The first xenstore error of the state switches or the key removal;
+    /// everything is given back anyway. A frontend directory that is gone
+    /// is no error.
+    pub(super) fn teardown(&mut self, mut queues: Vec<Queue<'a, H>>) -> Result<()> {
+        let gone = |r: Result<()>| match r {
+            Err(Error::NoDevice) => Ok(()),
+            r => r,
+        };
+        let r1 = gone(self.switch(XenbusState::Closing));
+        self.wait_backend_until(|s| s >= XenbusState::Closing);
+        let r2 = gone(self.switch(XenbusState::Closed));
+        self.wait_backend_until(|s| matches!(s, XenbusState::Closed | XenbusState::InitWait));
+        for q in &mut queues {
+            if let Err(e) = q.revoke_ring() {
+                log::warn!(
+                    "xenblk {}: ring still mapped at teardown: {e}",
+                    self.ends.vdev
+                );
+            }
+        }
+        let r3 = self.unpublish();
+        drop(queues);
+        self.unwatch();
+        self.gt.retry_quarantine();
+        r1.and(r2).and(r3)
+    }
+
+    /// Looks at the backend's state (and, while connected, its size).
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors; `MalformedKey` for a `state` or `sectors` value
+    /// that does not parse (nothing changes then).
+    pub(super) fn check(&mut self, connected: bool) -> Result<Change> {
+        let s = self.backend_state()?.unwrap_or(XenbusState::Unknown);
+        if connected && s != XenbusState::Connected {
+            log::warn!("xenblk {}: backend left Connected ({s})", self.ends.vdev);
+            self.info.state = s;
+            return Ok(Change::Left);
+        }
+        if !connected {
+            return Ok(if s == XenbusState::InitWait {
+                Change::Back
+            } else {
+                Change::None
+            });
+        }
+        let Some(v) = self
+            .store
+            .lock()
+            .read_opt(&format!("{}/sectors", self.ends.backend))?
+        else {
+            return Ok(Change::None);
+        };
+        let raw = keys::parse_sectors(&v)?;
+        if Some(raw) == self.info.sectors_raw {
+            return Ok(Change::None);
+        }
+        let ss =
+            SectorSize::new(self.info.sector_size).ok_or(Error::MalformedKey("sector-size"))?;
+        let bytes = keys::capacity_bytes(raw, self.info.sectors_unit, ss)?;
+        self.info.sectors_raw = Some(raw);
+        self.info.capacity_bytes = bytes;
+        self.info.raw.insert("sectors".into(), v);
+        Ok(Change::Resized(bytes))
+    }
+
+    /// Whether the backend's state may have changed since the last look: an
+    /// event of this disk's watch arrived. Never blocks; costs a look at the
+    /// xenstore ring.
+    pub(super) fn backend_moved(&mut self) -> bool {
+        let Some(token) = self.watch.clone() else {
+            return false;
+        };
+        let mut xs = self.store.lock();
+        let mut moved = false;
+        while let Ok(Some(_)) = xs.take_watch_event_for(&token) {
+            moved = true;
+        }
+        moved
+    }
+
+    /// Asks a closed backend to come back (frontend Initialising).
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors.
+    pub(super) fn request_reconnect(&self) -> Result<()> {
+        self.switch(XenbusState::Initialising)
+    }
+
+    /// Records features the backend refused at run time.
+    pub(super) fn turned_off(&mut self, feats: &[Feature]) {
+        let n = &mut self.info.negotiated;
+        for &f in feats {
+            match f {
+                Feature::FlushCache | Feature::Barrier => n.flush = None,
+                Feature::Discard | Feature::SecureDiscard => n.discard = false,
+                Feature::Persistent | Feature::Indirect => {}
+            }
+            self.info.disabled.push((f, "backend answered EOPNOTSUPP"));
+        }
+    }
+}
+
+impl<H: Hal, T: XsTransport> Drop for Connection<'_, H, T> {
+    fn drop(&mut self) {
+        self.unwatch();
+    }
+}

@@ -1,0 +1,709 @@
+//! The data plane: the rings of a connected device, the requests in flight
+//! and the ones waiting for room, and what was negotiated ([`Limits`]).
+//!
+//! Nothing here touches xenstore. A request is checked as a whole before any
+//! part of it is sent (range, alignment, read-only, state), then cut into
+//! parts of at most [`Limits::part_bytes`] and pushed onto the rings as slots
+//! free up: a request of any size is accepted, and one that does not fit
+//! the rings right now waits in the driver, in order, until it does.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use super::info::{DiscardInfo, FlushMethod};
+use super::queue::{Done, Queue, RwPart};
+use super::request::{Completion, Op, Pending, PendingId, PendingTable, Rejected, RequestToken};
+use super::units::{LogicalSector, Sector512, SectorSize};
+use super::wire::RequestSlot;
+use super::DeviceState;
+use crate::abi::blkif::{
+    BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
+    BLKIF_OP_WRITE_BARRIER,
+};
+use crate::error::Feature;
+use crate::hal::{Hal, Port};
+use crate::{Error, Result};
+
+/// What the connection negotiated, as the data plane needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Limits {
+    /// The device handle written into every request (the vdev's low bits).
+    pub(super) handle: u16,
+    pub(super) sector_size: SectorSize,
+    /// Capacity in logical sectors.
+    pub(super) sectors: u64,
+    pub(super) read_only: bool,
+    /// Largest part of one ring request, a multiple of 4096.
+    pub(super) part_bytes: usize,
+    /// Segments per indirect request (0: not in use).
+    pub(super) indirect_segments: usize,
+    pub(super) flush: Option<FlushMethod>,
+    /// Discard in use, with the backend's parameters.
+    pub(super) discard: Option<DiscardInfo>,
+}
+
+/// The part of a discard of `count` logical sectors from `start` made of
+/// whole units of `gran` bytes starting at `align + k * gran`, in 512-byte
+/// units; `None` when no whole unit lies inside. Discarding is advisory and
+/// a partial unit could not be discarded anyway, so the range only ever
+/// shrinks: the result lies inside the caller's range whatever the backend
+/// published. Computed in `u128`, so no value can overflow it.
+pub(super) fn discard_range(
+    start: u64,
+    count: u64,
+    ss: SectorSize,
+    gran: u32,
+    align: u32,
+) -> Option<(Sector512, Sector512)> {
+    let ssb = u128::from(ss.bytes());
+    let gran = u128::from(gran).max(ssb).div_ceil(ssb) * ssb;
+    let align = (u128::from(align).div_ceil(ssb) * ssb) % gran;
+    let start_b = u128::from(start) * ssb;
+    let end_b = start_b + u128::from(count) * ssb;
+    let first = start_b.saturating_sub(align).div_ceil(gran) * gran + align;
+    let last = if end_b < align {
+        0
+    } else {
+        (end_b - align) / gran * gran + align
+    };
+    if last <= first || first < start_b || last > end_b {
+        return None;
+    }
+    let s = u64::try_from(first / 512).ok()?;
+    let n = u64::try_from((last - first) / 512).ok()?;
+    Some((Sector512(s), Sector512(n)))
+}
+
+/// The data plane of one device.
+pub(super) struct Io<'a, H: Hal> {
+    queues: Vec<Queue<'a, H>>,
+    limits: Limits,
+    state: DeviceState,
+    pending: PendingTable,
+    /// Requests with parts not yet on a ring, oldest first.
+    waiting: VecDeque<PendingId>,
+    done: VecDeque<Completion>,
+    /// Read data of multi-part reads into the caller's buffer, until every
+    /// part has succeeded (rare: kept apart so `Pending` stays small).
+    staging: Vec<(PendingId, Vec<u8>)>,
+    next_queue: usize,
+    next_token: u64,
+    /// Features the backend refused at run time, not yet reported.
+    turned_off: Vec<Feature>,
+}
+
+impl<'a, H: Hal> Io<'a, H> {
+    /// A data plane with no rings (not connected yet).
+    pub(super) fn new(limits: Limits) -> Self {
+        Io {
+            queues: Vec::new(),
+            limits,
+            state: DeviceState::Disconnected,
+            pending: PendingTable::default(),
+            waiting: VecDeque::new(),
+            done: VecDeque::new(),
+            staging: Vec::new(),
+            next_queue: 0,
+            next_token: 1,
+            turned_off: Vec::new(),
+        }
+    }
+
+    /// Takes over the rings of a new connection.
+    pub(super) fn attach(&mut self, queues: Vec<Queue<'a, H>>, limits: Limits) {
+        self.queues = queues;
+        self.limits = limits;
+        self.next_queue = 0;
+        self.state = DeviceState::Connected;
+    }
+
+    /// Gives up the rings (to be torn down by the connection), failing what
+    /// is in flight with `err` first.
+    pub(super) fn detach(&mut self, err: Error) -> Vec<Queue<'a, H>> {
+        self.abort_all(err);
+        core::mem::take(&mut self.queues)
+    }
+
+    pub(super) fn state(&self) -> DeviceState {
+        self.state
+    }
+
+    pub(super) fn set_state(&mut self, s: DeviceState) {
+        self.state = s;
+    }
+
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Capacity changed (a resize).
+    pub(super) fn set_sectors(&mut self, sectors: u64) {
+        self.limits.sectors = sectors;
+    }
+
+    /// Features refused since the last call.
+    pub(super) fn take_turned_off(&mut self) -> Option<Vec<Feature>> {
+        (!self.turned_off.is_empty()).then(|| core::mem::take(&mut self.turned_off))
+    }
+
+    pub(super) fn outstanding(&self) -> usize {
+        self.pending.len() + self.done.len()
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.queues.iter().map(Queue::in_flight).sum()
+    }
+
+    pub(super) fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    /// The event channels, in queue order.
+    pub(super) fn ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.queues.iter().map(Queue::port)
+    }
+
+    pub(super) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn usable(&self) -> Result<()> {
+        match self.state {
+            DeviceState::Connected => Ok(()),
+            DeviceState::Disconnected => Err(Error::NotConnected),
+            DeviceState::Broken(_) => Err(Error::Broken),
+            DeviceState::Closed => Err(Error::Closed),
+        }
+    }
+
+    /// Checks a whole read or write of `len` bytes at logical sector
+    /// `sector` and returns its start in 512-byte units.
+    ///
+    /// # Errors
+    ///
+    /// State errors first, then [`Error::ReadOnly`], [`Error::Misaligned`]
+    /// (also for `len == 0`), [`Error::OutOfRange`].
+    pub(super) fn check_rw(&self, sector: u64, len: usize, write: bool) -> Result<Sector512> {
+        self.usable()?;
+        let l = &self.limits;
+        if write && l.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let len = len as u64;
+        if len == 0 || !l.sector_size.divides(len) {
+            return Err(Error::Misaligned);
+        }
+        let end = sector
+            .checked_add(len / u64::from(l.sector_size.bytes()))
+            .ok_or(Error::OutOfRange)?;
+        if end > l.sectors {
+            return Err(Error::OutOfRange);
+        }
+        l.sector_size
+            .to_512(LogicalSector(sector))
+            .ok_or(Error::OutOfRange)
+    }
+
+    /// Checks that the device takes I/O (for an empty blocking call, which
+    /// has nothing else to check).
+    pub(super) fn check_usable(&self) -> Result<()> {
+        self.usable()
+    }
+
+    fn new_token(&mut self) -> RequestToken {
+        let t = RequestToken(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    /// Submits a read or a write of `buf` at logical sector `sector`.
+    /// `private`: the buffer is the driver's own (a blocking call), so read
+    /// data may land in it directly.
+    pub(super) fn submit_rw(
+        &mut self,
+        sector: u64,
+        buf: Vec<u8>,
+        write: bool,
+        private: bool,
+    ) -> core::result::Result<RequestToken, Rejected> {
+        let wire = match self.check_rw(sector, buf.len(), write) {
+            Ok(s) => s,
+            Err(error) => return Err(Rejected { error, buf }),
+        };
+        let direct = private || buf.len() <= self.limits.part_bytes;
+        let op = if write {
+            Op::Write { sector: wire }
+        } else {
+            Op::Read { sector: wire }
+        };
+        let token = self.new_token();
+        let id = self.pending.insert(Pending {
+            token,
+            op,
+            buf: Some(buf),
+            pushed: 0,
+            in_flight: 0,
+            error: None,
+            direct,
+        });
+        match self.admit(id) {
+            Ok(()) => Ok(token),
+            Err(error) => {
+                let buf = self
+                    .pending
+                    .remove(id)
+                    .and_then(|p| p.buf)
+                    .unwrap_or_default();
+                Err(Rejected { error, buf })
+            }
+        }
+    }
+
+    /// Submits a cache flush.
+    pub(super) fn submit_flush(&mut self) -> Result<RequestToken> {
+        self.usable()?;
+        let op = match self.limits.flush {
+            Some(FlushMethod::FlushCache) => BLKIF_OP_FLUSH_DISKCACHE,
+            Some(FlushMethod::Barrier) => BLKIF_OP_WRITE_BARRIER,
+            None => return Err(Error::Unsupported(Feature::FlushCache)),
+        };
+        self.submit_control(Op::Flush { op })
+    }
+
+    /// Submits a discard of `count` logical sectors from `sector`.
+    pub(super) fn submit_discard(
+        &mut self,
+        sector: u64,
+        count: u64,
+        secure: bool,
+    ) -> Result<RequestToken> {
+        self.usable()?;
+        let l = self.limits;
+        let d = l.discard.ok_or(Error::Unsupported(Feature::Discard))?;
+        if secure && !d.secure {
+            return Err(Error::Unsupported(Feature::SecureDiscard));
+        }
+        if l.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if count == 0 {
+            return Err(Error::Misaligned);
+        }
+        match sector.checked_add(count) {
+            Some(end) if end <= l.sectors => {}
+            _ => return Err(Error::OutOfRange),
+        }
+        match discard_range(sector, count, l.sector_size, d.granularity, d.alignment) {
+            Some((sector, count)) => self.submit_control(Op::Discard {
+                sector,
+                count,
+                secure,
+            }),
+            None => {
+                // No whole unit inside: nothing to send, done at once.
+                let token = self.new_token();
+                self.done.push_back(Completion {
+                    token,
+                    result: Ok(()),
+                    buf: None,
+                });
+                Ok(token)
+            }
+        }
+    }
+
+    fn submit_control(&mut self, op: Op) -> Result<RequestToken> {
+        let token = self.new_token();
+        let id = self.pending.insert(Pending {
+            token,
+            op,
+            buf: None,
+            pushed: 0,
+            in_flight: 0,
+            error: None,
+            direct: true,
+        });
+        match self.admit(id) {
+            Ok(()) => Ok(token),
+            Err(e) => {
+                self.pending.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Pushes what fits of a new request now and queues the rest. An error
+    /// means nothing of it was sent: the caller takes it back.
+    fn admit(&mut self, id: PendingId) -> Result<()> {
+        if !self.waiting.is_empty() {
+            // Older requests are waiting for room: keep the order.
+            self.waiting.push_back(id);
+            self.refill();
+            return Ok(());
+        }
+        match self.push(id) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.waiting.push_back(id);
+                Ok(())
+            }
+            Err(e) => {
+                let sent = self.pending.get_mut(id).is_some_and(|p| p.pushed > 0);
+                if sent {
+                    // Parts are on the ring: the request completes, failed,
+                    // once they are answered.
+                    if let Some(p) = self.pending.get_mut(id) {
+                        p.fail(e);
+                    }
+                    Ok(())
+                } else if self.in_flight() > 0 {
+                    // Resources come back as requests complete.
+                    self.waiting.push_back(id);
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// A queue with a free slot, round robin.
+    fn pick_queue(&mut self) -> Option<usize> {
+        let n = self.queues.len();
+        for k in 0..n {
+            let i = (self.next_queue + k) % n;
+            if self.queues[i].free_slots() > 0 {
+                self.next_queue = (i + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Pushes as many parts of request `id` as the rings take. `Ok(true)`:
+    /// all of it is on a ring; `Ok(false)`: no slot is free for the rest.
+    ///
+    /// # Errors
+    ///
+    /// Memory or grant exhaustion (after giving back idle persistent
+    /// grants once); parts pushed before stay pushed.
+    fn push(&mut self, id: PendingId) -> Result<bool> {
+        let mut purged = false;
+        loop {
+            match self.push_one(id) {
+                Ok(Some(())) => {}
+                Ok(None) => return Ok(false),
+                Err(Error::GrantRefsExhausted) if !purged => {
+                    purged = true;
+                    let freed: usize = self.queues.iter_mut().map(Queue::purge_idle).sum();
+                    if freed == 0 {
+                        return Err(Error::GrantRefsExhausted);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if self.pending.get_mut(id).is_none_or(|p| p.all_pushed()) {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Pushes the next part of request `id`; `None` when no slot is free.
+    fn push_one(&mut self, id: PendingId) -> Result<Option<()>> {
+        let Some(qi) = self.pick_queue() else {
+            return Ok(None);
+        };
+        let Limits {
+            handle,
+            part_bytes,
+            indirect_segments,
+            ..
+        } = self.limits;
+        let Some(p) = self.pending.get_mut(id) else {
+            return Ok(Some(()));
+        };
+        let q = &mut self.queues[qi];
+        match p.op {
+            Op::Read { sector } | Op::Write { sector } => {
+                let write = matches!(p.op, Op::Write { .. });
+                let buf = p.buf.as_deref().unwrap_or_default();
+                let off = p.pushed;
+                let len = part_bytes.min(buf.len() - off);
+                let part = RwPart {
+                    pending: id,
+                    sector: Sector512(sector.0 + (off / 512) as u64),
+                    offset: off,
+                    len,
+                    data: write.then(|| &buf[off..off + len]),
+                };
+                q.push_rw(&part, handle, indirect_segments)?;
+                p.pushed += len;
+            }
+            Op::Flush { op } => {
+                q.push_control(id, op, |wid| RequestSlot::direct(op, handle, wid, 0, &[]))?;
+                p.pushed = 1;
+            }
+            Op::Discard {
+                sector,
+                count,
+                secure,
+            } => {
+                let flag = if secure { BLKIF_DISCARD_SECURE } else { 0 };
+                q.push_control(id, BLKIF_OP_DISCARD, |wid| {
+                    RequestSlot::discard(flag, handle, wid, sector.0, count.0)
+                })?;
+                p.pushed = 1;
+            }
+        }
+        p.in_flight += 1;
+        Ok(Some(()))
+    }
+
+    /// Pushes waiting requests while the rings have room.
+    fn refill(&mut self) {
+        while let Some(&id) = self.waiting.front() {
+            match self.push(id) {
+                Ok(true) => {
+                    self.waiting.pop_front();
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    if self.in_flight() > 0 {
+                        // Completions will give resources back.
+                        return;
+                    }
+                    self.waiting.pop_front();
+                    if let Some(p) = self.pending.get_mut(id) {
+                        p.fail(e);
+                    }
+                    self.complete_if_finished(id);
+                }
+            }
+        }
+    }
+
+    /// Publishes everything pushed, one notification per queue at most.
+    pub(super) fn kick(&mut self) {
+        for q in &mut self.queues {
+            q.kick();
+        }
+    }
+
+    /// Harvests responses, pushes waiting requests into the room they left,
+    /// and returns the next finished request, if any.
+    pub(super) fn poll(&mut self) -> Option<Completion> {
+        if let Some(c) = self.done.pop_front() {
+            return Some(c);
+        }
+        if self.state == DeviceState::Connected {
+            self.progress();
+        }
+        self.done.pop_front()
+    }
+
+    /// Publishes what was pushed, harvests responses, and pushes waiting
+    /// requests into the room they left.
+    pub(super) fn progress(&mut self) {
+        self.kick();
+        self.harvest();
+        if !self.waiting.is_empty() {
+            self.refill();
+            self.kick();
+        }
+    }
+
+    /// Takes every response. A queue with nothing in flight is looked at
+    /// only if its event fired; its event is consumed either way, so that
+    /// a wait afterwards blocks until something new happens.
+    fn harvest(&mut self) {
+        for qi in 0..self.queues.len() {
+            let event = self.queues[qi].consume_event();
+            if !event && self.queues[qi].in_flight() == 0 {
+                continue;
+            }
+            loop {
+                match self.queues[qi].next_response() {
+                    Ok(Some(rsp)) => match self.queues[qi].complete(&rsp) {
+                        Ok(d) => self.finish(qi, d),
+                        Err(v) => return self.break_device(Error::Protocol(v)),
+                    },
+                    Ok(None) => break,
+                    Err(e) => return self.break_device(e),
+                }
+                if self.state != DeviceState::Connected {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Accounts one validated response: copies read data out, releases the
+    /// slot, and completes the request when it was the last part.
+    fn finish(&mut self, qi: usize, d: Done) {
+        let id = d.busy.pending;
+        let Io {
+            queues,
+            pending,
+            staging,
+            turned_off,
+            limits,
+            ..
+        } = self;
+        let q = &mut queues[qi];
+        if let Some(p) = pending.get_mut(id) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            match d.status {
+                Ok(()) if d.busy.op == BLKIF_OP_READ && p.error.is_none() => {
+                    let (off, len) = (d.busy.offset, d.busy.len);
+                    let dst = if p.direct {
+                        p.buf.as_deref_mut()
+                    } else {
+                        Some(stage(staging, id, p.total()))
+                    };
+                    let r = match dst.and_then(|b| b.get_mut(off..off + len)) {
+                        Some(dst) => q.read_data(d.slot, dst),
+                        None => Err(Error::OutOfRange),
+                    };
+                    if let Err(e) = r {
+                        p.fail(e);
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if let Error::Unsupported(feat) = e {
+                        if turn_off(limits, feat) {
+                            turned_off.push(feat);
+                        }
+                    }
+                    p.fail(e);
+                }
+            }
+        }
+        q.release(d.slot);
+        self.complete_if_finished(id);
+    }
+
+    fn complete_if_finished(&mut self, id: PendingId) {
+        if !self.pending.get_mut(id).is_some_and(|p| p.finished()) {
+            return;
+        }
+        let Some(mut p) = self.pending.remove(id) else {
+            return;
+        };
+        if !p.direct {
+            if let Some(i) = self.staging.iter().position(|(s, _)| *s == id) {
+                let (_, st) = self.staging.swap_remove(i);
+                if let (None, Some(buf)) = (p.error, p.buf.as_mut()) {
+                    buf.copy_from_slice(&st);
+                }
+            }
+        }
+        self.done.push_back(p.into_completion());
+    }
+
+    /// Fails every request not yet completed with `err`; grants are ended,
+    /// pages the backend still maps are quarantined.
+    pub(super) fn abort_all(&mut self, err: Error) {
+        for q in &mut self.queues {
+            q.abort_all(|_| {});
+        }
+        self.waiting.clear();
+        self.staging.clear();
+        for mut p in self.pending.drain_sorted() {
+            p.in_flight = 0;
+            p.fail(err);
+            self.done.push_back(p.into_completion());
+        }
+    }
+
+    /// Marks the device broken with cause `e` (a protocol violation, or
+    /// [`Error::Timeout`]: no answer within the I/O bound) and fails
+    /// everything in flight: with `Timeout` for a timeout, else with
+    /// [`Error::Broken`].
+    pub(super) fn break_device(&mut self, e: Error) {
+        log::error!("xenblk: {e}; device marked broken");
+        self.state = DeviceState::Broken(e);
+        self.abort_all(match e {
+            Error::Timeout => Error::Timeout,
+            _ => Error::Broken,
+        });
+    }
+
+    /// Removes and returns the completion of `token`, if it is done.
+    pub(super) fn take_done(&mut self, token: RequestToken) -> Option<Completion> {
+        let i = self.done.iter().position(|c| c.token == token)?;
+        self.done.remove(i)
+    }
+}
+
+/// The staging buffer of multi-part read `id` (made at its first completed
+/// part). Out of line: the common single-part read never calls it.
+#[cold]
+#[inline(never)]
+fn stage(staging: &mut Vec<(PendingId, Vec<u8>)>, id: PendingId, len: usize) -> &mut [u8] {
+    let i = match staging.iter().position(|(s, _)| *s == id) {
+        Some(i) => i,
+        None => {
+            staging.push((id, alloc::vec![0u8; len]));
+            staging.len() - 1
+        }
+    };
+    &mut staging[i].1
+}
+
+/// Turns a feature off after the backend refused it; returns whether it was
+/// on.
+fn turn_off(l: &mut Limits, feat: Feature) -> bool {
+    match feat {
+        Feature::FlushCache | Feature::Barrier => l.flush.take().is_some(),
+        Feature::Discard | Feature::SecureDiscard => l.discard.take().is_some(),
+        Feature::Persistent | Feature::Indirect => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ss(b: u32) -> SectorSize {
+        SectorSize::new(b).unwrap()
+    }
+
+    #[test]
+    fn discard_ranges_shrink_to_whole_units_inside_the_callers_range() {
+        // 512-byte sectors, 4 KiB granularity, no alignment: [1, 17) holds
+        // the unit [8, 16).
+        assert_eq!(
+            discard_range(1, 16, ss(512), 4096, 0),
+            Some((Sector512(8), Sector512(8)))
+        );
+        // No whole unit.
+        assert_eq!(discard_range(1, 6, ss(512), 4096, 0), None);
+        // Alignment 1024: units start at 2, 10, 18, ...
+        assert_eq!(
+            discard_range(0, 20, ss(512), 4096, 1024),
+            Some((Sector512(2), Sector512(16)))
+        );
+        // A granularity below the sector size counts as the sector size.
+        assert_eq!(
+            discard_range(3, 2, ss(4096), 512, 0),
+            Some((Sector512(24), Sector512(16)))
+        );
+    }
+
+    #[test]
+    fn discard_ranges_never_overflow_or_widen_whatever_the_backend_says() {
+        let top = (u64::MAX / 512) - 1;
+        for gran in [0, 1, 512, 4096, 1 << 20, u32::MAX] {
+            for align in [0, 1, 511, 4096, u32::MAX] {
+                for (start, count) in [(top - 1, 1), (0, top), (top / 2, top / 2), (7, 1)] {
+                    if let Some((s, n)) = discard_range(start, count, ss(512), gran, align) {
+                        assert!(s.0 >= start, "{gran} {align} {start} {count}");
+                        assert!(s.0 + n.0 <= start + count, "{gran} {align} {start} {count}");
+                        assert!(n.0 > 0);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Units in types: the ring and the backend count 512-byte sectors, the
+//! caller counts logical sectors of `sector-size` bytes. The two never mix
+//! without a conversion that checks for overflow.
+
+use core::fmt;
+
+/// A position or length in 512-byte units: the `sector_number` and
+/// `nr_sectors` fields of the ring, and the `sectors` key of a backend that
+/// follows the 2024 rule of `io/blkif.h` (Linux blkback always did).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sector512(pub u64);
+
+/// A position or length in logical sectors (`sector-size` bytes each): what
+/// the caller's API counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogicalSector(pub u64);
+
+/// A logical sector size the driver accepts: a power of two from 512 to
+/// 4096 bytes. Larger sizes are refused at connect: the driver's data pages
+/// are 4 KiB, and a request is cut into parts at page boundaries, which
+/// must also be sector boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SectorSize(u32);
+
+impl SectorSize {
+    /// 512 bytes, the default when `sector-size` is absent.
+    pub const DEFAULT: SectorSize = SectorSize(512);
+    /// The largest accepted size.
+    pub const MAX: u32 = 4096;
+
+    /// `bytes` if it is a power of two in `512..=4096`.
+    pub fn new(bytes: u32) -> Option<SectorSize> {
+        (bytes.is_power_of_two() && (512..=Self::MAX).contains(&bytes)).then_some(SectorSize(bytes))
+    }
+
+    /// The size in bytes.
+    pub fn bytes(self) -> u32 {
+        self.0
+    }
+
+    /// How many 512-byte units one logical sector holds (1 to 8).
+    pub fn units512(self) -> u64 {
+        u64::from(self.0 / 512)
+    }
+
+    /// Logical sector `s` in 512-byte units, `None` on overflow.
+    pub fn to_512(self, s: LogicalSector) -> Option<Sector512> {
+        s.0.checked_mul(self.units512()).map(Sector512)
+    }
+
+    /// Whether `bytes` is a whole number of logical sectors.
+    pub fn divides(self, bytes: u64) -> bool {
+        bytes % u64::from(self.0) == 0
+    }
+}
+
+impl fmt::Display for SectorSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} B", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_powers_of_two_from_512_to_4096_are_sector_sizes() {
+        for ok in [512, 1024, 2048, 4096] {
+            assert_eq!(SectorSize::new(ok).map(SectorSize::bytes), Some(ok));
+        }
+        for bad in [0, 1, 256, 511, 513, 1000, 8192, 1 << 31, u32::MAX] {
+            assert_eq!(SectorSize::new(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn conversion_to_512_byte_units_checks_overflow() {
+        let ss = SectorSize::new(4096).unwrap();
+        assert_eq!(ss.units512(), 8);
+        assert_eq!(ss.to_512(LogicalSector(3)), Some(Sector512(24)));
+        assert_eq!(ss.to_512(LogicalSector(u64::MAX / 8 + 1)), None);
+        assert!(ss.divides(8192) && !ss.divides(512));
+    }
+}
