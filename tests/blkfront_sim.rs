@@ -423,7 +423,7 @@ fn a_batch_of_submits_costs_one_notification() {
 }
 
 #[test]
-fn ring_full_is_a_typed_back_pressure_error() {
+fn a_full_ring_queues_requests_in_the_driver_and_sends_them_in_order() {
     let mut cfg = small(BackendConfig::blkback());
     cfg.max_ring_page_order = Some(0);
     cfg.max_queues = Some(1);
@@ -432,27 +432,33 @@ fn ring_full_is_a_typed_back_pressure_error() {
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.delay_ns = 1_000_000);
-    let mut n = 0;
-    let rejected = loop {
-        match disk.submit_read(n, vec![0; 512]) {
-            Ok(_) => n += 1,
-            Err(r) => break r,
-        }
-    };
-    assert_eq!((n, rejected.error), (32, Error::RingFull));
-    let mut done = 0;
-    while done < 32 {
+    // Twice what the 32 slots hold: the rest waits in the driver.
+    let mut tokens = Vec::new();
+    for n in 0..64u64 {
+        let data = pattern(n, 512);
+        tokens.push(disk.submit_write(n, data).expect("accepted"));
+    }
+    disk.kick();
+    assert_eq!(disk.in_flight(), 32, "the ring is full");
+    assert_eq!(disk.outstanding(), 64);
+    let mut done = Vec::new();
+    while done.len() < 64 {
         match disk.poll() {
             Some(c) => {
                 assert_eq!(c.result, Ok(()));
-                done += 1;
+                done.push(c.token);
             }
             None => {
                 let _ = tb.hal_wait(&disk);
             }
         }
     }
-    assert!(disk.submit_read(0, vec![0; 512]).is_ok());
+    assert_eq!(done, tokens, "completed in submission order");
+    assert_eq!(be.stats().writes, 64);
+    for n in 0..64u64 {
+        assert_eq!(be.disk_read(n * 512, 512).unwrap(), pattern(n, 512));
+    }
+    assert_eq!(disk.outstanding(), 0);
 }
 
 #[test]
@@ -495,7 +501,9 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
 
     disk.close().unwrap();
     assert!(disk.ports().is_empty());
-    assert_eq!(disk.wait(tb.xen().now_ns() + 1_000_000), Ok(()));
+    // Nothing to wait for on a closed device: it says so instead of
+    // returning at once for ever.
+    assert_eq!(disk.wait(tb.xen().now_ns() + 1_000_000), Err(Error::Closed));
 }
 
 trait Waiter {
@@ -783,27 +791,39 @@ fn close_gives_back_every_grant_port_and_page() {
 }
 
 #[test]
-fn a_grant_the_backend_keeps_mapped_is_quarantined() {
+fn a_grant_the_backend_keeps_mapped_breaks_the_device_and_is_quarantined() {
     let mut cfg = small(BackendConfig::blkback());
     cfg.persistent = false;
     let tb = Testbed::new([cfg]);
     let be = tb.backend(0);
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
-    be.update_faults(|f| f.keep_grants_mapped = true);
     disk.write(0, &pattern(1, 8192)).unwrap();
-    assert!(
-        disk.quarantined() > 0,
-        "pages still mapped are never reused"
+    be.update_faults(|f| f.keep_grants_mapped = true);
+    // Without persistent grants, a page the backend keeps after answering
+    // could still change under us: Linux's blkfront gives up on the device
+    // (XSA-396), and so does this one.
+    assert_eq!(disk.write(0, &pattern(2, 8192)), Err(Error::Broken));
+    assert!(matches!(
+        disk.state(),
+        DeviceState::Broken(Error::Protocol(Violation::StillMapped(_)))
+    ));
+    assert_eq!(disk.quarantined(), 2, "both pages are never reused");
+    let mut back = vec![0; 8192];
+    assert_eq!(disk.read(0, &mut back), Err(Error::Broken));
+    assert_eq!(
+        back,
+        vec![0; 8192],
+        "nothing read into a broken device's buffer"
     );
     be.update_faults(|f| f.keep_grants_mapped = false);
     let _ = be.release_kept_grants();
-    disk.write(0, &pattern(2, 8192)).unwrap();
-    let mut back = vec![0; 8192];
-    disk.read(0, &mut back).unwrap();
-    assert_eq!(back, pattern(2, 8192));
-    let a = tb.accounting();
-    assert_eq!(a.bad_frees, 0, "{a:?}");
+    assert_eq!(
+        disk.close(),
+        Ok(0),
+        "the quarantine frees what was unmapped"
+    );
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 #[test]

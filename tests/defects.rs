@@ -67,6 +67,11 @@ const RING_SLOTS: u64 = 32;
 const RING_BYTES: usize = 32 * 11 * 4096;
 /// `sectors` near the top of u64 that still fits when multiplied by 512.
 const HUGE_SECTORS: u64 = (1 << 55) - 1;
+/// The largest capacity the driver accepts: `i64::MAX` bytes (what a byte
+/// offset can address), in 512-byte sectors.
+const MAX_SECTORS: u64 = (i64::MAX as u64) / 512;
+/// d01: a capacity beyond that bound.
+const D01_HUGE: Error = Error::MalformedKey("sectors");
 const SENTINEL: u8 = 0xa5;
 const CONNECT_TIMEOUT_NS: u64 = 2_000_000_000;
 
@@ -254,42 +259,63 @@ fn roundtrip(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
     assert_eq!(back, data);
 }
 
-/// Discards the last sector; the backend must see no range outside it.
-fn discard_last_sector_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
-    let last = disk.sectors() - 1;
+/// Discards the last `n` sectors; the backend must see no range outside
+/// them. Returns whether a discard reached the backend.
+fn discard_tail_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle, n: u64) -> bool {
+    let first = disk.sectors() - n;
     let before = be.stats().discards;
     // A typed error is acceptable; a panic or a wider range is not.
-    if disk.discard(last, 1, false).is_ok() && be.stats().discards > before {
-        let (s, n) = be.stats().last_discard.expect("a discard was taken");
-        let inside = s >= last && s.checked_add(n).is_some_and(|e| e <= last + 1);
+    if disk.discard(first, n, false).is_ok() && be.stats().discards > before {
+        let (s, len) = be.stats().last_discard.expect("a discard was taken");
+        let inside = s >= first && s.checked_add(len).is_some_and(|e| e <= first + n);
         assert!(
             inside,
-            "discard of sector {last} reached the backend as [{s}, {s}+{n})"
+            "discard of [{first}, +{n}) reached the backend as [{s}, {s}+{len})"
         );
+        return true;
     }
+    false
+}
+
+/// Discards the last sector; the backend must see no range outside it.
+fn discard_last_sector_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
+    discard_tail_stays_in_range(disk, be, 1);
 }
 
 // ----- the defects ----------------------------------------------------------
 
 /// At 8fed832: panics, "attempt to multiply with overflow" (submit_discard);
 /// without overflow checks the backend gets a whole-disk discard [0, 2^55-8).
+/// Now a capacity past `i64::MAX` bytes is refused at connect, and at the
+/// largest accepted size a discard of the last sector stays inside it.
 #[test]
 fn d01a_discard_at_the_end_of_a_huge_disk_stays_in_range() {
     let bed = Bed::new();
     let mut cfg = blkback();
     cfg.null_disk = true;
     cfg.disk_bytes = HUGE_SECTORS * 512;
-    let be = bed.backend(VDEV, cfg);
+    let _huge = bed.backend(VDEV, cfg.clone());
     world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
-    assert_eq!(disk.sectors(), HUGE_SECTORS);
+    let r = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue());
+    assert_eq!(r.err().map(|e| e.error), Some(D01_HUGE));
+    assert_eq!(bed.held(base), (0, 0, 0), "the refused probe took nothing");
+    cfg.disk_bytes = MAX_SECTORS * 512;
+    let be = bed.backend(VDEV_B, cfg);
+    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV_B, one_queue()).expect("probe");
+    assert_eq!(disk.sectors(), MAX_SECTORS);
     discard_last_sector_stays_in_range(&mut disk, &be);
+    assert!(
+        discard_tail_stays_in_range(&mut disk, &be, 17),
+        "a whole unit was sent"
+    );
     assert_eq!(disk.close(), Ok(0));
     assert_eq!(bed.held(base), (0, 0, 0));
 }
 
 /// At 8fed832: panics, "attempt to multiply with overflow" (submit_discard);
 /// without overflow checks the backend gets a whole-disk discard [0, 2^55-8).
+/// Now a resize past the bound is refused and changes nothing; a resize to
+/// the bound is taken, and the discard at its end stays inside.
 #[test]
 fn d01b_discard_at_the_end_after_a_resize_to_a_huge_disk_stays_in_range() {
     let bed = Bed::new();
@@ -298,11 +324,20 @@ fn d01b_discard_at_the_end_after_a_resize_to_a_huge_disk_stays_in_range() {
     let be = bed.backend(VDEV, cfg);
     world!(bed, gt, store, base);
     let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let small = disk.sectors();
     be.set_size_bytes(HUGE_SECTORS * 512).unwrap();
+    assert_eq!(disk.check_backend(), Err(D01_HUGE));
+    assert_eq!(disk.sectors(), small, "a refused resize changes nothing");
+    discard_last_sector_stays_in_range(&mut disk, &be);
+    be.set_size_bytes(MAX_SECTORS * 512).unwrap();
     let ev = disk.check_backend().expect("resize");
     assert!(matches!(ev, BackendEvent::Resized { .. }), "{ev:?}");
-    assert_eq!(disk.sectors(), HUGE_SECTORS);
+    assert_eq!(disk.sectors(), MAX_SECTORS);
     discard_last_sector_stays_in_range(&mut disk, &be);
+    assert!(
+        discard_tail_stays_in_range(&mut disk, &be, 17),
+        "a whole unit was sent"
+    );
     assert_eq!(disk.close(), Ok(0));
     assert_eq!(bed.held(base), (0, 0, 0));
 }

@@ -501,11 +501,11 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, job: Job, o: Opts) -> Measured {
             match d.submit_read(offsets.next(), buf) {
                 Ok(_) => in_flight += 1,
                 Err(rej) => {
+                    // The driver queues what the rings cannot take, so a
+                    // refusal is an error, never back pressure.
                     free.push(rej.buf);
-                    if rej.error != Error::RingFull {
-                        m.first_error.get_or_insert(rej.error);
-                        submitting = false;
-                    }
+                    m.first_error.get_or_insert(rej.error);
+                    submitting = false;
                     break;
                 }
             }
@@ -531,10 +531,8 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, job: Job, o: Opts) -> Measured {
                         Ok(_) => in_flight += 1,
                         Err(rej) => {
                             free.push(rej.buf);
-                            if rej.error != Error::RingFull {
-                                m.first_error.get_or_insert(rej.error);
-                                submitting = false;
-                            }
+                            m.first_error.get_or_insert(rej.error);
+                            submitting = false;
                         }
                     }
                 }
