@@ -540,7 +540,7 @@ mod tests {
             .collect()
     }
 
-    // The key set Linux blkback publishes at Connected (XEN-LAB.md).
+    // The key set Linux blkback publishes at Connected (docs/LAB.md).
     fn blkback_keys() -> BTreeMap<String, String> {
         keys(&[
             ("feature-barrier", "1"),

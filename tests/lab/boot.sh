@@ -46,7 +46,7 @@ standin)
     cp "$LAB_CACHE/vmlinuz" "$S/guest/vmlinuz"
     cp "$LAB_CACHE/standin.cpio" "$S/guest/standin.cpio"
     # PV, not PVH: Linux PVH guests crash now and then under this nested
-    # QEMU (XEN-LAB.md); PV guests never did. The backends are the same.
+    # QEMU (docs/LAB.md); PV guests never did. The backends are the same.
     G_TYPE=pv G_KERNEL=/lab/guest/vmlinuz G_EXTRA='ramdisk = "/lab/guest/standin.cpio"'
     G_CMD_PREFIX="console=hvc0 quiet loglevel=1 " G_MEM=256
     say "guest: STAND-IN (dom0's Linux kernel as a PV domU, tests/lab/standin-init.sh)"

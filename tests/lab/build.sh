@@ -80,7 +80,7 @@ else
 fi
 
 # ---- 5. the stand-in guest's initramfs ----------------------------------------
-# dom0's own kernel as a PVH domU with a busybox /init that speaks LINES.md
+# dom0's own kernel as a PV domU with a busybox /init that speaks docs/LINES.md
 # through Linux's blkfront (tests/lab/standin-init.sh): proves the pipeline
 # without the unikernel.
 key="$(sed -n 1p "$LAB_CACHE/stamps/root" | sha256sum | cut -c1-16) $KREL $(pkgver busybox-static) $(hash_of "$0" "$LAB_DIR/standin-init.sh")"

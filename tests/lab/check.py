@@ -4,7 +4,7 @@
 usage: check.py MATRIX SERIAL_LOG [--show]
 
 For every configuration of MATRIX (its last attempt in the log) it compares
-each `xenblk-disk` line of the guest (LINES.md) field by field with the
+each `xenblk-disk` line of the guest (docs/LINES.md) field by field with the
 xenstore-ls dump that dom0 took before destroying the guest, checks the
 closing `xenblk: N passed, M failed` line, the dom0-side cksums of every
 `xenblk-verify` region, and that the dump matches the disk specs of MATRIX.

@@ -23,12 +23,12 @@ if [[ -z ${XENBLK_LAB_GUEST:-} ]]; then
     if [[ -f $REPO_DIR/unikernel/Cargo.toml ]]; then
         say "building the unikernel (cd unikernel && cargo build --release)"
         (cd "$REPO_DIR/unikernel" && cargo build --release) || die "unikernel build failed"
-        # The checker needs the disk lines of LINES.md; an unikernel that
+        # The checker needs the disk lines of docs/LINES.md; an unikernel that
         # does not print them yet would only fail it.
         if grep -qa 'xenblk-disk ' "$ELF"; then
             export XENBLK_LAB_GUEST=unikernel
         else
-            say "!!! the unikernel does not print 'xenblk-disk' lines (LINES.md) yet:"
+            say "!!! the unikernel does not print 'xenblk-disk' lines (docs/LINES.md) yet:"
             say "!!! using the Linux STAND-IN guest instead (XENBLK_LAB_GUEST=unikernel forces it)"
             export XENBLK_LAB_GUEST=standin
         fi

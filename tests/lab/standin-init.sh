@@ -1,8 +1,8 @@
 #!/bin/busybox sh
 # Stand-in guest for the lab (used until the example unikernel is built, and
 # selectable with XENBLK_LAB_GUEST=standin): dom0's own Linux kernel booted as
-# a PVH domU with this /init. It speaks the unikernel's line protocol
-# (LINES.md) using Linux's blkfront and the xenstore tools, so the whole lab
+# a PV domU with this /init. It speaks the unikernel's line protocol
+# (docs/LINES.md) using Linux's blkfront and the xenstore tools, so the whole lab
 # pipeline (xl create, xenstore dumps, log splitting, dom0 cksums, checker)
 # can be proven without the unikernel. Lines go to hvc0 (the PV console).
 /bin/busybox --install -s /bin

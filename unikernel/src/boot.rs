@@ -13,7 +13,7 @@
 //!    2 MiB pages, present + writable, so no access below 4 GiB can ever
 //!    page-fault — Xen's special pages (xenstore, console) sit just below
 //!    4 GiB. Nothing here depends on page faults: under nested SVM in QEMU
-//!    TCG a guest `#PF` may see a wrong CR2 (see XEN-LAB.md);
+//!    TCG a guest `#PF` may see a wrong CR2 (see docs/LAB.md);
 //! 3. load a GDT of our own, enable PAE, load CR3, set `EFER.LME`, enable
 //!    paging, far-jump into the 64-bit code segment;
 //! 4. load the data segments and the stack, and call

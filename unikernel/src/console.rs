@@ -2,7 +2,7 @@
 //! log as `(dN) text`; plain QEMU's `-debugcon` prints it) and, once the Xen
 //! platform is up, to the PV console ring (xenconsoled's log, `xl console`).
 //!
-//! [`out!`](crate::out) writes one protocol line (see `LINES.md` of the
+//! [`out!`](crate::out) writes one protocol line (see `docs/LINES.md` of the
 //! project); [`Logger`] routes the `log` crate here as `[LEVEL] message`.
 
 use core::fmt::{self, Write};

@@ -6,7 +6,7 @@
 //! it says so and leaves through QEMU's `isa-debug-exit`. With Xen it brings
 //! up `xenblk::pvh::Xen`, runs the mode the command line names (`modes`),
 //! prints the closing line `xenblk: N passed, M failed`, and shuts down with
-//! `SCHEDOP_shutdown`. Output protocol: the project's `LINES.md`.
+//! `SCHEDOP_shutdown`. Output protocol: the project's `docs/LINES.md`.
 //!
 //! Memory: the image, stack and a 32 MiB heap end below 48 MiB; run it with
 //! `memory=64` in the xl config (see `targets/README.md`).

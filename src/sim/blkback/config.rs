@@ -2,7 +2,7 @@
 //! (and the toolstack that created it) publishes.
 //!
 //! The key sets follow what was measured on Xen 4.17 with Linux 6.1 blkback
-//! and QEMU 7.2 qdisk (docs/XEN-LAB.md, "What the backends publish"), with
+//! and QEMU 7.2 qdisk (docs/LAB.md, "What the backends publish"), with
 //! the key meanings of the "Backend XenBus Nodes" section of `io/blkif.h`.
 
 use std::string::{String, ToString};
@@ -120,7 +120,7 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
-    /// Linux 6.1 blkback on a loop device, as measured (XEN-LAB.md): flush,
+    /// Linux 6.1 blkback on a loop device, as measured (docs/LAB.md): flush,
     /// barrier, discard (granularity 4096), persistent grants, 256 indirect
     /// segments, ring order 4, 2 queues, 512-byte sectors, 8 MiB.
     pub fn blkback() -> BackendConfig {
