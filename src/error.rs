@@ -253,6 +253,18 @@ impl fmt::Display for Error {
     }
 }
 
+impl From<crate::hal::HalError> for Error {
+    fn from(e: crate::hal::HalError) -> Self {
+        use crate::hal::HalError;
+        match e {
+            HalError::OutOfMemory => Error::OutOfMemory,
+            HalError::Hypercall(rc) => Error::Hypercall(rc),
+            HalError::Timeout => Error::Timeout,
+            HalError::InvalidPort(p) => Error::InvalidPort(p),
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -8,7 +8,7 @@ use xenblk::blkfront::{
     SectorsUnit, StallCause,
 };
 use xenblk::error::{Error, Feature, Violation};
-use xenblk::hal::DomId;
+use xenblk::hal::{DomId, HalError};
 use xenblk::sim::blkback::{BackendConfig, BadId, Faults, Offer, SimBlkBackHandle};
 use xenblk::sim::{SimDisk, SimHal, Testbed};
 use xenblk::xenbus::XenbusState;
@@ -507,11 +507,11 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
 }
 
 trait Waiter {
-    fn hal_wait(&self, disk: &SimDisk<'_>) -> Result<(), Error>;
+    fn hal_wait(&self, disk: &SimDisk<'_>) -> Result<(), HalError>;
 }
 
 impl Waiter for Testbed {
-    fn hal_wait(&self, _disk: &SimDisk<'_>) -> Result<(), Error> {
+    fn hal_wait(&self, _disk: &SimDisk<'_>) -> Result<(), HalError> {
         let deadline = self.xen().now_ns() + 10_000_000;
         self.xen().wait_until(Some(deadline), || false)
     }

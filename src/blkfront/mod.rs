@@ -301,9 +301,13 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             for (p, q) in ports.iter_mut().zip(self.io.ports()) {
                 *p = q;
             }
-            self.hal.evtchn_wait(&ports[..n], Some(deadline))
+            self.hal
+                .evtchn_wait(&ports[..n], Some(deadline))
+                .map_err(Error::from)
         } else {
-            self.hal.evtchn_wait(&self.ports(), Some(deadline))
+            self.hal
+                .evtchn_wait(&self.ports(), Some(deadline))
+                .map_err(Error::from)
         }
     }
 

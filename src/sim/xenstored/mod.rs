@@ -49,7 +49,7 @@ pub use perms::{Access, Perm};
 
 use super::{DeviceId, SimDevice, SimHal, SimXen};
 use crate::abi::xs_wire::XenstoreDomainInterface;
-use crate::hal::{DomId, Hal, Pages, Port, XsTransport};
+use crate::hal::{DomId, Hal, HalError, Pages, Port, XsTransport};
 use crate::xenstore::wire::{Decoder, WatchEvent};
 use crate::xenstore::RingTransport;
 use crate::Result;
@@ -218,9 +218,8 @@ impl XenStored {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) or a simulated
-    /// hypercall error.
-    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<SimXsTransport<'h>> {
+    /// [`HalError::OutOfMemory`] or a simulated hypercall error.
+    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<SimXsTransport<'h>, HalError> {
         let dom = hal.domid();
         let page = hal.alloc_pages(1)?;
         let gfn = page.gfn();

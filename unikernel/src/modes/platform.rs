@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering;
 
 use xenblk::abi::grant::{GTF_permit_access, GTF_type_mask, GNTTAB_RESERVED_XENSTORE};
 use xenblk::gnttab::GrantTable;
-use xenblk::hal::{DomId, Hal, PAGE_SIZE};
+use xenblk::hal::{DomId, Hal, HalError, PAGE_SIZE};
 use xenblk::pvh::Xen;
 use xenblk::Error;
 
@@ -194,7 +194,7 @@ fn evtchn_wait_deadline(xen: &'static Xen) -> Result<String, String> {
         "result={result:?} after {} ns in {rounds} poll(s)",
         end - t0
     );
-    ensure(result == Err(Error::Timeout) && end >= deadline, || {
+    ensure(result == Err(HalError::Timeout) && end >= deadline, || {
         detail.clone()
     })?;
     Ok(detail)
