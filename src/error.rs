@@ -8,6 +8,7 @@
 
 use core::fmt;
 
+pub use crate::ring::Violation;
 use crate::xenbus::XenbusState;
 
 /// Result alias used throughout the crate.
@@ -123,44 +124,6 @@ pub enum Feature {
     Indirect,
 }
 
-/// How the other end of a shared ring broke the protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Violation {
-    /// The response producer moved further than the number of requests in flight.
-    ProducerOverrun {
-        /// The producer index read from the shared page.
-        prod: u32,
-        /// Our consumer index.
-        cons: u32,
-    },
-    /// The request producer (seen by a back end) overran the ring.
-    RequestOverrun {
-        /// The producer index read from the shared page.
-        prod: u32,
-        /// Our consumer index.
-        cons: u32,
-    },
-    /// A response carried an id outside the shadow table.
-    BadId(u64),
-    /// A response carried the id of a slot that has no request in flight.
-    NotInFlight(u64),
-    /// A response's operation does not match the request in that slot.
-    WrongOperation {
-        /// The slot id.
-        id: u64,
-        /// The operation we sent.
-        sent: u8,
-        /// The operation the response carried.
-        got: u8,
-    },
-    /// A response carried a status outside the values `blkif.h` defines.
-    UnknownStatus(i16),
-    /// After answering the request with this id, the backend still maps a
-    /// page it was granted for that request only (Linux's blkfront treats
-    /// this as fatal since XSA-396).
-    StillMapped(u64),
-}
-
 /// The error strings of `xs_wire.h` (`xsd_errors`), plus one for strings it
 /// does not list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -265,25 +228,13 @@ impl From<crate::hal::HalError> for Error {
     }
 }
 
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Violation::ProducerOverrun { prod, cons } => {
-                write!(f, "response producer {prod} overran (consumer {cons})")
-            }
-            Violation::RequestOverrun { prod, cons } => {
-                write!(f, "request producer {prod} overran (consumer {cons})")
-            }
-            Violation::BadId(id) => write!(f, "response id {id} out of range"),
-            Violation::NotInFlight(id) => write!(f, "response id {id} has no request in flight"),
-            Violation::WrongOperation { id, sent, got } => {
-                write!(f, "response id {id}: operation {got}, sent {sent}")
-            }
-            Violation::UnknownStatus(s) => write!(f, "unknown response status {s}"),
-            Violation::StillMapped(id) => write!(
-                f,
-                "response id {id}: the backend still maps a page granted for that request only"
-            ),
+impl From<crate::ring::RingError> for Error {
+    fn from(e: crate::ring::RingError) -> Self {
+        use crate::ring::RingError;
+        match e {
+            RingError::Full => Error::RingFull,
+            RingError::Protocol(v) => Error::Protocol(v),
+            RingError::InvalidOrder(o) => Error::InvalidRingOrder(o),
         }
     }
 }

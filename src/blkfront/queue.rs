@@ -324,7 +324,10 @@ impl<'a, H: Hal> Queue<'a, H> {
         let r = r.and_then(|()| {
             let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
             let req = encode(op, handle, id, part, &pages, &indirect)?;
-            self.ring.push_request(&req).map(|()| op)
+            self.ring
+                .push_request(&req)
+                .map(|()| op)
+                .map_err(Error::from)
         });
         match r {
             Ok(op) => {
