@@ -239,6 +239,20 @@ impl From<crate::ring::RingError> for Error {
     }
 }
 
+impl From<crate::gnttab::GrantError> for Error {
+    fn from(e: crate::gnttab::GrantError) -> Self {
+        use crate::gnttab::GrantError;
+        match e {
+            GrantError::Exhausted => Error::GrantRefsExhausted,
+            GrantError::InvalidRef(r) => Error::InvalidGrantRef(r),
+            GrantError::InUse(r) => Error::GrantInUse(r),
+            GrantError::FrameTooLarge(_) => Error::Hypercall(-22),
+            GrantError::OutOfBounds => Error::OutOfRange,
+            GrantError::Hal(e) => e.into(),
+        }
+    }
+}
+
 impl XsErrno {
     /// Maps an `XS_ERROR` payload (without its NUL) to the errno it names.
     pub fn from_name(name: &str) -> XsErrno {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use xenblk::abi::blkif::*;
 use xenblk::blkfront::wire::{encode_segment, RequestSlot};
 use xenblk::error::Violation;
-use xenblk::gnttab::GrantTable;
+use xenblk::gnttab::{GrantError, GrantTable};
 use xenblk::hal::{DomId, GrantRef, Hal, Pages, Port, PAGE_SIZE};
 use xenblk::ring::FrontRing;
 use xenblk::sim::blkback::{
@@ -509,7 +509,7 @@ fn persistent_grants_stay_mapped_until_the_frontend_closes() {
     assert_eq!(f.response().status, BLKIF_RSP_OKAY);
     let s = f.be.stats();
     assert_eq!((s.persistent_grants, s.grants_mapped), (1, 1));
-    assert_eq!(f.gt.end_access(g), Err(Error::GrantInUse(g.0)));
+    assert_eq!(f.gt.end_access(g), Err(GrantError::InUse(g.0)));
     f.set_state(XenbusState::Closing);
     assert_eq!(f.be.state(), XenbusState::Closing);
     f.set_state(XenbusState::Closed);
@@ -761,7 +761,7 @@ fn kept_grants_block_revocation_until_released() {
     });
     assert_eq!(f.response().status, BLKIF_RSP_OKAY);
     assert_eq!(f.be.stats().grants_kept, 1);
-    assert_eq!(f.gt.end_access(g), Err(Error::GrantInUse(g.0)));
+    assert_eq!(f.gt.end_access(g), Err(GrantError::InUse(g.0)));
     assert_eq!(f.be.release_kept_grants(), 1);
     assert_eq!(f.gt.end_access(g), Ok(()));
 }

@@ -28,7 +28,7 @@ use crate::abi::blkif::{
 };
 use crate::error::{Feature, Violation};
 use crate::evtchn::EventChannel;
-use crate::gnttab::{GrantTable, SharedPage, SharedPages};
+use crate::gnttab::{GrantError, GrantTable, SharedPage, SharedPages};
 use crate::hal::{DomId, GrantRef, Hal, Port, PAGE_SIZE};
 use crate::ring::OwnedFrontRing;
 use crate::{Error, Result};
@@ -216,7 +216,7 @@ impl<'a, H: Hal> Queue<'a, H> {
 
     /// A page from the pool, or a new one: granted persistently while the
     /// budget allows, else private (granted per request).
-    fn take_page(&mut self) -> Result<DataPage<'a, H>> {
+    fn take_page(&mut self) -> Result<DataPage<'a, H>, GrantError> {
         if let Some(p) = self.pool.pop() {
             return Ok(p);
         }
@@ -242,7 +242,11 @@ impl<'a, H: Hal> Queue<'a, H> {
     /// now if it is per-request: read-only when the backend only reads the
     /// page, unless persistent grants are in use (blkback then maps every
     /// grant writable, hoping to keep it, as Linux's blkfront expects).
-    fn grant_for(&self, p: &mut DataPage<'a, H>, backend_reads: bool) -> Result<GrantRef> {
+    fn grant_for(
+        &self,
+        p: &mut DataPage<'a, H>,
+        backend_reads: bool,
+    ) -> Result<GrantRef, GrantError> {
         match (p.lease, p.mem.gref()) {
             (Lease::Persistent, Some(g)) => Ok(g),
             _ => p
@@ -589,9 +593,9 @@ impl<'a, H: Hal> Queue<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] when the backend still maps the ring: dropping
+    /// [`GrantError::InUse`] when the backend still maps the ring: dropping
     /// the queue then quarantines it.
-    pub(super) fn revoke_ring(&mut self) -> Result<()> {
+    pub(super) fn revoke_ring(&mut self) -> Result<(), GrantError> {
         self.ring.memory_mut().revoke()
     }
 }
@@ -602,11 +606,15 @@ impl<'a, H: Hal> Queue<'a, H> {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidGrantRef`] for a page without a grant.
-fn segment<H: Hal>(i: usize, p: &DataPage<'_, H>, len: usize) -> Result<BlkifRequestSegment> {
+/// [`GrantError::InvalidRef`] for a page without a grant.
+fn segment<H: Hal>(
+    i: usize,
+    p: &DataPage<'_, H>,
+    len: usize,
+) -> Result<BlkifRequestSegment, GrantError> {
     let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
     Ok(BlkifRequestSegment {
-        gref: p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0,
+        gref: p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0,
         first_sect: 0,
         last_sect: (bytes / 512 - 1) as u8,
     })
@@ -616,7 +624,7 @@ fn segment<H: Hal>(i: usize, p: &DataPage<'_, H>, len: usize) -> Result<BlkifReq
 ///
 /// # Errors
 ///
-/// [`Error::InvalidGrantRef`] for a page without a grant (never the case
+/// [`GrantError::InvalidRef`] for a page without a grant (never the case
 /// after `prepare`).
 fn encode<H: Hal>(
     op: u8,
@@ -642,7 +650,7 @@ fn encode<H: Hal>(
     } else {
         let mut grefs = [0u32; 8];
         for (g, p) in grefs.iter_mut().zip(indirect) {
-            *g = p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0;
+            *g = p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0;
         }
         let n = indirect.len().min(grefs.len());
         Ok(RequestSlot::indirect(
