@@ -253,6 +253,36 @@ impl From<crate::gnttab::GrantError> for Error {
     }
 }
 
+impl From<crate::xenstore::XsError> for Error {
+    fn from(e: crate::xenstore::XsError) -> Self {
+        use crate::xenstore::XsError;
+        match e {
+            XsError::Errno(e) => Error::XenStore(e),
+            XsError::Malformed(m) => Error::XsMalformed(m),
+            XsError::PayloadTooLarge => Error::XsPayloadTooLarge,
+            XsError::Connection => Error::XsConnection,
+            XsError::InvalidPath => Error::XsInvalidPath,
+            XsError::RetriesExhausted => Error::XsTransactionRetriesExhausted,
+            XsError::Timeout => Error::Timeout,
+            XsError::OutOfMemory => Error::OutOfMemory,
+        }
+    }
+}
+
+impl From<crate::xenbus::XenbusError> for Error {
+    fn from(e: crate::xenbus::XenbusError) -> Self {
+        use crate::xenbus::XenbusError;
+        match e {
+            XenbusError::Store(e) => e.into(),
+            XenbusError::MissingKey(k) => Error::MissingKey(k),
+            XenbusError::MalformedKey(k) => Error::MalformedKey(k),
+            XenbusError::UnexpectedState(s) => Error::UnexpectedState(s),
+            XenbusError::StateTimeout { wanted, seen } => Error::StateTimeout { wanted, seen },
+            XenbusError::NoDevice => Error::NoDevice,
+        }
+    }
+}
+
 impl XsErrno {
     /// Maps an `XS_ERROR` payload (without its NUL) to the errno it names.
     pub fn from_name(name: &str) -> XsErrno {
@@ -300,6 +330,48 @@ impl XsErrno {
         }
     }
 }
+
+impl fmt::Display for XsErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            XsErrno::EINVAL => "invalid argument",
+            XsErrno::EACCES => "permission denied",
+            XsErrno::EEXIST => "already exists",
+            XsErrno::EISDIR => "is a directory",
+            XsErrno::ENOENT => "no such entry",
+            XsErrno::ENOMEM => "out of memory",
+            XsErrno::ENOSPC => "quota exceeded",
+            XsErrno::EIO => "input/output error",
+            XsErrno::ENOTEMPTY => "directory not empty",
+            XsErrno::ENOSYS => "not implemented",
+            XsErrno::EROFS => "read-only",
+            XsErrno::EBUSY => "busy",
+            XsErrno::EAGAIN => "conflict, try again",
+            XsErrno::EISCONN => "already connected",
+            XsErrno::E2BIG => "too big",
+            XsErrno::EPERM => "operation not permitted",
+            XsErrno::Unknown => return f.write_str("an error that xs_wire.h does not list"),
+        };
+        write!(f, "{} ({what})", self.name())
+    }
+}
+
+impl core::error::Error for XsErrno {}
+
+impl fmt::Display for XsMalformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XsMalformed::Oversize => "a message announces more than 4096 payload bytes",
+            XsMalformed::UnexpectedId => "a reply answers no outstanding request",
+            XsMalformed::UnexpectedType => "a reply has the wrong type for its request",
+            XsMalformed::MissingTerminator => "a string lacks its terminating NUL byte",
+            XsMalformed::NotUtf8 => "a string is not valid UTF-8",
+            XsMalformed::BadPayload => "a payload does not have the shape its type requires",
+        })
+    }
+}
+
+impl core::error::Error for XsMalformed {}
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, AtomicU32};
 
+use crate::xenstore::XsError;
 use crate::Result;
 
 /// How a call into the hypervisor (or the platform's memory allocator) failed.
@@ -271,9 +272,8 @@ pub trait XsTransport {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`](crate::Error::XsConnection) when the connection
-    /// is unusable.
-    fn send(&mut self, bytes: &[u8]) -> Result<usize>;
+    /// [`XsError::Connection`] when the connection is unusable.
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError>;
 
     /// Copies up to `buf.len()` available reply bytes without blocking and
     /// returns the count (0 when none are available).
@@ -281,15 +281,16 @@ pub trait XsTransport {
     /// # Errors
     ///
     /// As for [`send`](XsTransport::send).
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError>;
 
     /// Blocks until the stream may have moved (space to send, bytes to
     /// receive) or `deadline` passes. Spurious returns are allowed.
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) at the deadline.
-    fn wait(&mut self, deadline: Option<u64>) -> Result<()>;
+    /// [`XsError::Timeout`] at the deadline; [`XsError::Connection`] when the
+    /// connection is unusable.
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError>;
 
     /// Monotonic time in nanoseconds, on the same clock as `wait`'s deadline.
     fn now_ns(&self) -> u64;

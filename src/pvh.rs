@@ -56,8 +56,8 @@ use crate::abi::xen::{
 };
 use crate::abi::xs_wire::XenstoreDomainInterface;
 use crate::hal::{DomId, Gfn, GrantEntry, Hal, HalError, Pages, Port, PAGE_SIZE};
-use crate::xenstore::{RingTransport, XenStore};
-use crate::{Error, Result};
+use crate::xenstore::{RingTransport, XenStore, XsError};
+use crate::Result;
 
 use console::ConsoleRing;
 use hypercall::{check, hypercall3, op_with_arg};
@@ -362,10 +362,10 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`] when the toolstack gave this domain no
+    /// [`XsError::Connection`] when the toolstack gave this domain no
     /// usable xenstore page (absent, or above the identity map).
-    pub fn xenstore_interface(&self) -> Result<(NonNull<XenstoreDomainInterface>, Port)> {
-        self.store.ok_or(Error::XsConnection)
+    pub fn xenstore_interface(&self) -> Result<(NonNull<XenstoreDomainInterface>, Port), XsError> {
+        self.store.ok_or(XsError::Connection)
     }
 
     /// The xenstore connection of this domain: a [`XenStore`] client over a
@@ -376,12 +376,12 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`] without a usable xenstore page, or when the
+    /// [`XsError::Connection`] without a usable xenstore page, or when the
     /// connection was already taken.
-    pub fn take_xenstore(&self) -> Result<XenStore<RingTransport<'_, Xen>>> {
+    pub fn take_xenstore(&self) -> Result<XenStore<RingTransport<'_, Xen>>, XsError> {
         let (iface, port) = self.xenstore_interface()?;
         if self.store_taken.swap(true, Ordering::AcqRel) {
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         // SAFETY: the page is xenstored's `xenstore_domain_interface` for this
         // domain, identity-mapped for the rest of the run (so for `'_`);

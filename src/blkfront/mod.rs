@@ -112,6 +112,24 @@ impl From<Error> for ProbeError {
     }
 }
 
+macro_rules! probe_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ProbeError {
+            fn from(e: $t) -> Self {
+                Error::from(e).into()
+            }
+        }
+    )*};
+}
+
+probe_error_from!(
+    crate::hal::HalError,
+    crate::ring::RingError,
+    crate::gnttab::GrantError,
+    crate::xenstore::XsError,
+    crate::xenbus::XenbusError
+);
+
 impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.stall {

@@ -57,6 +57,7 @@ use alloc::vec::Vec;
 use xenblk::blkfront::BackendKind;
 use xenblk::hal::Hal;
 use xenblk::pvh::Xen;
+use xenblk::xenstore::XsError;
 use xenblk::Error;
 
 use super::info::{self, Disk, Platform};
@@ -361,7 +362,7 @@ fn serve(p: &Platform, attached: &mut [info::Attached<'_>], opts: Opts, outcome:
                 .lock()
                 .wait_watch_event_for(WATCH_TOKEN, now.saturating_add(SERVE_SLICE_NS))
             {
-                Ok(_) | Err(Error::Timeout) => {}
+                Ok(_) | Err(XsError::Timeout) => {}
                 Err(e) => {
                     outcome.report("bench/serve", false, &format!("watch: {e}"));
                     break;

@@ -17,7 +17,7 @@ use xenblk::abi::grant::{GTF_permit_access, GTF_type_mask, GNTTAB_RESERVED_XENST
 use xenblk::gnttab::GrantTable;
 use xenblk::hal::{DomId, Hal, HalError, PAGE_SIZE};
 use xenblk::pvh::Xen;
-use xenblk::Error;
+use xenblk::xenstore::XsError;
 
 use super::{Context, Outcome};
 
@@ -219,7 +219,7 @@ fn xenstore_taken_once(xen: &'static Xen) -> Result<String, String> {
         .map_err(|e| format!("first take: {e}"))?;
     let name = xs.read("name").map_err(|e| format!("read name: {e}"))?;
     let second = xen.take_xenstore().map(drop);
-    ensure(second == Err(Error::XsConnection), || {
+    ensure(second == Err(XsError::Connection), || {
         format!("second take: {second:?}")
     })?;
     Ok(format!("name={name}"))
