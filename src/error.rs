@@ -331,6 +331,19 @@ impl XsErrno {
     }
 }
 
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::FlushCache => "cache flushes (feature-flush-cache)",
+            Feature::Barrier => "write barriers (feature-barrier)",
+            Feature::Discard => "discard (feature-discard)",
+            Feature::SecureDiscard => "secure discard (discard-secure)",
+            Feature::Persistent => "persistent grants (feature-persistent)",
+            Feature::Indirect => "indirect descriptors (feature-max-indirect-segments)",
+        })
+    }
+}
+
 impl fmt::Display for XsErrno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self {
