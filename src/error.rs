@@ -1,110 +1,130 @@
-//! The one error type of the crate.
+//! The crate's top error, and the small types several layers share.
 //!
-//! Every fallible operation returns [`Error`]. It is `Copy + Eq` so that it can
-//! be stored in a completion, compared in tests and passed across layers
-//! without allocation. Variants that come from something the other side sent
-//! (a backend, xenstored, the hypervisor) say so: the driver never panics on
-//! such input, it returns one of these.
+//! Each layer has its own error type, which says only what that layer can
+//! fail with: [`HalError`] (the hypervisor seam), [`RingError`] (shared
+//! rings), [`GrantError`] (grant references and shared memory),
+//! [`XsError`] (xenstore), [`XenbusError`] (device keys and states) and
+//! [`IoError`] (block I/O). Each converts into [`Error`], which is what
+//! operations spanning several layers return (probing a disk, reacting to
+//! the backend, closing) and what an application can funnel everything
+//! into with `?`. The layer error stays reachable: match on the variant,
+//! or walk [`core::error::Error::source`].
+//!
+//! One failure has one shape in [`Error`], whichever path it took: an error
+//! a layer only passes on from the layer below ([`XenbusError::Store`],
+//! [`GrantError::Hal`], [`IoError::Grant`], [`IoError::Hal`]) converts into
+//! the variant of the layer it came from. A xenstore connection that broke
+//! is `Error::XenStore(XsError::Connection)` whether the xenstore client
+//! or a xenbus helper noticed.
+//!
+//! Every error type is `Copy + Eq + Hash`, so that it can be stored in a
+//! completion, compared in tests and passed across layers without
+//! allocation; each has a [`Display`](fmt::Display) in words and
+//! implements [`core::error::Error`]. Variants that come from something the
+//! other side sent (a backend, xenstored, the hypervisor) say so: the driver
+//! never panics on such input, it returns one of these.
+//!
+//! The layer errors are re-exported here for convenience.
 
 use core::fmt;
 
-pub use crate::ring::Violation;
-use crate::xenbus::XenbusState;
+pub use crate::blkfront::{Broken, IoError};
+pub use crate::gnttab::GrantError;
+pub use crate::hal::HalError;
+pub use crate::ring::{RingError, Violation};
+pub use crate::xenbus::XenbusError;
+pub use crate::xenstore::XsError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
-/// Every error xenblk can return.
+/// Any error xenblk can return: the error of the layer that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Error {
-    // ----- memory, hypervisor -----------------------------------------------
-    /// A page or heap allocation failed.
-    OutOfMemory,
-    /// A hypercall returned a negative Xen errno (the value is `-errno`).
-    Hypercall(i32),
-    /// A wait reached its deadline before the awaited event happened.
-    Timeout,
+    /// A call into the hypervisor (or its memory allocator) failed.
+    Hal(HalError),
+    /// A shared ring could not be set up or used.
+    Ring(RingError),
+    /// A grant-table operation failed.
+    Grant(GrantError),
+    /// A xenstore request failed.
+    XenStore(XsError),
+    /// Reading a device's keys, or moving or waiting for its state, failed.
+    Xenbus(XenbusError),
+    /// Block I/O failed.
+    Io(IoError),
+}
 
-    // ----- grants --------------------------------------------------------------
-    /// No free grant reference is left in the grant table.
-    GrantRefsExhausted,
-    /// A grant reference outside the table, or one that this allocator did not
-    /// hand out, was passed in.
-    InvalidGrantRef(u32),
-    /// Revoking a grant failed because the other domain still maps the page.
-    /// The page is quarantined and never reused while this holds.
-    GrantInUse(u32),
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Hal(e) => e.fmt(f),
+            Error::Ring(e) => e.fmt(f),
+            Error::Grant(e) => e.fmt(f),
+            Error::XenStore(e) => e.fmt(f),
+            Error::Xenbus(e) => e.fmt(f),
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
 
-    // ----- event channels -------------------------------------------------------
-    /// An event-channel port that is not open (or out of range) was used.
-    InvalidPort(u32),
+/// The source of an [`Error`] is the layer error it holds.
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(match self {
+            Error::Hal(e) => e,
+            Error::Ring(e) => e,
+            Error::Grant(e) => e,
+            Error::XenStore(e) => e,
+            Error::Xenbus(e) => e,
+            Error::Io(e) => e,
+        })
+    }
+}
 
-    // ----- shared ring ----------------------------------------------------------
-    /// The ring has no free request slot.
-    RingFull,
-    /// The other end broke the ring protocol; the ring must not be used again.
-    Protocol(Violation),
-    /// A shared ring of this order (log2 of its page count) is not supported
-    /// (above `ring::MAX_RING_ORDER`).
-    InvalidRingOrder(u32),
+macro_rules! from_layer {
+    ($($variant:ident($t:ty)),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::$variant(e)
+            }
+        }
+    )*};
+}
 
-    // ----- xenstore -------------------------------------------------------------
-    /// xenstored answered with an error string.
-    XenStore(XsErrno),
-    /// A xenstore reply or event could not be parsed.
-    XsMalformed(XsMalformed),
-    /// A request or reply payload exceeds the 4096-byte protocol limit.
-    XsPayloadTooLarge,
-    /// The xenstore connection is closed, reset or otherwise unusable.
-    XsConnection,
-    /// A xenstore path or value contains a byte the protocol forbids (NUL).
-    XsInvalidPath,
-    /// A transaction kept failing with `EAGAIN` after the retry budget.
-    XsTransactionRetriesExhausted,
+from_layer!(Hal(HalError), Ring(RingError), XenStore(XsError));
 
-    // ----- xenbus / keys --------------------------------------------------------
-    /// A required key is missing from a xenstore directory.
-    MissingKey(&'static str),
-    /// A key is present but its value does not parse or is out of range.
-    MalformedKey(&'static str),
-    /// The other end is in a state this operation cannot proceed from.
-    UnexpectedState(XenbusState),
-    /// The other end did not reach the wanted state within the caller's bound.
-    /// See `blkfront` for the diagnostic report that accompanies this.
-    StateTimeout {
-        /// The state we were waiting for.
-        wanted: XenbusState,
-        /// The last state the other end was seen in.
-        seen: XenbusState,
-    },
-    /// No such device.
-    NoDevice,
+/// A page allocation's failure becomes [`Error::Hal`].
+impl From<GrantError> for Error {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::Hal(e) => Error::Hal(e),
+            e => Error::Grant(e),
+        }
+    }
+}
 
-    // ----- block I/O ------------------------------------------------------------
-    /// The device is not (or no longer) connected.
-    NotConnected,
-    /// The device saw a protocol violation or fatal backend error earlier and
-    /// refuses all further I/O.
-    Broken,
-    /// The device was closed.
-    Closed,
-    /// A write, flush or discard to a read-only disk.
-    ReadOnly,
-    /// A buffer length or offset is not a multiple of the logical sector size,
-    /// or the buffer is empty.
-    Misaligned,
-    /// The request reaches past the end of the disk.
-    OutOfRange,
-    /// The backend does not offer (or turned off) the needed feature.
-    Unsupported(Feature),
-    /// The backend answered `BLKIF_RSP_ERROR`.
-    IoError,
-    /// The request was cancelled because the backend went away (Closing or
-    /// Closed) or the device broke while it was in flight.
-    Aborted,
-    /// An unknown request token was passed to the driver.
-    UnknownToken,
+/// A failed xenstore request becomes [`Error::XenStore`].
+impl From<XenbusError> for Error {
+    fn from(e: XenbusError) -> Self {
+        match e {
+            XenbusError::Store(e) => Error::XenStore(e),
+            e => Error::Xenbus(e),
+        }
+    }
+}
+
+/// A grant or hypervisor failure on the data path becomes the variant of
+/// that layer.
+impl From<IoError> for Error {
+    fn from(e: IoError) -> Self {
+        match e {
+            IoError::Grant(e) => e.into(),
+            IoError::Hal(e) => Error::Hal(e),
+            e => Error::Io(e),
+        }
+    }
 }
 
 /// An optional block-device feature.
@@ -164,123 +184,6 @@ pub enum XsMalformed {
     NotUtf8,
     /// The payload does not have the shape its type requires.
     BadPayload,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::OutOfMemory => f.write_str("out of memory"),
-            Error::Hypercall(rc) => write!(f, "hypercall failed with Xen errno {}", -rc),
-            Error::Timeout => f.write_str("timed out"),
-            Error::GrantRefsExhausted => f.write_str("no free grant reference"),
-            Error::InvalidGrantRef(r) => write!(f, "invalid grant reference {r}"),
-            Error::GrantInUse(r) => {
-                write!(
-                    f,
-                    "grant {r} is still mapped by the other domain; page quarantined"
-                )
-            }
-            Error::InvalidPort(p) => write!(f, "invalid event-channel port {p}"),
-            Error::RingFull => f.write_str("shared ring is full"),
-            Error::Protocol(v) => write!(f, "ring protocol violation: {v}"),
-            Error::InvalidRingOrder(o) => write!(f, "unsupported shared-ring order {o}"),
-            Error::XenStore(e) => write!(f, "xenstore error {e:?}"),
-            Error::XsMalformed(m) => write!(f, "malformed xenstore message: {m:?}"),
-            Error::XsPayloadTooLarge => f.write_str("xenstore payload exceeds 4096 bytes"),
-            Error::XsConnection => f.write_str("xenstore connection unusable"),
-            Error::XsInvalidPath => f.write_str("xenstore path or value contains NUL"),
-            Error::XsTransactionRetriesExhausted => {
-                f.write_str("xenstore transaction kept failing with EAGAIN")
-            }
-            Error::MissingKey(k) => write!(f, "required key '{k}' is missing"),
-            Error::MalformedKey(k) => write!(f, "key '{k}' has a malformed value"),
-            Error::UnexpectedState(s) => write!(f, "unexpected xenbus state {s:?}"),
-            Error::StateTimeout { wanted, seen } => {
-                write!(
-                    f,
-                    "other end never reached {wanted:?}; last seen in {seen:?}"
-                )
-            }
-            Error::NoDevice => f.write_str("no such device"),
-            Error::NotConnected => f.write_str("device not connected"),
-            Error::Broken => f.write_str("device is broken after a backend error"),
-            Error::Closed => f.write_str("device is closed"),
-            Error::ReadOnly => f.write_str("device is read-only"),
-            Error::Misaligned => f.write_str("length or offset not a multiple of the sector size"),
-            Error::OutOfRange => f.write_str("request past the end of the disk"),
-            Error::Unsupported(feat) => write!(f, "backend does not support {feat:?}"),
-            Error::IoError => f.write_str("backend reported an I/O error"),
-            Error::Aborted => f.write_str("request aborted: backend went away"),
-            Error::UnknownToken => f.write_str("unknown request token"),
-        }
-    }
-}
-
-impl From<crate::hal::HalError> for Error {
-    fn from(e: crate::hal::HalError) -> Self {
-        use crate::hal::HalError;
-        match e {
-            HalError::OutOfMemory => Error::OutOfMemory,
-            HalError::Hypercall(rc) => Error::Hypercall(rc),
-            HalError::Timeout => Error::Timeout,
-            HalError::InvalidPort(p) => Error::InvalidPort(p),
-        }
-    }
-}
-
-impl From<crate::ring::RingError> for Error {
-    fn from(e: crate::ring::RingError) -> Self {
-        use crate::ring::RingError;
-        match e {
-            RingError::Full => Error::RingFull,
-            RingError::Protocol(v) => Error::Protocol(v),
-            RingError::InvalidOrder(o) => Error::InvalidRingOrder(o),
-        }
-    }
-}
-
-impl From<crate::gnttab::GrantError> for Error {
-    fn from(e: crate::gnttab::GrantError) -> Self {
-        use crate::gnttab::GrantError;
-        match e {
-            GrantError::Exhausted => Error::GrantRefsExhausted,
-            GrantError::InvalidRef(r) => Error::InvalidGrantRef(r),
-            GrantError::InUse(r) => Error::GrantInUse(r),
-            GrantError::FrameTooLarge(_) => Error::Hypercall(-22),
-            GrantError::OutOfBounds => Error::OutOfRange,
-            GrantError::Hal(e) => e.into(),
-        }
-    }
-}
-
-impl From<crate::xenstore::XsError> for Error {
-    fn from(e: crate::xenstore::XsError) -> Self {
-        use crate::xenstore::XsError;
-        match e {
-            XsError::Errno(e) => Error::XenStore(e),
-            XsError::Malformed(m) => Error::XsMalformed(m),
-            XsError::PayloadTooLarge => Error::XsPayloadTooLarge,
-            XsError::Connection => Error::XsConnection,
-            XsError::InvalidPath => Error::XsInvalidPath,
-            XsError::RetriesExhausted => Error::XsTransactionRetriesExhausted,
-            XsError::Timeout => Error::Timeout,
-            XsError::OutOfMemory => Error::OutOfMemory,
-        }
-    }
-}
-
-impl From<crate::xenbus::XenbusError> for Error {
-    fn from(e: crate::xenbus::XenbusError) -> Self {
-        use crate::xenbus::XenbusError;
-        match e {
-            XenbusError::Store(e) => e.into(),
-            XenbusError::MissingKey(k) => Error::MissingKey(k),
-            XenbusError::MalformedKey(k) => Error::MalformedKey(k),
-            XenbusError::UnexpectedState(s) => Error::UnexpectedState(s),
-            XenbusError::StateTimeout { wanted, seen } => Error::StateTimeout { wanted, seen },
-            XenbusError::NoDevice => Error::NoDevice,
-        }
-    }
 }
 
 impl XsErrno {
@@ -418,7 +321,7 @@ mod tests {
 
     #[test]
     fn display_names_the_missing_key() {
-        let s = alloc::format!("{}", Error::MissingKey("sectors"));
+        let s = alloc::format!("{}", Error::from(XenbusError::MissingKey("sectors")));
         assert!(s.contains("'sectors'"), "{s}");
     }
 }

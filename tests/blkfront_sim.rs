@@ -11,7 +11,7 @@ use xenblk::error::{Error, Feature, Violation};
 use xenblk::hal::{DomId, HalError};
 use xenblk::sim::blkback::{BackendConfig, BadId, Faults, Offer, SimBlkBackHandle};
 use xenblk::sim::{SimDisk, SimHal, Testbed};
-use xenblk::xenbus::XenbusState;
+use xenblk::xenbus::{XenbusError, XenbusState};
 
 const VDEV: u32 = 51712;
 
@@ -854,10 +854,10 @@ fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
     let err = guest.probe(0, cfg).err().expect("must not connect");
     assert_eq!(
         err.error,
-        Error::StateTimeout {
+        Error::Xenbus(XenbusError::StateTimeout {
             wanted: XenbusState::InitWait,
             seen: XenbusState::Initialising
-        }
+        })
     );
     let stall = err.stall.expect("stall report");
     assert_eq!(stall.cause, StallCause::QdiskDirectIoSafe);

@@ -19,7 +19,7 @@ use xenblk::hal::{DomId, GrantRef};
 use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
 use xenblk::sim::xenstored::{SimXsTransport, XenStored};
 use xenblk::sim::{Accounting, SimConfig, SimHal, SimXen};
-use xenblk::xenbus::XenbusState;
+use xenblk::xenbus::{XenbusError, XenbusState};
 use xenblk::xenstore::XenStore;
 
 // ----- what each test expects (change here when the error API changes) -----
@@ -29,12 +29,12 @@ const D02_READ_CUT_SHORT: IoError = IoError::Aborted;
 /// d03: blocking I/O reaching past the end of the disk.
 const D03_PAST_THE_END: IoError = IoError::OutOfRange;
 /// d04a: probe of a backend publishing `sector-size` = 1000.
-const D04A_PROBE: Error = Error::MalformedKey("sector-size");
+const D04A_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("sector-size"));
 /// d04b: probe of a backend whose hotplug script outlasts the connect bound.
-const D04B_PROBE: Error = Error::StateTimeout {
+const D04B_PROBE: Error = Error::Xenbus(XenbusError::StateTimeout {
     wanted: XenbusState::Connected,
     seen: XenbusState::InitWait,
-};
+});
 /// d06: waiting on an idle device whose only event was already seen.
 const D06_IDLE_WAIT: IoError = IoError::Timeout;
 /// d07a: a request no ring could ever hold may fail, but not as back pressure.
@@ -48,9 +48,9 @@ fn d07a_acceptable(e: IoError) -> bool {
 /// d08: `BLKIF_RSP_EOPNOTSUPP` answering a plain read (Linux: `BLK_STS_IOERR`).
 const D08_READ_EOPNOTSUPP: IoError = IoError::Backend;
 /// d10: probe of a backend publishing `sector-size` above 4096.
-const D10_PROBE: Error = Error::MalformedKey("sector-size");
+const D10_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("sector-size"));
 /// d11a: probe with a `backend-id` that names no backend domain.
-const D11A_PROBE: Error = Error::MalformedKey("backend-id");
+const D11A_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("backend-id"));
 /// d11c: empty I/O on a closed device.
 const D11C_CLOSED: IoError = IoError::Closed;
 /// d11d: a read whose data grant the backend still maps after its response.
@@ -79,7 +79,7 @@ const HUGE_SECTORS: u64 = (1 << 55) - 1;
 /// offset can address), in 512-byte sectors.
 const MAX_SECTORS: u64 = (i64::MAX as u64) / 512;
 /// d01: a capacity beyond that bound.
-const D01_HUGE: Error = Error::MalformedKey("sectors");
+const D01_HUGE: Error = Error::Xenbus(XenbusError::MalformedKey("sectors"));
 const SENTINEL: u8 = 0xa5;
 const CONNECT_TIMEOUT_NS: u64 = 2_000_000_000;
 

@@ -12,6 +12,7 @@ use xenblk::blkfront::{BackendEvent, Broken, Config, DeviceState, IoError};
 use xenblk::error::{Error, Violation};
 use xenblk::sim::blkback::BackendConfig;
 use xenblk::sim::{SimDisk, Testbed};
+use xenblk::xenstore::XsError;
 
 /// The disk of every scenario.
 fn backend(persistent: bool) -> BackendConfig {
@@ -206,7 +207,7 @@ fn eagain_storms_on_transactions_are_retried_then_reported() {
         ..one_queue()
     };
     let err = guest.probe(0, cfg).err().expect("must fail");
-    assert_eq!(err.error, Error::XsTransactionRetriesExhausted);
+    assert_eq!(err.error, Error::XenStore(XsError::RetriesExhausted));
     assert_eq!(guest.held(), (0, 0, 0));
 }
 
@@ -312,7 +313,10 @@ fn xenstore_connection_errors_are_typed_and_leak_nothing() {
         .err()
         .expect("garbage must fail the probe");
     assert!(
-        matches!(err.error, Error::XsMalformed(_) | Error::XsConnection),
+        matches!(
+            err.error,
+            Error::XenStore(XsError::Malformed(_) | XsError::Connection)
+        ),
         "{err}"
     );
     assert_eq!(guest.held(), (0, 0, 0));

@@ -1,12 +1,16 @@
 //! The errors of the block frontend: [`IoError`] for the data path,
-//! [`Broken`] for the cause a broken device keeps.
+//! [`Broken`] for the cause a broken device keeps, [`ProbeError`] for a
+//! disk that did not connect.
 
 use core::fmt;
 
-use crate::error::Feature;
+use super::stall::StallReport;
+use crate::error::{Error, Feature};
 use crate::gnttab::GrantError;
 use crate::hal::HalError;
-use crate::ring::Violation;
+use crate::ring::{RingError, Violation};
+use crate::xenbus::XenbusError;
+use crate::xenstore::XsError;
 
 /// Why a device stopped taking I/O for good: what [`DeviceState::Broken`]
 /// keeps, and what every request failed by the break carries
@@ -136,3 +140,62 @@ impl From<HalError> for IoError {
         IoError::Hal(e)
     }
 }
+
+/// Why [`BlockFront::probe`](super::BlockFront::probe) (or
+/// [`reconnect`](super::BlockFront::reconnect)) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeError {
+    /// The error, as the variant of the layer that failed.
+    pub error: Error,
+    /// For a backend that did not reach the awaited state (in time, or at
+    /// all because it closed): what it published and the likely cause.
+    pub stall: Option<StallReport>,
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.stall {
+            Some(s) => write!(f, "{}\n{}", self.error, s),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+/// The source of a `ProbeError` is its [`error`](ProbeError::error).
+impl core::error::Error for ProbeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Keeps the error and drops the stall report.
+impl From<ProbeError> for Error {
+    fn from(e: ProbeError) -> Self {
+        e.error
+    }
+}
+
+impl From<Error> for ProbeError {
+    fn from(error: Error) -> Self {
+        ProbeError { error, stall: None }
+    }
+}
+
+macro_rules! probe_error_from {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for ProbeError {
+            fn from(e: $t) -> Self {
+                Error::from(e).into()
+            }
+        }
+    )*};
+}
+
+probe_error_from!(
+    HalError,
+    RingError,
+    GrantError,
+    XsError,
+    XenbusError,
+    IoError
+);

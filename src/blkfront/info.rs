@@ -30,6 +30,16 @@ pub enum BackendKind {
     Other,
 }
 
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Blkback => "Linux blkback",
+            BackendKind::Qdisk => "QEMU qdisk",
+            BackendKind::Other => "unrecognised",
+        })
+    }
+}
+
 impl BackendKind {
     /// Classifies a backend from its directory path and its `type` key.
     pub fn classify(backend_path: &str, type_key: Option<&str>) -> BackendKind {

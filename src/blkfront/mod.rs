@@ -40,9 +40,8 @@ pub mod wire;
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 
-pub use error::{Broken, IoError};
+pub use error::{Broken, IoError, ProbeError};
 pub use info::{
     BackendInfo, BackendKind, DirectIoSafe, DiscardInfo, Endpoints, FlushMethod, Negotiated,
     Offered, SectorsUnit,
@@ -54,7 +53,7 @@ use crate::gnttab::GrantTable;
 use crate::hal::{Hal, HalError, Port, XsTransport};
 use crate::xenbus::XenbusError;
 use crate::xenstore::XenStore;
-use crate::{Error, Result};
+use crate::Result;
 use connection::{Change, Connection};
 use io::{Io, Limits};
 use units::SectorSize;
@@ -95,49 +94,6 @@ impl Default for Config {
             close_timeout_ns: 5_000_000_000,
             io_timeout_ns: 30_000_000_000,
             transaction_retries: 16,
-        }
-    }
-}
-
-/// Why [`BlockFront::probe`] failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeError {
-    /// The error.
-    pub error: Error,
-    /// For a backend that did not reach the awaited state (in time, or at
-    /// all because it closed): what it published and the likely cause.
-    pub stall: Option<StallReport>,
-}
-
-impl From<Error> for ProbeError {
-    fn from(error: Error) -> Self {
-        ProbeError { error, stall: None }
-    }
-}
-
-macro_rules! probe_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ProbeError {
-            fn from(e: $t) -> Self {
-                Error::from(e).into()
-            }
-        }
-    )*};
-}
-
-probe_error_from!(
-    crate::hal::HalError,
-    crate::ring::RingError,
-    crate::gnttab::GrantError,
-    crate::xenstore::XsError,
-    crate::xenbus::XenbusError
-);
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.stall {
-            Some(s) => write!(f, "{}\n{}", self.error, s),
-            None => write!(f, "{}", self.error),
         }
     }
 }
@@ -196,7 +152,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// xenstore errors; a missing `device/vbd` directory is an empty list.
-    pub fn enumerate(store: &SharedStore<T>) -> Result<Vec<u32>> {
+    pub fn enumerate(store: &SharedStore<T>) -> Result<Vec<u32>, XenbusError> {
         let vbds = crate::xenbus::enumerate_vbds(&mut store.lock())?;
         Ok(vbds.into_iter().map(|v| v.vdev).collect())
     }
@@ -206,12 +162,15 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`ProbeError`] with [`Error::StateTimeout`] and a [`StallReport`]
-    /// when the backend does not reach InitWait or Connected within
-    /// `cfg.connect_timeout_ns`, or [`Error::UnexpectedState`] and a report
-    /// when it closes instead; [`Error::MissingKey`] /
-    /// [`Error::MalformedKey`] naming a bad key; xenstore, grant and event
-    /// channel errors. Whatever was taken is given back, in the protocol's
+    /// [`ProbeError`] with [`XenbusError::StateTimeout`] and a
+    /// [`StallReport`] when the backend does not reach InitWait or Connected
+    /// within `cfg.connect_timeout_ns`, or [`XenbusError::UnexpectedState`]
+    /// and a report when it closes instead; [`XenbusError::MissingKey`] /
+    /// [`XenbusError::MalformedKey`] naming a bad key; xenstore, grant,
+    /// ring and event-channel errors (each as the [`Error`](crate::Error)
+    /// variant of its layer). `?` turns a `ProbeError` into an
+    /// [`Error`](crate::Error) (dropping the report) or a
+    /// `Box<dyn core::error::Error>`. Whatever was taken is given back, in the protocol's
     /// order, and the frontend is left Closed, so that a later probe can
     /// start again.
     pub fn probe(

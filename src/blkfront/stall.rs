@@ -173,7 +173,7 @@ impl fmt::Display for StallReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "disk {} did not connect ({:?} backend)",
+            "disk {} did not connect ({} backend)",
             self.vdev, self.kind
         )?;
         writeln!(f, "  backend         {}", self.backend_path)?;

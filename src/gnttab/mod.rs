@@ -346,7 +346,7 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// As `end_access`; on `GrantInUse` the reference stays granted.
+    /// As `end_access`; on [`GrantError::InUse`] the reference stays granted.
     pub fn end_access_and_free(&self, gref: GrantRef) -> Result<(), GrantError> {
         self.end_access(gref)?;
         self.free(gref)

@@ -182,7 +182,7 @@ enum Target {
 /// While it exists the frame stays allocated (the owner's `free_pages` of it
 /// is refused and counted), and for a grant mapping `GTF_reading` /
 /// `GTF_writing` stay set so the granter's revocation fails with
-/// `GrantInUse`. Dropping it, or [`unmap`](GrantMapping::unmap), releases it.
+/// `GrantError::InUse`. Dropping it, or [`unmap`](GrantMapping::unmap), releases it.
 pub struct GrantMapping {
     xen: SimXen,
     mapper: DomId,
