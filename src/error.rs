@@ -1,109 +1,130 @@
-//! The one error type of the crate.
+//! The crate's top error, and the small types several layers share.
 //!
-//! Every fallible operation returns [`Error`]. It is `Copy + Eq` so that it can
-//! be stored in a completion, compared in tests and passed across layers
-//! without allocation. Variants that come from something the other side sent
-//! (a backend, xenstored, the hypervisor) say so: the driver never panics on
-//! such input, it returns one of these.
+//! Each layer has its own error type, which says only what that layer can
+//! fail with: [`HalError`] (the hypervisor seam), [`RingError`] (shared
+//! rings), [`GrantError`] (grant references and shared memory),
+//! [`XsError`] (xenstore), [`XenbusError`] (device keys and states) and
+//! [`IoError`] (block I/O). Each converts into [`Error`], which is what
+//! operations spanning several layers return (probing a disk, reacting to
+//! the backend, closing) and what an application can funnel everything
+//! into with `?`. The layer error stays reachable: match on the variant,
+//! or walk [`core::error::Error::source`].
+//!
+//! One failure has one shape in [`Error`], whichever path it took: an error
+//! a layer only passes on from the layer below ([`XenbusError::Store`],
+//! [`GrantError::Hal`], [`IoError::Grant`], [`IoError::Hal`]) converts into
+//! the variant of the layer it came from. A xenstore connection that broke
+//! is `Error::XenStore(XsError::Connection)` whether the xenstore client
+//! or a xenbus helper noticed.
+//!
+//! Every error type is `Copy + Eq + Hash`, so that it can be stored in a
+//! completion, compared in tests and passed across layers without
+//! allocation; each has a [`Display`](fmt::Display) in words and
+//! implements [`core::error::Error`]. Variants that come from something the
+//! other side sent (a backend, xenstored, the hypervisor) say so: the driver
+//! never panics on such input, it returns one of these.
+//!
+//! The layer errors are re-exported here for convenience.
 
 use core::fmt;
 
-use crate::xenbus::XenbusState;
+pub use crate::blkfront::{Broken, IoError};
+pub use crate::gnttab::GrantError;
+pub use crate::hal::HalError;
+pub use crate::ring::{RingError, Violation};
+pub use crate::xenbus::XenbusError;
+pub use crate::xenstore::XsError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
-/// Every error xenblk can return.
+/// Any error xenblk can return: the error of the layer that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Error {
-    // ----- memory, hypervisor -----------------------------------------------
-    /// A page or heap allocation failed.
-    OutOfMemory,
-    /// A hypercall returned a negative Xen errno (the value is `-errno`).
-    Hypercall(i32),
-    /// A wait reached its deadline before the awaited event happened.
-    Timeout,
+    /// A call into the hypervisor (or its memory allocator) failed.
+    Hal(HalError),
+    /// A shared ring could not be set up or used.
+    Ring(RingError),
+    /// A grant-table operation failed.
+    Grant(GrantError),
+    /// A xenstore request failed.
+    XenStore(XsError),
+    /// Reading a device's keys, or moving or waiting for its state, failed.
+    Xenbus(XenbusError),
+    /// Block I/O failed.
+    Io(IoError),
+}
 
-    // ----- grants --------------------------------------------------------------
-    /// No free grant reference is left in the grant table.
-    GrantRefsExhausted,
-    /// A grant reference outside the table, or one that this allocator did not
-    /// hand out, was passed in.
-    InvalidGrantRef(u32),
-    /// Revoking a grant failed because the other domain still maps the page.
-    /// The page is quarantined and never reused while this holds.
-    GrantInUse(u32),
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Hal(e) => e.fmt(f),
+            Error::Ring(e) => e.fmt(f),
+            Error::Grant(e) => e.fmt(f),
+            Error::XenStore(e) => e.fmt(f),
+            Error::Xenbus(e) => e.fmt(f),
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
 
-    // ----- event channels -------------------------------------------------------
-    /// An event-channel port that is not open (or out of range) was used.
-    InvalidPort(u32),
+/// The source of an [`Error`] is the layer error it holds.
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(match self {
+            Error::Hal(e) => e,
+            Error::Ring(e) => e,
+            Error::Grant(e) => e,
+            Error::XenStore(e) => e,
+            Error::Xenbus(e) => e,
+            Error::Io(e) => e,
+        })
+    }
+}
 
-    // ----- shared ring ----------------------------------------------------------
-    /// The ring has no free request slot.
-    RingFull,
-    /// The other end broke the ring protocol; the ring must not be used again.
-    Protocol(Violation),
-    /// A shared ring of this order (log2 of its page count) is not supported
-    /// (above `ring::MAX_RING_ORDER`).
-    InvalidRingOrder(u32),
+macro_rules! from_layer {
+    ($($variant:ident($t:ty)),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::$variant(e)
+            }
+        }
+    )*};
+}
 
-    // ----- xenstore -------------------------------------------------------------
-    /// xenstored answered with an error string.
-    XenStore(XsErrno),
-    /// A xenstore reply or event could not be parsed.
-    XsMalformed(XsMalformed),
-    /// A request or reply payload exceeds the 4096-byte protocol limit.
-    XsPayloadTooLarge,
-    /// The xenstore connection is closed, reset or otherwise unusable.
-    XsConnection,
-    /// A xenstore path or value contains a byte the protocol forbids (NUL).
-    XsInvalidPath,
-    /// A transaction kept failing with `EAGAIN` after the retry budget.
-    XsTransactionRetriesExhausted,
+from_layer!(Hal(HalError), Ring(RingError), XenStore(XsError));
 
-    // ----- xenbus / keys --------------------------------------------------------
-    /// A required key is missing from a xenstore directory.
-    MissingKey(&'static str),
-    /// A key is present but its value does not parse or is out of range.
-    MalformedKey(&'static str),
-    /// The other end is in a state this operation cannot proceed from.
-    UnexpectedState(XenbusState),
-    /// The other end did not reach the wanted state within the caller's bound.
-    /// See `blkfront` for the diagnostic report that accompanies this.
-    StateTimeout {
-        /// The state we were waiting for.
-        wanted: XenbusState,
-        /// The last state the other end was seen in.
-        seen: XenbusState,
-    },
-    /// No such device.
-    NoDevice,
+/// A page allocation's failure becomes [`Error::Hal`].
+impl From<GrantError> for Error {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::Hal(e) => Error::Hal(e),
+            e => Error::Grant(e),
+        }
+    }
+}
 
-    // ----- block I/O ------------------------------------------------------------
-    /// The device is not (or no longer) connected.
-    NotConnected,
-    /// The device saw a protocol violation or fatal backend error earlier and
-    /// refuses all further I/O.
-    Broken,
-    /// The device was closed.
-    Closed,
-    /// A write, flush or discard to a read-only disk.
-    ReadOnly,
-    /// A buffer length or offset is not a multiple of the logical sector size,
-    /// or the buffer is empty.
-    Misaligned,
-    /// The request reaches past the end of the disk.
-    OutOfRange,
-    /// The backend does not offer (or turned off) the needed feature.
-    Unsupported(Feature),
-    /// The backend answered `BLKIF_RSP_ERROR`.
-    IoError,
-    /// The request was cancelled because the backend went away (Closing or
-    /// Closed) or the device broke while it was in flight.
-    Aborted,
-    /// An unknown request token was passed to the driver.
-    UnknownToken,
+/// A failed xenstore request becomes [`Error::XenStore`].
+impl From<XenbusError> for Error {
+    fn from(e: XenbusError) -> Self {
+        match e {
+            XenbusError::Store(e) => Error::XenStore(e),
+            e => Error::Xenbus(e),
+        }
+    }
+}
+
+/// A grant or hypervisor failure on the data path becomes the variant of
+/// that layer.
+impl From<IoError> for Error {
+    fn from(e: IoError) -> Self {
+        match e {
+            IoError::Grant(e) => e.into(),
+            IoError::Hal(e) => Error::Hal(e),
+            e => Error::Io(e),
+        }
+    }
 }
 
 /// An optional block-device feature.
@@ -121,44 +142,6 @@ pub enum Feature {
     Persistent,
     /// `feature-max-indirect-segments`.
     Indirect,
-}
-
-/// How the other end of a shared ring broke the protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Violation {
-    /// The response producer moved further than the number of requests in flight.
-    ProducerOverrun {
-        /// The producer index read from the shared page.
-        prod: u32,
-        /// Our consumer index.
-        cons: u32,
-    },
-    /// The request producer (seen by a back end) overran the ring.
-    RequestOverrun {
-        /// The producer index read from the shared page.
-        prod: u32,
-        /// Our consumer index.
-        cons: u32,
-    },
-    /// A response carried an id outside the shadow table.
-    BadId(u64),
-    /// A response carried the id of a slot that has no request in flight.
-    NotInFlight(u64),
-    /// A response's operation does not match the request in that slot.
-    WrongOperation {
-        /// The slot id.
-        id: u64,
-        /// The operation we sent.
-        sent: u8,
-        /// The operation the response carried.
-        got: u8,
-    },
-    /// A response carried a status outside the values `blkif.h` defines.
-    UnknownStatus(i16),
-    /// After answering the request with this id, the backend still maps a
-    /// page it was granted for that request only (Linux's blkfront treats
-    /// this as fatal since XSA-396).
-    StillMapped(u64),
 }
 
 /// The error strings of `xs_wire.h` (`xsd_errors`), plus one for strings it
@@ -201,79 +184,6 @@ pub enum XsMalformed {
     NotUtf8,
     /// The payload does not have the shape its type requires.
     BadPayload,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::OutOfMemory => f.write_str("out of memory"),
-            Error::Hypercall(rc) => write!(f, "hypercall failed with Xen errno {}", -rc),
-            Error::Timeout => f.write_str("timed out"),
-            Error::GrantRefsExhausted => f.write_str("no free grant reference"),
-            Error::InvalidGrantRef(r) => write!(f, "invalid grant reference {r}"),
-            Error::GrantInUse(r) => {
-                write!(
-                    f,
-                    "grant {r} is still mapped by the other domain; page quarantined"
-                )
-            }
-            Error::InvalidPort(p) => write!(f, "invalid event-channel port {p}"),
-            Error::RingFull => f.write_str("shared ring is full"),
-            Error::Protocol(v) => write!(f, "ring protocol violation: {v}"),
-            Error::InvalidRingOrder(o) => write!(f, "unsupported shared-ring order {o}"),
-            Error::XenStore(e) => write!(f, "xenstore error {e:?}"),
-            Error::XsMalformed(m) => write!(f, "malformed xenstore message: {m:?}"),
-            Error::XsPayloadTooLarge => f.write_str("xenstore payload exceeds 4096 bytes"),
-            Error::XsConnection => f.write_str("xenstore connection unusable"),
-            Error::XsInvalidPath => f.write_str("xenstore path or value contains NUL"),
-            Error::XsTransactionRetriesExhausted => {
-                f.write_str("xenstore transaction kept failing with EAGAIN")
-            }
-            Error::MissingKey(k) => write!(f, "required key '{k}' is missing"),
-            Error::MalformedKey(k) => write!(f, "key '{k}' has a malformed value"),
-            Error::UnexpectedState(s) => write!(f, "unexpected xenbus state {s:?}"),
-            Error::StateTimeout { wanted, seen } => {
-                write!(
-                    f,
-                    "other end never reached {wanted:?}; last seen in {seen:?}"
-                )
-            }
-            Error::NoDevice => f.write_str("no such device"),
-            Error::NotConnected => f.write_str("device not connected"),
-            Error::Broken => f.write_str("device is broken after a backend error"),
-            Error::Closed => f.write_str("device is closed"),
-            Error::ReadOnly => f.write_str("device is read-only"),
-            Error::Misaligned => f.write_str("length or offset not a multiple of the sector size"),
-            Error::OutOfRange => f.write_str("request past the end of the disk"),
-            Error::Unsupported(feat) => write!(f, "backend does not support {feat:?}"),
-            Error::IoError => f.write_str("backend reported an I/O error"),
-            Error::Aborted => f.write_str("request aborted: backend went away"),
-            Error::UnknownToken => f.write_str("unknown request token"),
-        }
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Violation::ProducerOverrun { prod, cons } => {
-                write!(f, "response producer {prod} overran (consumer {cons})")
-            }
-            Violation::RequestOverrun { prod, cons } => {
-                write!(f, "request producer {prod} overran (consumer {cons})")
-            }
-            Violation::BadId(id) => write!(f, "response id {id} out of range"),
-            Violation::NotInFlight(id) => write!(f, "response id {id} has no request in flight"),
-            Violation::WrongOperation { id, sent, got } => {
-                write!(f, "response id {id}: operation {got}, sent {sent}")
-            }
-            Violation::UnknownStatus(s) => write!(f, "unknown response status {s}"),
-            Violation::StillMapped(id) => write!(
-                f,
-                "response id {id}: the backend still maps a page granted for that request only"
-            ),
-        }
-    }
 }
 
 impl XsErrno {
@@ -324,6 +234,61 @@ impl XsErrno {
     }
 }
 
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::FlushCache => "cache flushes (feature-flush-cache)",
+            Feature::Barrier => "write barriers (feature-barrier)",
+            Feature::Discard => "discard (feature-discard)",
+            Feature::SecureDiscard => "secure discard (discard-secure)",
+            Feature::Persistent => "persistent grants (feature-persistent)",
+            Feature::Indirect => "indirect descriptors (feature-max-indirect-segments)",
+        })
+    }
+}
+
+impl fmt::Display for XsErrno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            XsErrno::EINVAL => "invalid argument",
+            XsErrno::EACCES => "permission denied",
+            XsErrno::EEXIST => "already exists",
+            XsErrno::EISDIR => "is a directory",
+            XsErrno::ENOENT => "no such entry",
+            XsErrno::ENOMEM => "out of memory",
+            XsErrno::ENOSPC => "quota exceeded",
+            XsErrno::EIO => "input/output error",
+            XsErrno::ENOTEMPTY => "directory not empty",
+            XsErrno::ENOSYS => "not implemented",
+            XsErrno::EROFS => "read-only",
+            XsErrno::EBUSY => "busy",
+            XsErrno::EAGAIN => "conflict, try again",
+            XsErrno::EISCONN => "already connected",
+            XsErrno::E2BIG => "too big",
+            XsErrno::EPERM => "operation not permitted",
+            XsErrno::Unknown => return f.write_str("an error that xs_wire.h does not list"),
+        };
+        write!(f, "{} ({what})", self.name())
+    }
+}
+
+impl core::error::Error for XsErrno {}
+
+impl fmt::Display for XsMalformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XsMalformed::Oversize => "a message announces more than 4096 payload bytes",
+            XsMalformed::UnexpectedId => "a reply answers no outstanding request",
+            XsMalformed::UnexpectedType => "a reply has the wrong type for its request",
+            XsMalformed::MissingTerminator => "a string lacks its terminating NUL byte",
+            XsMalformed::NotUtf8 => "a string is not valid UTF-8",
+            XsMalformed::BadPayload => "a payload does not have the shape its type requires",
+        })
+    }
+}
+
+impl core::error::Error for XsMalformed {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,7 +321,7 @@ mod tests {
 
     #[test]
     fn display_names_the_missing_key() {
-        let s = alloc::format!("{}", Error::MissingKey("sectors"));
+        let s = alloc::format!("{}", Error::from(XenbusError::MissingKey("sectors")));
         assert!(s.contains("'sectors'"), "{s}");
     }
 }

@@ -12,8 +12,7 @@
 
 use core::fmt;
 
-use crate::hal::{DomId, Hal, Port};
-use crate::Result;
+use crate::hal::{DomId, Hal, HalError, Port};
 
 /// One event-channel port owned by this domain.
 pub struct EventChannel<'h, H: Hal> {
@@ -38,7 +37,7 @@ impl<'h, H: Hal> EventChannel<'h, H> {
     ///
     /// What [`Hal::evtchn_alloc_unbound`] returns (no free port, hypercall
     /// failure).
-    pub fn alloc_unbound(hal: &'h H, remote: DomId) -> Result<Self> {
+    pub fn alloc_unbound(hal: &'h H, remote: DomId) -> Result<Self, HalError> {
         let port = hal.evtchn_alloc_unbound(remote)?;
         Ok(EventChannel {
             hal,
@@ -57,7 +56,7 @@ impl<'h, H: Hal> EventChannel<'h, H> {
     /// # Errors
     ///
     /// What [`Hal::evtchn_notify`] returns.
-    pub fn notify(&self) -> Result<()> {
+    pub fn notify(&self) -> Result<(), HalError> {
         self.hal.evtchn_notify(self.port)
     }
 
@@ -72,8 +71,8 @@ impl<'h, H: Hal> EventChannel<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) at the deadline.
-    pub fn wait(&self, deadline: Option<u64>) -> Result<()> {
+    /// [`HalError::Timeout`] at the deadline.
+    pub fn wait(&self, deadline: Option<u64>) -> Result<(), HalError> {
         self.hal.evtchn_wait(&[self.port], deadline)
     }
 
@@ -82,7 +81,7 @@ impl<'h, H: Hal> EventChannel<'h, H> {
     /// # Errors
     ///
     /// What [`Hal::evtchn_close`] returns.
-    pub fn close(mut self) -> Result<()> {
+    pub fn close(mut self) -> Result<(), HalError> {
         self.open = false;
         self.hal.evtchn_close(self.port)
     }
@@ -102,7 +101,6 @@ impl<H: Hal> Drop for EventChannel<'_, H> {
 mod tests {
     use super::*;
     use crate::sim::{PortInfo, SimXen};
-    use crate::Error;
 
     const FRONT: DomId = DomId(1);
     const BACK: DomId = DomId::DOM0;
@@ -131,7 +129,7 @@ mod tests {
         let ch = EventChannel::alloc_unbound(&hal, BACK).unwrap();
         let back = xen.bind_interdomain(BACK, FRONT, ch.port()).unwrap();
 
-        assert_eq!(ch.wait(Some(1_000)), Err(Error::Timeout));
+        assert_eq!(ch.wait(Some(1_000)), Err(HalError::Timeout));
         xen.send(BACK, back).unwrap();
         assert_eq!(ch.wait(Some(2_000)), Ok(()));
         assert!(ch.consume(), "wait leaves the flag set");
@@ -152,7 +150,7 @@ mod tests {
             xen.port_info(BACK, back),
             Some(PortInfo::Unbound { remote: FRONT })
         );
-        assert_eq!(hal.evtchn_notify(port), Err(Error::InvalidPort(port.0)));
+        assert_eq!(hal.evtchn_notify(port), Err(HalError::InvalidPort(port.0)));
 
         {
             let _dropped = EventChannel::alloc_unbound(&hal, BACK).unwrap();

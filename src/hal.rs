@@ -9,10 +9,41 @@
 //! safety** lists what an implementor guarantees, **Safety** on an `unsafe fn`
 //! lists what a caller guarantees.
 
+use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, AtomicU32};
 
+use crate::xenstore::XsError;
 use crate::Result;
+
+/// How a call into the hypervisor (or the platform's memory allocator) failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HalError {
+    /// No memory (pages, or heap for bookkeeping) is left.
+    OutOfMemory,
+    /// A hypercall returned a negative Xen errno; the value is `-errno` as
+    /// the hypercall returned it.
+    Hypercall(i32),
+    /// A wait reached its deadline before any awaited event arrived.
+    Timeout,
+    /// An event-channel port that is not open (or out of range) was used.
+    InvalidPort(u32),
+}
+
+impl fmt::Display for HalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HalError::OutOfMemory => f.write_str("out of memory"),
+            HalError::Hypercall(rc) => {
+                write!(f, "hypercall failed with Xen errno {}", rc.unsigned_abs())
+            }
+            HalError::Timeout => f.write_str("timed out waiting for an event"),
+            HalError::InvalidPort(p) => write!(f, "event-channel port {p} is not open"),
+        }
+    }
+}
+
+impl core::error::Error for HalError {}
 
 /// Size of a Xen page (`XEN_PAGE_SIZE`). Grants, rings and segments all work
 /// in units of this.
@@ -155,8 +186,8 @@ pub unsafe trait Hal {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when no memory is left.
-    fn alloc_pages(&self, count: usize) -> Result<Pages>;
+    /// [`HalError::OutOfMemory`] when no memory is left.
+    fn alloc_pages(&self, count: usize) -> Result<Pages, HalError>;
 
     /// Gives pages back.
     ///
@@ -186,23 +217,23 @@ pub unsafe trait Hal {
     ///
     /// # Errors
     ///
-    /// [`Error::Hypercall`](crate::Error::Hypercall) with the hypervisor's errno.
-    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port>;
+    /// [`HalError::Hypercall`] with the hypervisor's errno.
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port, HalError>;
 
     /// `EVTCHNOP_send`: signals the other end of `port`.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPort`](crate::Error::InvalidPort) for a port that is not
-    /// open, or [`Error::Hypercall`](crate::Error::Hypercall).
-    fn evtchn_notify(&self, port: Port) -> Result<()>;
+    /// [`HalError::InvalidPort`] for a port that is not open, or
+    /// [`HalError::Hypercall`].
+    fn evtchn_notify(&self, port: Port) -> Result<(), HalError>;
 
     /// `EVTCHNOP_close`: closes `port`.
     ///
     /// # Errors
     ///
     /// As for [`evtchn_notify`](Hal::evtchn_notify).
-    fn evtchn_close(&self, port: Port) -> Result<()>;
+    fn evtchn_close(&self, port: Port) -> Result<(), HalError>;
 
     /// Tests and clears the pending flag of `port`. Returns whether it was set.
     fn evtchn_consume(&self, port: Port) -> bool;
@@ -214,9 +245,9 @@ pub unsafe trait Hal {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) when the deadline passed with
-    /// none of the ports pending.
-    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<()>;
+    /// [`HalError::Timeout`] when the deadline passed with none of the ports
+    /// pending.
+    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<(), HalError>;
 
     // ----- time -------------------------------------------------------------------
 
@@ -241,9 +272,8 @@ pub trait XsTransport {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`](crate::Error::XsConnection) when the connection
-    /// is unusable.
-    fn send(&mut self, bytes: &[u8]) -> Result<usize>;
+    /// [`XsError::Connection`] when the connection is unusable.
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError>;
 
     /// Copies up to `buf.len()` available reply bytes without blocking and
     /// returns the count (0 when none are available).
@@ -251,15 +281,16 @@ pub trait XsTransport {
     /// # Errors
     ///
     /// As for [`send`](XsTransport::send).
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError>;
 
     /// Blocks until the stream may have moved (space to send, bytes to
     /// receive) or `deadline` passes. Spurious returns are allowed.
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`](crate::Error::Timeout) at the deadline.
-    fn wait(&mut self, deadline: Option<u64>) -> Result<()>;
+    /// [`XsError::Timeout`] at the deadline; [`XsError::Connection`] when the
+    /// connection is unusable.
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError>;
 
     /// Monotonic time in nanoseconds, on the same clock as `wait`'s deadline.
     fn now_ns(&self) -> u64;

@@ -55,9 +55,9 @@ use crate::abi::xen::{
     __HYPERVISOR_memory_op, __HYPERVISOR_sched_op,
 };
 use crate::abi::xs_wire::XenstoreDomainInterface;
-use crate::hal::{DomId, Gfn, GrantEntry, Hal, Pages, Port, PAGE_SIZE};
-use crate::xenstore::{RingTransport, XenStore};
-use crate::{Error, Result};
+use crate::hal::{DomId, Gfn, GrantEntry, Hal, HalError, Pages, Port, PAGE_SIZE};
+use crate::xenstore::{RingTransport, XenStore, XsError};
+use crate::Result;
 
 use console::ConsoleRing;
 use hypercall::{check, hypercall3, op_with_arg};
@@ -168,11 +168,11 @@ pub unsafe fn shutdown_early(reason: ShutdownReason) {
 }
 
 /// Allocates `count` zeroed pages from the global allocator, never freed.
-fn leak_pages(count: usize) -> Result<NonNull<u8>> {
+fn leak_pages(count: usize) -> Result<NonNull<u8>, HalError> {
     let layout =
-        Layout::from_size_align(count * PAGE_SIZE, PAGE_SIZE).map_err(|_| Error::OutOfMemory)?;
+        Layout::from_size_align(count * PAGE_SIZE, PAGE_SIZE).map_err(|_| HalError::OutOfMemory)?;
     // SAFETY: `layout` has a non-zero size (callers pass count >= 1).
-    NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(Error::OutOfMemory)
+    NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) }).ok_or(HalError::OutOfMemory)
 }
 
 /// `XENMEM_add_to_physmap`: places page `idx` of `space` at frame `gfn`.
@@ -181,7 +181,7 @@ fn leak_pages(count: usize) -> Result<NonNull<u8>> {
 ///
 /// The hypercall page is set up, and `gfn` is a frame we own whose previous
 /// content nobody uses any more (Xen replaces it).
-unsafe fn add_to_physmap(space: u32, idx: u64, gfn: u64) -> Result<()> {
+unsafe fn add_to_physmap(space: u32, idx: u64, gfn: u64) -> Result<(), HalError> {
     let mut arg = XenAddToPhysmap::new(space, idx, Gfn(gfn));
     // SAFETY: forwarded; `arg` is the struct XENMEM_add_to_physmap takes.
     unsafe { op_with_arg(__HYPERVISOR_memory_op, XENMEM_add_to_physmap, &mut arg) }.map(drop)
@@ -192,7 +192,7 @@ unsafe fn add_to_physmap(space: u32, idx: u64, gfn: u64) -> Result<()> {
 /// # Safety
 ///
 /// The hypercall page is set up.
-unsafe fn hvm_param(index: u32) -> Result<u64> {
+unsafe fn hvm_param(index: u32) -> Result<u64, HalError> {
     let mut arg = XenHvmParam::get(index);
     // SAFETY: forwarded; `arg` is the struct HVMOP_get_param takes.
     unsafe { op_with_arg(__HYPERVISOR_hvm_op, HVMOP_get_param, &mut arg) }?;
@@ -205,7 +205,7 @@ unsafe fn hvm_param(index: u32) -> Result<u64> {
 /// # Safety
 ///
 /// The hypercall page is set up; memory is identity-mapped.
-unsafe fn map_grant_table() -> Result<(NonNull<GrantEntry>, u32)> {
+unsafe fn map_grant_table() -> Result<(NonNull<GrantEntry>, u32), HalError> {
     let mut q = GnttabQuerySize::new();
     // SAFETY: `q` is the struct GNTTABOP_query_size takes; count 1.
     check(unsafe {
@@ -217,7 +217,7 @@ unsafe fn map_grant_table() -> Result<(NonNull<GrantEntry>, u32)> {
         )
     })?;
     if q.status != GNTST_okay {
-        return Err(Error::Hypercall(q.status.into()));
+        return Err(HalError::Hypercall(q.status.into()));
     }
     let frames = q
         .max_nr_frames
@@ -253,9 +253,9 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::Hypercall`] when Xen refuses a step, [`Error::OutOfMemory`]
+    /// [`HalError::Hypercall`] when Xen refuses a step, [`HalError::OutOfMemory`]
     /// when the heap cannot supply the pages to map Xen's frames over.
-    pub unsafe fn init(cpuid: XenCpuid) -> Result<&'static Xen> {
+    pub unsafe fn init(cpuid: XenCpuid) -> Result<&'static Xen, HalError> {
         if let Some(xen) = XEN.get() {
             return Ok(xen);
         }
@@ -362,10 +362,10 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`] when the toolstack gave this domain no
+    /// [`XsError::Connection`] when the toolstack gave this domain no
     /// usable xenstore page (absent, or above the identity map).
-    pub fn xenstore_interface(&self) -> Result<(NonNull<XenstoreDomainInterface>, Port)> {
-        self.store.ok_or(Error::XsConnection)
+    pub fn xenstore_interface(&self) -> Result<(NonNull<XenstoreDomainInterface>, Port), XsError> {
+        self.store.ok_or(XsError::Connection)
     }
 
     /// The xenstore connection of this domain: a [`XenStore`] client over a
@@ -376,12 +376,12 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`] without a usable xenstore page, or when the
+    /// [`XsError::Connection`] without a usable xenstore page, or when the
     /// connection was already taken.
-    pub fn take_xenstore(&self) -> Result<XenStore<RingTransport<'_, Xen>>> {
+    pub fn take_xenstore(&self) -> Result<XenStore<RingTransport<'_, Xen>>, XsError> {
         let (iface, port) = self.xenstore_interface()?;
         if self.store_taken.swap(true, Ordering::AcqRel) {
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         // SAFETY: the page is xenstored's `xenstore_domain_interface` for this
         // domain, identity-mapped for the rest of the run (so for `'_`);
@@ -421,9 +421,13 @@ impl Xen {
     ///
     /// # Errors
     ///
-    /// [`Error::Hypercall`] with Xen's errno (e.g. `-EINVAL` for a remote
+    /// [`HalError::Hypercall`] with Xen's errno (e.g. `-EINVAL` for a remote
     /// port that is not unbound for us).
-    pub fn evtchn_bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Port> {
+    pub fn evtchn_bind_interdomain(
+        &self,
+        remote: DomId,
+        remote_port: Port,
+    ) -> Result<Port, HalError> {
         let mut arg = EvtchnBindInterdomain::new(remote, remote_port);
         // SAFETY: hypercall page set up; `arg` is `struct
         // evtchn_bind_interdomain`.
@@ -475,31 +479,31 @@ impl Xen {
         }
     }
 
-    fn check_port(port: Port) -> Result<()> {
+    fn check_port(port: Port) -> Result<(), HalError> {
         if port.0 < NR_PORTS {
             Ok(())
         } else {
-            Err(Error::InvalidPort(port.0))
+            Err(HalError::InvalidPort(port.0))
         }
     }
 
     /// `EVTCHNOP_send` / `EVTCHNOP_close` with `arg` for `port`.
-    fn port_op<T>(&self, cmd: u32, port: Port, mut arg: T) -> Result<()> {
+    fn port_op<T>(&self, cmd: u32, port: Port, mut arg: T) -> Result<(), HalError> {
         Self::check_port(port)?;
         // SAFETY: hypercall page set up; callers pass `struct evtchn_send`
         // for EVTCHNOP_send and `struct evtchn_close` for EVTCHNOP_close.
         match unsafe { op_with_arg(__HYPERVISOR_event_channel_op, cmd, &mut arg) } {
             Ok(_) => Ok(()),
-            Err(Error::Hypercall(-22)) => Err(Error::InvalidPort(port.0)), // -EINVAL
+            Err(HalError::Hypercall(-22)) => Err(HalError::InvalidPort(port.0)), // -EINVAL
             Err(e) => Err(e),
         }
     }
 
     /// `SCHEDOP_poll` on `ports` until `timeout` (absolute Xen system time,
     /// 0 = none). Returns when a port is pending, at the timeout, or early.
-    fn poll(&self, ports: &[u32], timeout: u64) -> Result<()> {
+    fn poll(&self, ports: &[u32], timeout: u64) -> Result<(), HalError> {
         let Some(mut arg) = SchedPoll::new(ports, timeout) else {
-            return Err(Error::InvalidPort(u32::MAX));
+            return Err(HalError::InvalidPort(u32::MAX));
         };
         // SAFETY: hypercall page set up; `arg` is `struct sched_poll` and
         // its handle points at `ports`, valid for the call.
@@ -522,9 +526,9 @@ fn rdtsc() -> u64 {
 // v1 grant table, mapped in `init` and never moved or unmapped; event-channel
 // operations name DOMID_SELF's ports; `now_ns` is clamped to be monotonic.
 unsafe impl Hal for Xen {
-    fn alloc_pages(&self, count: usize) -> Result<Pages> {
+    fn alloc_pages(&self, count: usize) -> Result<Pages, HalError> {
         if count == 0 {
-            return Err(Error::OutOfMemory);
+            return Err(HalError::OutOfMemory);
         }
         let ptr = leak_pages(count)?;
         let gfn = Gfn(ptr.as_ptr() as u64 >> 12);
@@ -554,7 +558,7 @@ unsafe impl Hal for Xen {
         unsafe { core::slice::from_raw_parts(self.grant_table.as_ptr(), len) }
     }
 
-    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port> {
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port, HalError> {
         let mut arg = EvtchnAllocUnbound::new(remote);
         // SAFETY: hypercall page set up; `arg` is `struct evtchn_alloc_unbound`.
         unsafe {
@@ -570,11 +574,11 @@ unsafe impl Hal for Xen {
         Ok(port)
     }
 
-    fn evtchn_notify(&self, port: Port) -> Result<()> {
+    fn evtchn_notify(&self, port: Port) -> Result<(), HalError> {
         self.port_op(EVTCHNOP_send, port, EvtchnSend::new(port))
     }
 
-    fn evtchn_close(&self, port: Port) -> Result<()> {
+    fn evtchn_close(&self, port: Port) -> Result<(), HalError> {
         self.port_op(EVTCHNOP_close, port, EvtchnClose::new(port))
     }
 
@@ -582,7 +586,7 @@ unsafe impl Hal for Xen {
         self.shared().test_and_clear_pending(port)
     }
 
-    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<()> {
+    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<(), HalError> {
         let mut list = [0u32; POLL_MAX_PORTS];
         for p in ports {
             Self::check_port(*p)?;
@@ -597,7 +601,7 @@ unsafe impl Hal for Xen {
         }
         let now = self.now_ns();
         let mut timeout = match deadline {
-            Some(d) if d <= now => return Err(Error::Timeout),
+            Some(d) if d <= now => return Err(HalError::Timeout),
             Some(d) => d,
             None if n == 0 => return Ok(()), // nothing could ever wake us
             None => 0,
@@ -616,7 +620,7 @@ unsafe impl Hal for Xen {
             return Ok(());
         }
         match deadline {
-            Some(d) if self.now_ns() >= d => Err(Error::Timeout),
+            Some(d) if self.now_ns() >= d => Err(HalError::Timeout),
             _ => Ok(()), // early: callers re-check
         }
     }

@@ -8,8 +8,8 @@ use core::fmt;
 
 use crate::error::XsErrno;
 use crate::hal::{DomId, XsTransport};
-use crate::xenstore::XenStore;
-use crate::{Error, Result};
+use crate::xenstore::{XenStore, XsError};
+use crate::Result;
 
 /// The states of `enum xenbus_state` in `io/xenbus.h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,15 +87,75 @@ impl fmt::Display for XenbusState {
     }
 }
 
+/// How a xenbus operation (reading a device's keys, moving or waiting for
+/// its state, finding devices) failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XenbusError {
+    /// The xenstore request under it failed.
+    Store(XsError),
+    /// A required key is missing from a xenstore directory.
+    MissingKey(&'static str),
+    /// A key is present but its value does not parse or is out of range.
+    MalformedKey(&'static str),
+    /// The other end is in a state this operation cannot proceed from.
+    UnexpectedState(XenbusState),
+    /// The other end did not reach the wanted state within the caller's
+    /// bound. `blkfront` hands a diagnostic report with it.
+    StateTimeout {
+        /// The state waited for.
+        wanted: XenbusState,
+        /// The last state the other end was seen in.
+        seen: XenbusState,
+    },
+    /// No such device (its directory is gone, or points nowhere).
+    NoDevice,
+}
+
+impl fmt::Display for XenbusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XenbusError::Store(e) => write!(f, "{e}"),
+            XenbusError::MissingKey(k) => write!(f, "required key '{k}' is missing"),
+            XenbusError::MalformedKey(k) => write!(f, "key '{k}' has a malformed value"),
+            XenbusError::UnexpectedState(s) => {
+                write!(
+                    f,
+                    "the other end went to state {s}, which ends this operation"
+                )
+            }
+            XenbusError::StateTimeout { wanted, seen } => write!(
+                f,
+                "the other end did not reach state {wanted} in time; it was last seen in {seen}"
+            ),
+            XenbusError::NoDevice => f.write_str("no such device"),
+        }
+    }
+}
+
+impl core::error::Error for XenbusError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            XenbusError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<XsError> for XenbusError {
+    fn from(e: XsError) -> Self {
+        XenbusError::Store(e)
+    }
+}
+
 // ----- typed key parsers ----------------------------------------------------------------
 
 /// The decimal digits of a key's value with surrounding ASCII whitespace
 /// (including a trailing newline or NUL some writers leave) removed, or
 /// `MalformedKey(name)`.
-fn digits<'a>(name: &'static str, value: &'a str) -> Result<&'a str> {
+fn digits<'a>(name: &'static str, value: &'a str) -> Result<&'a str, XenbusError> {
     let t = value.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::MalformedKey(name));
+        return Err(XenbusError::MalformedKey(name));
     }
     Ok(t)
 }
@@ -104,11 +164,11 @@ fn digits<'a>(name: &'static str, value: &'a str) -> Result<&'a str> {
 ///
 /// # Errors
 ///
-/// [`Error::MalformedKey`]`(name)` for anything else or an overflow.
-pub fn parse_u32(name: &'static str, value: &str) -> Result<u32> {
+/// [`XenbusError::MalformedKey`]`(name)` for anything else or an overflow.
+pub fn parse_u32(name: &'static str, value: &str) -> Result<u32, XenbusError> {
     digits(name, value)?
         .parse()
-        .map_err(|_| Error::MalformedKey(name))
+        .map_err(|_| XenbusError::MalformedKey(name))
 }
 
 /// Parses a decimal `u64` key value.
@@ -116,22 +176,22 @@ pub fn parse_u32(name: &'static str, value: &str) -> Result<u32> {
 /// # Errors
 ///
 /// As for [`parse_u32`].
-pub fn parse_u64(name: &'static str, value: &str) -> Result<u64> {
+pub fn parse_u64(name: &'static str, value: &str) -> Result<u64, XenbusError> {
     digits(name, value)?
         .parse()
-        .map_err(|_| Error::MalformedKey(name))
+        .map_err(|_| XenbusError::MalformedKey(name))
 }
 
 /// Parses a boolean key value: `0` or `1`.
 ///
 /// # Errors
 ///
-/// [`Error::MalformedKey`]`(name)` for anything else.
-pub fn parse_bool(name: &'static str, value: &str) -> Result<bool> {
+/// [`XenbusError::MalformedKey`]`(name)` for anything else.
+pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, XenbusError> {
     match digits(name, value)? {
         "0" => Ok(false),
         "1" => Ok(true),
-        _ => Err(Error::MalformedKey(name)),
+        _ => Err(XenbusError::MalformedKey(name)),
     }
 }
 
@@ -140,8 +200,8 @@ pub fn parse_bool(name: &'static str, value: &str) -> Result<bool> {
 /// # Errors
 ///
 /// `MalformedKey("state")` for garbage or a number outside the enum.
-pub fn parse_state(value: &str) -> Result<XenbusState> {
-    XenbusState::from_u32(parse_u32("state", value)?).ok_or(Error::MalformedKey("state"))
+pub fn parse_state(value: &str) -> Result<XenbusState, XenbusError> {
+    XenbusState::from_u32(parse_u32("state", value)?).ok_or(XenbusError::MalformedKey("state"))
 }
 
 // ----- reading keys of a device directory ----------------------------------------------------
@@ -150,14 +210,14 @@ pub fn parse_state(value: &str) -> Result<XenbusState> {
 ///
 /// # Errors
 ///
-/// [`Error::MissingKey`]`(name)` when it does not exist; any error of the
+/// [`XenbusError::MissingKey`]`(name)` when it does not exist; any error of the
 /// read.
 pub fn read_key<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<String> {
-    read_key_opt(xs, dir, name)?.ok_or(Error::MissingKey(name))
+) -> Result<String, XenbusError> {
+    read_key_opt(xs, dir, name)?.ok_or(XenbusError::MissingKey(name))
 }
 
 /// Reads `<dir>/<name>`, `None` when it does not exist.
@@ -169,20 +229,20 @@ pub fn read_key_opt<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<Option<String>> {
-    xs.read_opt(&format!("{dir}/{name}"))
+) -> Result<Option<String>, XenbusError> {
+    Ok(xs.read_opt(&format!("{dir}/{name}"))?)
 }
 
 /// Reads and parses a decimal `u32` key.
 ///
 /// # Errors
 ///
-/// [`Error::MissingKey`], [`Error::MalformedKey`], or the read's error.
+/// [`XenbusError::MissingKey`], [`XenbusError::MalformedKey`], or the read's error.
 pub fn read_u32<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<u32> {
+) -> Result<u32, XenbusError> {
     parse_u32(name, &read_key(xs, dir, name)?)
 }
 
@@ -190,12 +250,12 @@ pub fn read_u32<T: XsTransport>(
 ///
 /// # Errors
 ///
-/// [`Error::MalformedKey`], or the read's error.
+/// [`XenbusError::MalformedKey`], or the read's error.
 pub fn read_u32_opt<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<Option<u32>> {
+) -> Result<Option<u32>, XenbusError> {
     read_key_opt(xs, dir, name)?
         .map(|v| parse_u32(name, &v))
         .transpose()
@@ -210,7 +270,7 @@ pub fn read_u64<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<u64> {
+) -> Result<u64, XenbusError> {
     parse_u64(name, &read_key(xs, dir, name)?)
 }
 
@@ -223,7 +283,7 @@ pub fn read_u64_opt<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<Option<u64>> {
+) -> Result<Option<u64>, XenbusError> {
     read_key_opt(xs, dir, name)?
         .map(|v| parse_u64(name, &v))
         .transpose()
@@ -238,7 +298,7 @@ pub fn read_bool_opt<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     name: &'static str,
-) -> Result<Option<bool>> {
+) -> Result<Option<bool>, XenbusError> {
     read_key_opt(xs, dir, name)?
         .map(|v| parse_bool(name, &v))
         .transpose()
@@ -253,7 +313,10 @@ pub fn read_bool_opt<T: XsTransport>(
 /// # Errors
 ///
 /// `MalformedKey("state")`, or the read's error.
-pub fn read_state<T: XsTransport>(xs: &mut XenStore<T>, dir: &str) -> Result<XenbusState> {
+pub fn read_state<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+) -> Result<XenbusState, XenbusError> {
     match read_key_opt(xs, dir, "state")? {
         Some(v) => parse_state(&v),
         None => Ok(XenbusState::Unknown),
@@ -269,19 +332,19 @@ pub const SWITCH_STATE_RETRIES: u32 = 16;
 ///
 /// # Errors
 ///
-/// [`Error::NoDevice`] when `<dir>/state` is gone; transaction and write
+/// [`XenbusError::NoDevice`] when `<dir>/state` is gone; transaction and write
 /// errors.
 pub fn switch_state<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     state: XenbusState,
-) -> Result<()> {
+) -> Result<(), XenbusError> {
     let key = format!("{dir}/state");
     xs.transaction(SWITCH_STATE_RETRIES, |xs, tx| {
         if xs.read_opt_tx(tx, &key)?.is_none() {
-            return Err(Error::NoDevice);
+            return Err(XenbusError::NoDevice);
         }
-        xs.write_tx(tx, &key, state.as_str())
+        Ok(xs.write_tx(tx, &key, state.as_str())?)
     })
 }
 
@@ -290,8 +353,12 @@ pub fn switch_state<T: XsTransport>(
 /// # Errors
 ///
 /// As for [`XenStore::watch`].
-pub fn watch_state<T: XsTransport>(xs: &mut XenStore<T>, dir: &str, token: &str) -> Result<()> {
-    xs.watch(&format!("{dir}/state"), token)
+pub fn watch_state<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+    token: &str,
+) -> Result<(), XenbusError> {
+    Ok(xs.watch(&format!("{dir}/state"), token)?)
 }
 
 /// Removes the watch of [`watch_state`].
@@ -299,8 +366,12 @@ pub fn watch_state<T: XsTransport>(xs: &mut XenStore<T>, dir: &str, token: &str)
 /// # Errors
 ///
 /// As for [`XenStore::unwatch`].
-pub fn unwatch_state<T: XsTransport>(xs: &mut XenStore<T>, dir: &str, token: &str) -> Result<()> {
-    xs.unwatch(&format!("{dir}/state"), token)
+pub fn unwatch_state<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+    token: &str,
+) -> Result<(), XenbusError> {
+    Ok(xs.unwatch(&format!("{dir}/state"), token)?)
 }
 
 /// Waits until `<dir>/state` satisfies `accept`, re-reading it on every
@@ -309,7 +380,8 @@ pub fn unwatch_state<T: XsTransport>(xs: &mut XenStore<T>, dir: &str, token: &st
 ///
 /// # Errors
 ///
-/// [`Error::Timeout`] at `deadline` (on [`XsTransport::now_ns`]);
+/// [`XsError::Timeout`] (as [`XenbusError::Store`]) at `deadline` (on
+/// [`XsTransport::now_ns`]);
 /// `MalformedKey("state")`; xenstore errors.
 pub fn wait_state_until<T: XsTransport>(
     xs: &mut XenStore<T>,
@@ -317,7 +389,7 @@ pub fn wait_state_until<T: XsTransport>(
     token: &str,
     deadline: u64,
     mut accept: impl FnMut(XenbusState) -> bool,
-) -> Result<XenbusState> {
+) -> Result<XenbusState, XenbusError> {
     loop {
         let s = read_state(xs, dir)?;
         if accept(s) {
@@ -331,8 +403,8 @@ pub fn wait_state_until<T: XsTransport>(
 ///
 /// # Errors
 ///
-/// [`Error::UnexpectedState`] if the other end moves to `Closing` or
-/// `Closed` while a state before those is wanted; [`Error::StateTimeout`]
+/// [`XenbusError::UnexpectedState`] if the other end moves to `Closing` or
+/// `Closed` while a state before those is wanted; [`XenbusError::StateTimeout`]
 /// with the last state seen at `deadline`; otherwise as for
 /// [`wait_state_until`].
 pub fn wait_for_state<T: XsTransport>(
@@ -341,16 +413,16 @@ pub fn wait_for_state<T: XsTransport>(
     token: &str,
     wanted: XenbusState,
     deadline: u64,
-) -> Result<XenbusState> {
+) -> Result<XenbusState, XenbusError> {
     let closing = |s: XenbusState| {
         matches!(s, XenbusState::Closing | XenbusState::Closed) && wanted < XenbusState::Closing
     };
     match wait_state_until(xs, dir, token, deadline, |s| s == wanted || closing(s)) {
         Ok(s) if s == wanted => Ok(s),
-        Ok(s) => Err(Error::UnexpectedState(s)),
-        Err(Error::Timeout) => {
+        Ok(s) => Err(XenbusError::UnexpectedState(s)),
+        Err(XenbusError::Store(XsError::Timeout)) => {
             let seen = read_state(xs, dir).unwrap_or(XenbusState::Unknown);
-            Err(Error::StateTimeout { wanted, seen })
+            Err(XenbusError::StateTimeout { wanted, seen })
         }
         Err(e) => Err(e),
     }
@@ -384,19 +456,19 @@ fn is_abs_path(p: &str) -> bool {
 ///
 /// # Errors
 ///
-/// [`Error::MissingKey`] / [`Error::MalformedKey`] naming the key (a path
+/// [`XenbusError::MissingKey`] / [`XenbusError::MalformedKey`] naming the key (a path
 /// that is not absolute and well formed; a domain id that is not decimal or
-/// is one of the reserved `DOMID_*` values); [`Error::NoDevice`] when the
+/// is one of the reserved `DOMID_*` values); [`XenbusError::NoDevice`] when the
 /// other end's directory does not exist; xenstore errors.
 pub fn read_otherend<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     path_key: &'static str,
     id_key: &'static str,
-) -> Result<OtherEnd> {
+) -> Result<OtherEnd, XenbusError> {
     let o = read_otherend_keys(xs, dir, path_key, id_key)?;
     if xs.read_opt(&o.path)?.is_none() {
-        return Err(Error::NoDevice);
+        return Err(XenbusError::NoDevice);
     }
     Ok(o)
 }
@@ -407,21 +479,21 @@ pub fn read_otherend<T: XsTransport>(
 ///
 /// # Errors
 ///
-/// As for [`read_otherend`], but never [`Error::NoDevice`].
+/// As for [`read_otherend`], but never [`XenbusError::NoDevice`].
 pub fn read_otherend_keys<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     path_key: &'static str,
     id_key: &'static str,
-) -> Result<OtherEnd> {
+) -> Result<OtherEnd, XenbusError> {
     let path = read_key(xs, dir, path_key)?;
     if !is_abs_path(&path) {
-        return Err(Error::MalformedKey(path_key));
+        return Err(XenbusError::MalformedKey(path_key));
     }
     let id = read_u32(xs, dir, id_key)?;
     // DOMID_FIRST_RESERVED (xen.h): ids from 0x7ff0 up are not real domains.
     if id >= u32::from(DomId::SELF.0) {
-        return Err(Error::MalformedKey(id_key));
+        return Err(XenbusError::MalformedKey(id_key));
     }
     Ok(OtherEnd {
         path,
@@ -434,7 +506,10 @@ pub fn read_otherend_keys<T: XsTransport>(
 /// # Errors
 ///
 /// As for [`read_otherend`].
-pub fn read_backend<T: XsTransport>(xs: &mut XenStore<T>, dir: &str) -> Result<OtherEnd> {
+pub fn read_backend<T: XsTransport>(
+    xs: &mut XenStore<T>,
+    dir: &str,
+) -> Result<OtherEnd, XenbusError> {
     read_otherend(xs, dir, "backend", "backend-id")
 }
 
@@ -444,9 +519,9 @@ pub fn read_backend<T: XsTransport>(xs: &mut XenStore<T>, dir: &str) -> Result<O
 /// # Errors
 ///
 /// `MissingKey("domid")`, `MalformedKey("domid")`, xenstore errors.
-pub fn home_path<T: XsTransport>(xs: &mut XenStore<T>) -> Result<String> {
+pub fn home_path<T: XsTransport>(xs: &mut XenStore<T>) -> Result<String, XenbusError> {
     let id = own_domid(xs)?;
-    xs.get_domain_path(id)
+    Ok(xs.get_domain_path(id)?)
 }
 
 /// This domain's id, from its `domid` key.
@@ -455,17 +530,17 @@ pub fn home_path<T: XsTransport>(xs: &mut XenStore<T>) -> Result<String> {
 ///
 /// `MissingKey("domid")`, `MalformedKey("domid")` (also for a reserved
 /// id), xenstore errors.
-pub fn own_domid<T: XsTransport>(xs: &mut XenStore<T>) -> Result<DomId> {
+pub fn own_domid<T: XsTransport>(xs: &mut XenStore<T>) -> Result<DomId, XenbusError> {
     let id = parse_u32(
         "domid",
         &xs.read("domid").map_err(|e| match e {
-            Error::XenStore(XsErrno::ENOENT) => Error::MissingKey("domid"),
-            e => e,
+            XsError::Errno(XsErrno::ENOENT) => XenbusError::MissingKey("domid"),
+            e => XenbusError::Store(e),
         })?,
     )?;
     match u16::try_from(id) {
         Ok(id) if id < DomId::SELF.0 => Ok(DomId(id)),
-        _ => Err(Error::MalformedKey("domid")),
+        _ => Err(XenbusError::MalformedKey("domid")),
     }
 }
 
@@ -493,7 +568,7 @@ pub struct VbdEntry {
 ///
 /// xenstore errors other than a missing `device/vbd` (which yields an
 /// empty list).
-pub fn enumerate_vbds<T: XsTransport>(xs: &mut XenStore<T>) -> Result<Vec<VbdEntry>> {
+pub fn enumerate_vbds<T: XsTransport>(xs: &mut XenStore<T>) -> Result<Vec<VbdEntry>, XenbusError> {
     let base = match home_path(xs) {
         Ok(home) => format!("{home}/device/vbd"),
         Err(e) => {
@@ -503,8 +578,8 @@ pub fn enumerate_vbds<T: XsTransport>(xs: &mut XenStore<T>) -> Result<Vec<VbdEnt
     };
     let names = match xs.directory(&base) {
         Ok(n) => n,
-        Err(Error::XenStore(XsErrno::ENOENT)) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(XsError::Errno(XsErrno::ENOENT)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
     let mut out = Vec::new();
     for name in names {
@@ -521,10 +596,10 @@ pub fn enumerate_vbds<T: XsTransport>(xs: &mut XenStore<T>) -> Result<Vec<VbdEnt
                 backend_id: o.domid,
             }),
             Err(
-                e @ (Error::MissingKey(_)
-                | Error::MalformedKey(_)
-                | Error::NoDevice
-                | Error::XenStore(XsErrno::EACCES)),
+                e @ (XenbusError::MissingKey(_)
+                | XenbusError::MalformedKey(_)
+                | XenbusError::NoDevice
+                | XenbusError::Store(XsError::Errno(XsErrno::EACCES))),
             ) => {
                 log::warn!("xenbus: ignoring {frontend}: {e}");
             }
@@ -547,7 +622,7 @@ mod tests {
         for bad in ["", " ", "9", "-1", "+4", "4a", "0x4", "４", "99999999999"] {
             assert_eq!(
                 parse_state(bad),
-                Err(Error::MalformedKey("state")),
+                Err(XenbusError::MalformedKey("state")),
                 "{bad:?}"
             );
         }
@@ -562,19 +637,19 @@ mod tests {
         assert_eq!(parse_u32("ring-ref", "4294967295"), Ok(u32::MAX));
         assert_eq!(
             parse_u32("ring-ref", "4294967296"),
-            Err(Error::MalformedKey("ring-ref"))
+            Err(XenbusError::MalformedKey("ring-ref"))
         );
         assert_eq!(parse_u64("sectors", " 18446744073709551615 "), Ok(u64::MAX));
         assert_eq!(
             parse_u64("sectors", "1e9"),
-            Err(Error::MalformedKey("sectors"))
+            Err(XenbusError::MalformedKey("sectors"))
         );
         assert_eq!(parse_bool("feature-barrier", "1"), Ok(true));
         assert_eq!(parse_bool("feature-barrier", "0\n"), Ok(false));
         for bad in ["2", "true", "", "01"] {
             assert_eq!(
                 parse_bool("f", bad),
-                Err(Error::MalformedKey("f")),
+                Err(XenbusError::MalformedKey("f")),
                 "{bad:?}"
             );
         }
@@ -676,18 +751,18 @@ mod sim_tests {
         let fe832 = format!("{FE}/832");
         assert_eq!(
             read_backend(&mut xs, &fe832),
-            Err(Error::MalformedKey("backend-id"))
+            Err(XenbusError::MalformedKey("backend-id"))
         );
         let fe848 = format!("{FE}/848");
         assert_eq!(
             read_backend(&mut xs, &fe848),
-            Err(Error::MissingKey("backend"))
+            Err(XenbusError::MissingKey("backend"))
         );
         let fe864 = format!("{FE}/864");
-        let eacces = Error::XenStore(XsErrno::EACCES);
+        let eacces = XenbusError::Store(XsError::Errno(XsErrno::EACCES));
         assert_eq!(read_backend(&mut xs, &fe864), Err(eacces));
         let fe880 = format!("{FE}/880");
-        assert_eq!(read_backend(&mut xs, &fe880), Err(Error::NoDevice));
+        assert_eq!(read_backend(&mut xs, &fe880), Err(XenbusError::NoDevice));
     }
 
     #[test]
@@ -706,7 +781,10 @@ mod sim_tests {
         assert_eq!(xsd.read(DomId::DOM0, &format!("{fe}/state")).unwrap(), "3");
         xsd.write(DomId::DOM0, &format!("{fe}/state"), "garbage")
             .unwrap();
-        assert_eq!(read_state(&mut xs, &fe), Err(Error::MalformedKey("state")));
+        assert_eq!(
+            read_state(&mut xs, &fe),
+            Err(XenbusError::MalformedKey("state"))
+        );
         assert_eq!(
             read_state(&mut xs, &format!("{FE}/999")),
             Ok(XenbusState::Unknown)
@@ -715,7 +793,7 @@ mod sim_tests {
         xsd.rm(DomId::DOM0, &fe).unwrap();
         assert_eq!(
             switch_state(&mut xs, &fe, XenbusState::Closed),
-            Err(Error::NoDevice)
+            Err(XenbusError::NoDevice)
         );
         assert!(!xsd.store().exists(&fe));
     }
@@ -737,12 +815,12 @@ mod sim_tests {
         assert_eq!(read_u64(&mut xs, &be, "sectors"), Ok(2_097_152));
         assert_eq!(
             read_u64(&mut xs, &be, "sector-size"),
-            Err(Error::MissingKey("sector-size"))
+            Err(XenbusError::MissingKey("sector-size"))
         );
         assert_eq!(read_u32_opt(&mut xs, &be, "sector-size"), Ok(None));
         assert_eq!(
             read_u32(&mut xs, &be, "info"),
-            Err(Error::MalformedKey("info"))
+            Err(XenbusError::MalformedKey("info"))
         );
         assert_eq!(
             read_bool_opt(&mut xs, &be, "feature-barrier"),
@@ -751,7 +829,7 @@ mod sim_tests {
         assert_eq!(read_bool_opt(&mut xs, &be, "feature-discard"), Ok(None));
         assert_eq!(
             read_u64_opt(&mut xs, &be, "info"),
-            Err(Error::MalformedKey("info"))
+            Err(XenbusError::MalformedKey("info"))
         );
         assert_eq!(home_path(&mut xs).unwrap(), "/local/domain/4");
     }
@@ -804,12 +882,12 @@ mod sim_tests {
         xsd.write(DomId::DOM0, &format!("{be}/state"), "2").unwrap();
         let deadline = hal.now_ns() + 1_000_000_000;
         let s = wait_for_state(&mut xs, &be, "be", XenbusState::Connected, deadline);
-        assert_eq!(s, Err(Error::UnexpectedState(XenbusState::Closing)));
+        assert_eq!(s, Err(XenbusError::UnexpectedState(XenbusState::Closing)));
 
         // Nobody moves: a state timeout naming what was seen.
         let deadline = hal.now_ns() + 10_000_000;
         let s = wait_for_state(&mut xs, &be, "be", XenbusState::Closed, deadline);
-        let want = Error::StateTimeout {
+        let want = XenbusError::StateTimeout {
             wanted: XenbusState::Closed,
             seen: XenbusState::Closing,
         };

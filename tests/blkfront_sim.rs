@@ -4,14 +4,14 @@
 #![cfg(feature = "sim")]
 
 use xenblk::blkfront::{
-    BackendEvent, BackendKind, BlockFront, Config, DeviceState, DirectIoSafe, FlushMethod,
-    SectorsUnit, StallCause,
+    BackendEvent, BackendKind, BlockFront, Broken, Config, DeviceState, DirectIoSafe, FlushMethod,
+    IoError, SectorsUnit, StallCause,
 };
 use xenblk::error::{Error, Feature, Violation};
-use xenblk::hal::DomId;
+use xenblk::hal::{DomId, HalError};
 use xenblk::sim::blkback::{BackendConfig, BadId, Faults, Offer, SimBlkBackHandle};
 use xenblk::sim::{SimDisk, SimHal, Testbed};
-use xenblk::xenbus::XenbusState;
+use xenblk::xenbus::{XenbusError, XenbusState};
 
 const VDEV: u32 = 51712;
 
@@ -170,7 +170,7 @@ fn four_k_logical_sectors() {
     disk.write(5, &data).unwrap();
     assert_eq!(be.disk_read(5 * 4096, data.len()).unwrap(), data);
     let r = disk.submit_write(0, vec![0; 512]);
-    assert_eq!(r.unwrap_err().error, Error::Misaligned);
+    assert_eq!(r.unwrap_err().error, IoError::Misaligned);
 }
 
 #[test]
@@ -261,7 +261,7 @@ fn flush_uses_flush_cache_or_falls_back_to_barrier() {
     let tb = Testbed::new([cfg]);
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
-    assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
+    assert_eq!(disk.flush(), Err(IoError::Unsupported(Feature::FlushCache)));
 }
 
 #[test]
@@ -272,15 +272,15 @@ fn eopnotsupp_turns_the_feature_off_and_says_why() {
     let tb = Testbed::new([cfg]);
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
-    assert_eq!(disk.flush(), Err(Error::Unsupported(Feature::FlushCache)));
+    assert_eq!(disk.flush(), Err(IoError::Unsupported(Feature::FlushCache)));
     assert_eq!(disk.info().negotiated.flush, None);
     assert_eq!(
         disk.submit_flush().unwrap_err(),
-        Error::Unsupported(Feature::FlushCache)
+        IoError::Unsupported(Feature::FlushCache)
     );
     assert_eq!(
         disk.discard(0, 64, false),
-        Err(Error::Unsupported(Feature::Discard))
+        Err(IoError::Unsupported(Feature::Discard))
     );
     assert!(!disk.info().negotiated.discard);
     let report = format!("{}", disk.info());
@@ -325,7 +325,7 @@ fn secure_discard_only_when_offered() {
     let mut disk = guest.probe(0, Config::default()).expect("probe");
     assert_eq!(
         disk.discard(0, 64, true),
-        Err(Error::Unsupported(Feature::SecureDiscard))
+        Err(IoError::Unsupported(Feature::SecureDiscard))
     );
     let mut cfg = small(BackendConfig::blkback());
     cfg.discard_secure = true;
@@ -353,10 +353,10 @@ fn read_only_disks_refuse_writes_and_report_flags() {
     let r = disk.submit_write(0, buf.clone()).unwrap_err();
     assert_eq!(
         (r.error, r.buf),
-        (Error::ReadOnly, buf),
+        (IoError::ReadOnly, buf),
         "buffer comes back intact"
     );
-    assert_eq!(disk.discard(0, 8, false), Err(Error::ReadOnly));
+    assert_eq!(disk.discard(0, 8, false), Err(IoError::ReadOnly));
     let mut back = vec![0; 4096];
     disk.read(0, &mut back).unwrap();
     assert_eq!(be.stats().writes, 0);
@@ -369,17 +369,17 @@ fn malformed_calls_are_refused_with_the_buffer_back() {
     let mut disk = guest.probe(0, Config::default()).expect("probe");
     let end = disk.sectors();
     for (sector, len, err) in [
-        (0, 0, Error::Misaligned),
-        (0, 100, Error::Misaligned),
-        (end, 512, Error::OutOfRange),
-        (end - 1, 1024, Error::OutOfRange),
-        (u64::MAX, 512, Error::OutOfRange),
+        (0, 0, IoError::Misaligned),
+        (0, 100, IoError::Misaligned),
+        (end, 512, IoError::OutOfRange),
+        (end - 1, 1024, IoError::OutOfRange),
+        (u64::MAX, 512, IoError::OutOfRange),
     ] {
         let buf = pattern(len as u64, len);
         let r = disk.submit_read(sector, buf.clone()).unwrap_err();
         assert_eq!((r.error, r.buf), (err, buf));
     }
-    assert_eq!(disk.discard(end, 1, false), Err(Error::OutOfRange));
+    assert_eq!(disk.discard(end, 1, false), Err(IoError::OutOfRange));
     assert_eq!(disk.outstanding(), 0);
 }
 
@@ -478,7 +478,7 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
 
     // Nothing in flight: the wait runs to its deadline and says so.
     let deadline = tb.xen().now_ns() + 1_000_000;
-    assert_eq!(disk.wait(deadline), Err(Error::Timeout));
+    assert_eq!(disk.wait(deadline), Err(IoError::Timeout));
     assert!(tb.xen().now_ns() >= deadline);
 
     // A slow backend: the wait ends on the response's event, long before
@@ -503,15 +503,18 @@ fn the_non_blocking_api_waits_on_the_device_ports() {
     assert!(disk.ports().is_empty());
     // Nothing to wait for on a closed device: it says so instead of
     // returning at once for ever.
-    assert_eq!(disk.wait(tb.xen().now_ns() + 1_000_000), Err(Error::Closed));
+    assert_eq!(
+        disk.wait(tb.xen().now_ns() + 1_000_000),
+        Err(IoError::Closed)
+    );
 }
 
 trait Waiter {
-    fn hal_wait(&self, disk: &SimDisk<'_>) -> Result<(), Error>;
+    fn hal_wait(&self, disk: &SimDisk<'_>) -> Result<(), HalError>;
 }
 
 impl Waiter for Testbed {
-    fn hal_wait(&self, _disk: &SimDisk<'_>) -> Result<(), Error> {
+    fn hal_wait(&self, _disk: &SimDisk<'_>) -> Result<(), HalError> {
         let deadline = self.xen().now_ns() + 10_000_000;
         self.xen().wait_until(Some(deadline), || false)
     }
@@ -536,13 +539,14 @@ fn hostile(fault: impl FnOnce(&mut Faults), expect: Violation) {
             }
         }
     }
-    assert_eq!(disk.state(), DeviceState::Broken(Error::Protocol(expect)));
+    let cause = Broken::Protocol(expect);
+    assert_eq!(disk.state(), DeviceState::Broken(cause));
     assert_eq!(got.len(), 2, "every in-flight request completed");
     let mut tokens: Vec<_> = got.iter().map(|c| c.token).collect();
     tokens.sort();
     assert_eq!(tokens, vec![t, t2], "no stranger token completed");
     for c in &got {
-        assert_eq!(c.result, Err(Error::Broken));
+        assert_eq!(c.result, Err(IoError::Broken(cause)), "carries the cause");
         assert_eq!(
             c.buf.as_deref(),
             Some(&before[..]),
@@ -551,8 +555,16 @@ fn hostile(fault: impl FnOnce(&mut Faults), expect: Violation) {
     }
     assert_eq!(
         disk.submit_read(0, vec![0; 512]).unwrap_err().error,
-        Error::Broken
+        IoError::Broken(cause)
     );
+}
+
+/// The cause a broken device keeps.
+fn cause(state: DeviceState) -> Broken {
+    match state {
+        DeviceState::Broken(cause) => cause,
+        s => panic!("the device is {s:?}, not broken"),
+    }
 }
 
 #[test]
@@ -581,11 +593,12 @@ fn a_response_producer_jump_breaks_the_device() {
         let _ = tb.xen().run_until_idle();
     }
     let c = got.expect("completion");
-    assert_eq!((c.token, c.result), (t, Err(Error::Broken)));
+    let cause = cause(disk.state());
     assert!(matches!(
-        disk.state(),
-        DeviceState::Broken(Error::Protocol(Violation::ProducerOverrun { .. }))
+        cause,
+        Broken::Protocol(Violation::ProducerOverrun { .. })
     ));
+    assert_eq!((c.token, c.result), (t, Err(IoError::Broken(cause))));
 }
 
 #[test]
@@ -602,14 +615,15 @@ fn a_wrong_operation_breaks_the_device() {
         }
         let _ = tb.xen().run_until_idle();
     };
+    let cause = cause(disk.state());
+    assert!(matches!(
+        cause,
+        Broken::Protocol(Violation::WrongOperation { .. })
+    ));
     assert_eq!(
         (c.token, c.result, c.buf),
-        (t, Err(Error::Broken), Some(vec![7; 4096]))
+        (t, Err(IoError::Broken(cause)), Some(vec![7; 4096]))
     );
-    assert!(matches!(
-        disk.state(),
-        DeviceState::Broken(Error::Protocol(Violation::WrongOperation { .. }))
-    ));
 }
 
 #[test]
@@ -642,19 +656,16 @@ fn a_duplicate_response_breaks_the_device() {
         }
         let _ = tb.xen().run_until_idle();
     }
+    let cause = cause(disk.state());
     assert!(
-        matches!(
-            disk.state(),
-            DeviceState::Broken(Error::Protocol(Violation::NotInFlight(_)))
-        ),
-        "{:?}",
-        disk.state()
+        matches!(cause, Broken::Protocol(Violation::NotInFlight(_))),
+        "{cause:?}"
     );
     assert_eq!(got.len(), 2);
     assert_eq!((got[0].token, got[0].result), (a, Ok(())));
     assert_eq!(
         (got[1].token, got[1].result, got[1].buf.clone()),
-        (b, Err(Error::Broken), Some(vec![2; 4096]))
+        (b, Err(IoError::Broken(cause)), Some(vec![2; 4096]))
     );
 }
 
@@ -666,7 +677,7 @@ fn io_errors_are_reported_per_request() {
     let mut disk = guest.probe(0, Config::default()).expect("probe");
     be.update_faults(|f| f.io_errors = 1);
     let mut buf = vec![3; 4096];
-    assert_eq!(disk.read(0, &mut buf), Err(Error::IoError));
+    assert_eq!(disk.read(0, &mut buf), Err(IoError::Backend));
     assert_eq!(buf, vec![3; 4096], "a failed read leaves the buffer alone");
     disk.read(0, &mut buf).unwrap();
     assert_eq!(disk.state(), DeviceState::Connected);
@@ -685,13 +696,13 @@ fn a_dead_backend_times_out_within_the_bound() {
     be.update_faults(|f| f.swallow_requests = true);
     let start = tb.xen().now_ns();
     let mut buf = vec![0; 4096];
-    assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
+    assert_eq!(disk.read(0, &mut buf), Err(IoError::Timeout));
     let waited = tb.xen().now_ns() - start;
     assert!(
         (2_000_000_000..3_000_000_000).contains(&waited),
         "waited {waited} ns"
     );
-    assert_eq!(disk.state(), DeviceState::Broken(Error::Timeout));
+    assert_eq!(disk.state(), DeviceState::Broken(Broken::Timeout));
 }
 
 #[test]
@@ -714,7 +725,7 @@ fn backend_closing_mid_io_aborts_and_closes_cleanly() {
         done.push(c);
     }
     assert_eq!(done.len(), 6, "nothing hangs");
-    assert!(done.iter().any(|c| c.result == Err(Error::Aborted)));
+    assert!(done.iter().any(|c| c.result == Err(IoError::Aborted)));
     let fe_state = tb
         .xenstored()
         .read(
@@ -727,7 +738,7 @@ fn backend_closing_mid_io_aborts_and_closes_cleanly() {
     assert_eq!((grants, ports), (0, 0));
     assert_eq!(
         disk.submit_read(0, vec![0; 512]).unwrap_err().error,
-        Error::NotConnected
+        IoError::NotConnected
     );
 }
 
@@ -740,7 +751,7 @@ fn reconnect_after_the_backend_returns_picks_up_a_new_size() {
     disk.write(0, &pattern(1, 4096)).unwrap();
     be.update_faults(|f| f.closing_after = Some(0));
     let mut probe = vec![0; 512];
-    assert_eq!(disk.read(0, &mut probe), Err(Error::Aborted));
+    assert_eq!(disk.read(0, &mut probe), Err(IoError::Aborted));
     assert_eq!(disk.state(), DeviceState::Disconnected);
     be.set_size_bytes(16 << 20).unwrap();
     disk.reconnect().expect("reconnect");
@@ -803,14 +814,17 @@ fn a_grant_the_backend_keeps_mapped_breaks_the_device_and_is_quarantined() {
     // Without persistent grants, a page the backend keeps after answering
     // could still change under us: Linux's blkfront gives up on the device
     // (XSA-396), and so does this one.
-    assert_eq!(disk.write(0, &pattern(2, 8192)), Err(Error::Broken));
-    assert!(matches!(
-        disk.state(),
-        DeviceState::Broken(Error::Protocol(Violation::StillMapped(_)))
-    ));
+    let r = disk.write(0, &pattern(2, 8192));
+    let cause = cause(disk.state());
+    assert!(matches!(cause, Broken::Protocol(Violation::StillMapped(_))));
+    assert_eq!(
+        r,
+        Err(IoError::Broken(cause)),
+        "the write carries the cause"
+    );
     assert_eq!(disk.quarantined(), 2, "both pages are never reused");
     let mut back = vec![0; 8192];
-    assert_eq!(disk.read(0, &mut back), Err(Error::Broken));
+    assert_eq!(disk.read(0, &mut back), Err(IoError::Broken(cause)));
     assert_eq!(
         back,
         vec![0; 8192],
@@ -840,10 +854,10 @@ fn qdisk_with_direct_io_safe_that_never_connects_is_explained() {
     let err = guest.probe(0, cfg).err().expect("must not connect");
     assert_eq!(
         err.error,
-        Error::StateTimeout {
+        Error::Xenbus(XenbusError::StateTimeout {
             wanted: XenbusState::InitWait,
             seen: XenbusState::Initialising
-        }
+        })
     );
     let stall = err.stall.expect("stall report");
     assert_eq!(stall.cause, StallCause::QdiskDirectIoSafe);

@@ -10,50 +10,58 @@
 use std::sync::Arc;
 
 use xenblk::abi::blkif::BLKIF_RSP_EOPNOTSUPP;
-use xenblk::blkfront::{BackendEvent, BlockFront, Completion, Config, DeviceState, RequestToken};
-use xenblk::error::Error;
-use xenblk::gnttab::GrantTable;
+use xenblk::blkfront::{
+    BackendEvent, BlockFront, Broken, Completion, Config, DeviceState, IoError, RequestToken,
+};
+use xenblk::error::{Error, Violation};
+use xenblk::gnttab::{GrantError, GrantTable};
 use xenblk::hal::{DomId, GrantRef};
 use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
 use xenblk::sim::xenstored::{SimXsTransport, XenStored};
 use xenblk::sim::{Accounting, SimConfig, SimHal, SimXen};
-use xenblk::xenbus::XenbusState;
+use xenblk::xenbus::{XenbusError, XenbusState};
 use xenblk::xenstore::XenStore;
 
 // ----- what each test expects (change here when the error API changes) -----
 
 /// d02: a blocking read whose backend goes Closing midway.
-const D02_READ_CUT_SHORT: Error = Error::Aborted;
+const D02_READ_CUT_SHORT: IoError = IoError::Aborted;
 /// d03: blocking I/O reaching past the end of the disk.
-const D03_PAST_THE_END: Error = Error::OutOfRange;
+const D03_PAST_THE_END: IoError = IoError::OutOfRange;
 /// d04a: probe of a backend publishing `sector-size` = 1000.
-const D04A_PROBE: Error = Error::MalformedKey("sector-size");
+const D04A_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("sector-size"));
 /// d04b: probe of a backend whose hotplug script outlasts the connect bound.
-const D04B_PROBE: Error = Error::StateTimeout {
+const D04B_PROBE: Error = Error::Xenbus(XenbusError::StateTimeout {
     wanted: XenbusState::Connected,
     seen: XenbusState::InitWait,
-};
+});
 /// d06: waiting on an idle device whose only event was already seen.
-const D06_IDLE_WAIT: Error = Error::Timeout;
+const D06_IDLE_WAIT: IoError = IoError::Timeout;
 /// d07a: a request no ring could ever hold may fail, but not as back pressure.
 /// Expected after the fix: success (the driver splits or queues it) or a
-/// distinct "request too large" error.
-fn d07a_acceptable(e: Error) -> bool {
-    !matches!(e, Error::RingFull)
+/// distinct "request too large" error. The data path has no ring-full error
+/// any more; what is left that a caller could take for "try again later" is
+/// running out of grants or memory.
+fn d07a_acceptable(e: IoError) -> bool {
+    !matches!(e, IoError::Grant(_) | IoError::Hal(_))
 }
 /// d08: `BLKIF_RSP_EOPNOTSUPP` answering a plain read (Linux: `BLK_STS_IOERR`).
-const D08_READ_EOPNOTSUPP: Error = Error::IoError;
+const D08_READ_EOPNOTSUPP: IoError = IoError::Backend;
 /// d10: probe of a backend publishing `sector-size` above 4096.
-const D10_PROBE: Error = Error::MalformedKey("sector-size");
+const D10_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("sector-size"));
 /// d11a: probe with a `backend-id` that names no backend domain.
-const D11A_PROBE: Error = Error::MalformedKey("backend-id");
+const D11A_PROBE: Error = Error::Xenbus(XenbusError::MalformedKey("backend-id"));
 /// d11c: empty I/O on a closed device.
-const D11C_CLOSED: Error = Error::Closed;
+const D11C_CLOSED: IoError = IoError::Closed;
 /// d11d: a read whose data grant the backend still maps after its response.
 /// Expected after the fix: the request fails (Linux fails it and marks the
 /// device broken); either of today's variants that say so will do.
-fn d11d_acceptable(e: Error) -> bool {
-    matches!(e, Error::GrantInUse(_) | Error::Broken)
+fn d11d_acceptable(e: IoError) -> bool {
+    matches!(
+        e,
+        IoError::Grant(GrantError::InUse(_))
+            | IoError::Broken(Broken::Protocol(Violation::StillMapped(_)))
+    )
 }
 
 // ----- the world: one guest, simulated backends, step mode ------------------
@@ -71,7 +79,7 @@ const HUGE_SECTORS: u64 = (1 << 55) - 1;
 /// offset can address), in 512-byte sectors.
 const MAX_SECTORS: u64 = (i64::MAX as u64) / 512;
 /// d01: a capacity beyond that bound.
-const D01_HUGE: Error = Error::MalformedKey("sectors");
+const D01_HUGE: Error = Error::Xenbus(XenbusError::MalformedKey("sectors"));
 const SENTINEL: u8 = 0xa5;
 const CONNECT_TIMEOUT_NS: u64 = 2_000_000_000;
 

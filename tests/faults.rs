@@ -8,10 +8,11 @@
 #![cfg(feature = "sim")]
 
 use xenblk::abi::blkif::{BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
-use xenblk::blkfront::{BackendEvent, Config, DeviceState};
+use xenblk::blkfront::{BackendEvent, Broken, Config, DeviceState, IoError};
 use xenblk::error::{Error, Violation};
 use xenblk::sim::blkback::BackendConfig;
 use xenblk::sim::{SimDisk, Testbed};
+use xenblk::xenstore::XsError;
 
 /// The disk of every scenario.
 fn backend(persistent: bool) -> BackendConfig {
@@ -56,7 +57,7 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
         .collect();
     let start = tb.xen().now_ns();
     let mut buf = vec![0x5a; 4096];
-    assert_eq!(disk.read(0, &mut buf), Err(Error::Timeout));
+    assert_eq!(disk.read(0, &mut buf), Err(IoError::Timeout));
     let waited = tb.xen().now_ns() - start;
     assert!(
         (1_000_000_000..1_100_000_000).contains(&waited),
@@ -67,7 +68,7 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
         vec![0x5a; 4096],
         "a timed-out read leaves the buffer alone"
     );
-    assert_eq!(disk.state(), DeviceState::Broken(Error::Timeout));
+    assert_eq!(disk.state(), DeviceState::Broken(Broken::Timeout));
     let done = drain(&mut disk);
     assert_eq!(
         done.len(),
@@ -75,13 +76,13 @@ fn backend_dead_mid_io_times_out_within_the_bound() {
         "every request in flight completes"
     );
     for c in done {
-        assert_eq!(c.result, Err(Error::Timeout));
+        assert_eq!(c.result, Err(IoError::Timeout));
         assert_eq!(c.buf, Some(vec![0xcc; 4096]));
     }
     assert_eq!(disk.in_flight(), 0);
     assert_eq!(
         disk.submit_read(0, vec![0; 512]).unwrap_err().error,
-        Error::Broken
+        IoError::Broken(Broken::Timeout)
     );
     let _ = disk.close();
     guest.assert_only_mapped_grants_left();
@@ -110,7 +111,7 @@ fn backend_closing_mid_io_aborts_then_reconnects() {
     assert_eq!(done.len(), tokens.len(), "nothing hangs");
     let aborted = done
         .iter()
-        .filter(|c| c.result == Err(Error::Aborted))
+        .filter(|c| c.result == Err(IoError::Aborted))
         .count();
     assert!(aborted >= 6, "{aborted} of 8 aborted");
     let (grants, ports, _) = guest.held();
@@ -155,16 +156,19 @@ fn a_grant_revoked_while_mapped_is_quarantined_never_reused_and_reported() {
     // The backend can still write those pages: the data cannot be trusted,
     // so the read fails with its buffer untouched and the device breaks
     // (Linux's blkfront since XSA-396).
-    assert_eq!((c.token, c.result), (t, Err(Error::Broken)));
+    let DeviceState::Broken(cause) = disk.state() else {
+        panic!("the device is {:?}, not broken", disk.state());
+    };
+    assert!(matches!(cause, Broken::Protocol(Violation::StillMapped(_))));
+    assert_eq!((c.token, c.result), (t, Err(IoError::Broken(cause))));
     assert_eq!(c.buf, Some(vec![0xcc; 8192]), "the buffer is untouched");
-    assert!(matches!(
-        disk.state(),
-        DeviceState::Broken(Error::Protocol(Violation::StillMapped(_)))
-    ));
     let q = disk.quarantined();
     assert_eq!(q, 2, "both data pages are still mapped: quarantined");
     // Nothing more goes out, so no quarantined page can come back.
-    assert_eq!(disk.write(0, &pattern(1, 8192)), Err(Error::Broken));
+    assert_eq!(
+        disk.write(0, &pattern(1, 8192)),
+        Err(IoError::Broken(cause))
+    );
     assert_eq!(
         be.stats().reused_while_mapped,
         0,
@@ -203,7 +207,7 @@ fn eagain_storms_on_transactions_are_retried_then_reported() {
         ..one_queue()
     };
     let err = guest.probe(0, cfg).err().expect("must fail");
-    assert_eq!(err.error, Error::XsTransactionRetriesExhausted);
+    assert_eq!(err.error, Error::XenStore(XsError::RetriesExhausted));
     assert_eq!(guest.held(), (0, 0, 0));
 }
 
@@ -309,7 +313,10 @@ fn xenstore_connection_errors_are_typed_and_leak_nothing() {
         .err()
         .expect("garbage must fail the probe");
     assert!(
-        matches!(err.error, Error::XsMalformed(_) | Error::XsConnection),
+        matches!(
+            err.error,
+            Error::XenStore(XsError::Malformed(_) | XsError::Connection)
+        ),
         "{err}"
     );
     assert_eq!(guest.held(), (0, 0, 0));
@@ -368,7 +375,7 @@ fn a_read_with_one_failed_part_leaves_the_buffer_alone() {
     assert!(be.release_held(tb.xen(), 0, |r| r.status =
         xenblk::abi::blkif::BLKIF_RSP_ERROR));
     let c = disk.poll().expect("the read completes");
-    assert_eq!((c.token, c.result), (t, Err(Error::IoError)));
+    assert_eq!((c.token, c.result), (t, Err(IoError::Backend)));
     assert_eq!(
         c.buf,
         Some(vec![0xcc; 16 * 4096]),

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use xenblk::abi::blkif::*;
 use xenblk::blkfront::wire::{encode_segment, RequestSlot};
+use xenblk::blkfront::IoError;
 use xenblk::error::Violation;
-use xenblk::gnttab::GrantTable;
-use xenblk::hal::{DomId, GrantRef, Hal, Pages, Port, PAGE_SIZE};
-use xenblk::ring::FrontRing;
+use xenblk::gnttab::{GrantError, GrantTable};
+use xenblk::hal::{DomId, GrantRef, Hal, HalError, Pages, Port, PAGE_SIZE};
+use xenblk::ring::{FrontRing, RingError};
 use xenblk::sim::blkback::{
     BackendConfig, BadId, Faults, MemStore, Offer, Perm, SimBlkBack, SimBlkBackHandle,
 };
@@ -509,7 +510,7 @@ fn persistent_grants_stay_mapped_until_the_frontend_closes() {
     assert_eq!(f.response().status, BLKIF_RSP_OKAY);
     let s = f.be.stats();
     assert_eq!((s.persistent_grants, s.grants_mapped), (1, 1));
-    assert_eq!(f.gt.end_access(g), Err(Error::GrantInUse(g.0)));
+    assert_eq!(f.gt.end_access(g), Err(GrantError::InUse(g.0)));
     f.set_state(XenbusState::Closing);
     assert_eq!(f.be.state(), XenbusState::Closing);
     f.set_state(XenbusState::Closed);
@@ -626,7 +627,7 @@ fn a_frontend_that_never_notifies_gets_nothing() {
         ))
         .unwrap();
     f.queues[0].ring.push_requests();
-    assert_eq!(f.response_on(0), Err(Error::Timeout));
+    assert_eq!(f.response_on(0), Err(Error::Hal(HalError::Timeout)));
     assert_eq!(f.be.stats().reads, 0);
 }
 
@@ -713,7 +714,9 @@ fn a_response_producer_jump_breaks_the_frontend_ring() {
     // at rsp_prod already sees more responses than requests in flight.
     assert!(matches!(
         f.response_on(0),
-        Err(Error::Protocol(Violation::ProducerOverrun { cons: 1, .. }))
+        Err(Error::Ring(RingError::Protocol(
+            Violation::ProducerOverrun { cons: 1, .. }
+        )))
     ));
 }
 
@@ -723,7 +726,7 @@ fn swallowed_requests_are_never_answered() {
         swallow_requests: true,
         ..Faults::default()
     });
-    assert_eq!(f.response_on(0), Err(Error::Timeout));
+    assert_eq!(f.response_on(0), Err(Error::Hal(HalError::Timeout)));
     assert_eq!(f.be.stats().unanswered, 1);
 }
 
@@ -744,7 +747,7 @@ fn closing_mid_io_leaves_requests_unanswered() {
         closing_after: Some(1),
         ..Faults::default()
     });
-    assert_eq!(f.response_on(0), Err(Error::Timeout));
+    assert_eq!(f.response_on(0), Err(Error::Hal(HalError::Timeout)));
     assert_eq!(f.be.state(), XenbusState::Closing);
     assert_eq!(f.be.stats().unanswered, 1);
     f.set_state(XenbusState::Closing);
@@ -761,7 +764,7 @@ fn kept_grants_block_revocation_until_released() {
     });
     assert_eq!(f.response().status, BLKIF_RSP_OKAY);
     assert_eq!(f.be.stats().grants_kept, 1);
-    assert_eq!(f.gt.end_access(g), Err(Error::GrantInUse(g.0)));
+    assert_eq!(f.gt.end_access(g), Err(GrantError::InUse(g.0)));
     assert_eq!(f.be.release_kept_grants(), 1);
     assert_eq!(f.gt.end_access(g), Ok(()));
 }
@@ -814,7 +817,10 @@ fn resizing_rewrites_sectors_and_state() {
     f.be.set_size_bytes(16 << 20).unwrap();
     assert_eq!(f.be_key("sectors").as_deref(), Some("32768"));
     assert_eq!(f.be_key("state").as_deref(), Some("4"));
-    assert_eq!(f.be.set_size_bytes(1000), Err(Error::Misaligned));
+    assert_eq!(
+        f.be.set_size_bytes(1000),
+        Err(Error::Io(IoError::Misaligned))
+    );
 }
 
 #[test]

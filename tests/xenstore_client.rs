@@ -9,9 +9,9 @@ use xenblk::abi::xs_wire::msg_type::*;
 use xenblk::abi::xs_wire::XsdSockmsg;
 use xenblk::error::{XsErrno, XsMalformed};
 use xenblk::hal::{DomId, XsTransport};
+use xenblk::xenbus::XenbusError;
 use xenblk::xenstore::wire::{self, Decoder, Message};
-use xenblk::xenstore::{TxId, XenStore};
-use xenblk::Error;
+use xenblk::xenstore::{TxId, XenStore, XsError};
 
 type Responder = Box<dyn FnMut(&Message) -> Vec<Vec<u8>>>;
 
@@ -45,7 +45,7 @@ impl Fake {
 }
 
 impl XsTransport for Fake {
-    fn send(&mut self, bytes: &[u8]) -> xenblk::Result<usize> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
         let n = bytes.len().min(self.send_chunk);
         let mut rest = &bytes[..n];
         while !rest.is_empty() {
@@ -61,7 +61,7 @@ impl XsTransport for Fake {
         Ok(n)
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> xenblk::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError> {
         let n = buf.len().min(self.recv_chunk).min(self.inbox.len());
         for b in &mut buf[..n] {
             *b = self.inbox.pop_front().unwrap();
@@ -69,11 +69,11 @@ impl XsTransport for Fake {
         Ok(n)
     }
 
-    fn wait(&mut self, deadline: Option<u64>) -> xenblk::Result<()> {
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError> {
         self.waits += 1;
         self.now += 1_000_000;
         match deadline {
-            Some(d) if self.now >= d => Err(Error::Timeout),
+            Some(d) if self.now >= d => Err(XsError::Timeout),
             _ => Ok(()),
         }
     }
@@ -215,10 +215,10 @@ fn framing_errors_break_the_connection() {
             let mut fake = scripted(script);
             fake.recv_chunk = chunk;
             let mut xs = XenStore::new(fake);
-            assert_eq!(xs.read("k"), Err(Error::XsMalformed(kind)), "{kind:?}");
+            assert_eq!(xs.read("k"), Err(XsError::Malformed(kind)), "{kind:?}");
             assert!(xs.is_broken());
-            assert_eq!(xs.read("k"), Err(Error::XsConnection));
-            assert_eq!(xs.poll_watch_event(), Err(Error::XsConnection));
+            assert_eq!(xs.read("k"), Err(XsError::Connection));
+            assert_eq!(xs.poll_watch_event(), Err(XsError::Connection));
             assert_eq!(xs.transport().requests.len(), 1, "nothing sent after");
         }
     }
@@ -243,7 +243,7 @@ fn bad_payloads_fail_only_their_call() {
             XS_TRANSACTION_START => xs.transaction_start().map(drop),
             _ => xs.read("k").map(drop),
         };
-        assert_eq!(got, Err(Error::XsMalformed(kind)), "{ty} {payload:?}");
+        assert_eq!(got, Err(XsError::Malformed(kind)), "{ty} {payload:?}");
         assert!(!xs.is_broken());
         assert_eq!(xs.read("next").unwrap(), "v:next");
     }
@@ -263,10 +263,10 @@ fn error_replies_map_to_errnos() {
             format!("{name}\0").as_bytes(),
         )]
     }));
-    assert_eq!(xs.read("ENOENT"), Err(Error::XenStore(XsErrno::ENOENT)));
+    assert_eq!(xs.read("ENOENT"), Err(XsError::Errno(XsErrno::ENOENT)));
     assert_eq!(xs.read_opt("ENOENT"), Ok(None));
-    assert_eq!(xs.read_opt("EACCES"), Err(Error::XenStore(XsErrno::EACCES)));
-    assert_eq!(xs.mkdir("EWHAT"), Err(Error::XenStore(XsErrno::Unknown)));
+    assert_eq!(xs.read_opt("EACCES"), Err(XsError::Errno(XsErrno::EACCES)));
+    assert_eq!(xs.mkdir("EWHAT"), Err(XsError::Errno(XsErrno::Unknown)));
     assert!(!xs.is_broken());
 }
 
@@ -284,12 +284,12 @@ fn malformed_watch_events_are_reported_once_in_order() {
     }));
     xs.write("k", "v").unwrap();
     assert_eq!(xs.poll_watch_event().unwrap().unwrap().path, "/a");
-    let bad = Error::XsMalformed(XsMalformed::BadPayload);
+    let bad = XsError::Malformed(XsMalformed::BadPayload);
     assert_eq!(xs.poll_watch_event(), Err(bad));
     assert_eq!(xs.poll_watch_event(), Err(bad));
     assert_eq!(
         xs.poll_watch_event(),
-        Err(Error::XsMalformed(XsMalformed::NotUtf8))
+        Err(XsError::Malformed(XsMalformed::NotUtf8))
     );
     assert_eq!(xs.poll_watch_event().unwrap().unwrap().path, "/b");
     assert_eq!(xs.poll_watch_event(), Ok(None));
@@ -312,7 +312,7 @@ fn a_silent_daemon_times_out_and_its_late_reply_is_discarded() {
         }
     }));
     xs.set_timeout_ns(50_000_000);
-    assert_eq!(xs.mkdir("slow"), Err(Error::Timeout));
+    assert_eq!(xs.mkdir("slow"), Err(XsError::Timeout));
     assert!(xs.transport().waits >= 50, "waited until the deadline");
     assert!(!xs.is_broken());
     xs.mkdir("fast").unwrap();
@@ -333,18 +333,18 @@ fn waiting_for_events() {
     assert_eq!(ev.path, "/y");
     assert_eq!(xs.wait_watch_event(1_000_000_000).unwrap().token, "other");
     let deadline = xs.transport().now + 5_000_000;
-    assert_eq!(xs.wait_watch_event(deadline), Err(Error::Timeout));
+    assert_eq!(xs.wait_watch_event(deadline), Err(XsError::Timeout));
 }
 
 #[test]
 fn arguments_are_checked_before_sending() {
     let mut xs = XenStore::new(Fake::new(echo_daemon));
-    assert_eq!(xs.read("a\0b"), Err(Error::XsInvalidPath));
-    assert_eq!(xs.write("", "v"), Err(Error::XsInvalidPath));
-    assert_eq!(xs.write("k", "v\0"), Err(Error::XsInvalidPath));
-    assert_eq!(xs.watch("k", ""), Err(Error::XsInvalidPath));
+    assert_eq!(xs.read("a\0b"), Err(XsError::InvalidPath));
+    assert_eq!(xs.write("", "v"), Err(XsError::InvalidPath));
+    assert_eq!(xs.write("k", "v\0"), Err(XsError::InvalidPath));
+    assert_eq!(xs.watch("k", ""), Err(XsError::InvalidPath));
     let big = "x".repeat(4096);
-    assert_eq!(xs.write("k", &big), Err(Error::XsPayloadTooLarge));
+    assert_eq!(xs.write("k", &big), Err(XsError::PayloadTooLarge));
     xs.write("k", &big[..4094]).unwrap();
     assert_eq!(xs.transport().requests.len(), 1);
     assert_eq!(xs.transport().requests[0].payload.len(), 4096);
@@ -377,7 +377,7 @@ fn transactions_retry_the_whole_closure_on_eagain() {
             runs += 1;
             let v = xs.read_tx(tx, "k")?;
             xs.write_tx(tx, "k", "2")?;
-            Ok(v)
+            Ok::<_, XsError>(v)
         })
         .unwrap();
     assert_eq!((v.as_str(), runs), ("1", 3));
@@ -394,19 +394,20 @@ fn transactions_retry_the_whole_closure_on_eagain() {
     let mut runs = 0;
     let r = xs.transaction(3, |_, _| {
         runs += 1;
-        Ok(())
+        Ok::<_, XsError>(())
     });
-    assert_eq!((r, runs), (Err(Error::XsTransactionRetriesExhausted), 4));
+    assert_eq!((r, runs), (Err(XsError::RetriesExhausted), 4));
 }
 
 #[test]
 fn a_failing_closure_discards_its_transaction() {
     let mut xs = XenStore::new(flaky_commits(0));
-    let r: xenblk::Result<()> = xs.transaction(5, |xs, tx| {
+    // The closure fails with an error of a layer above xenstore.
+    let r: Result<(), XenbusError> = xs.transaction(5, |xs, tx| {
         xs.write_tx(tx, "k", "v")?;
-        Err(Error::MalformedKey("k"))
+        Err(XenbusError::MalformedKey("k"))
     });
-    assert_eq!(r, Err(Error::MalformedKey("k")));
+    assert_eq!(r, Err(XenbusError::MalformedKey("k")));
     let last = xs.transport().requests.last().unwrap();
     assert_eq!(
         (last.header.ty, &last.payload[..]),

@@ -9,7 +9,7 @@ use xenblk::error::XsErrno;
 use xenblk::hal::DomId;
 use xenblk::sim::xenstored::{Access, ConnId, Perm, Store};
 use xenblk::xenstore::wire::{Message, WatchEvent};
-use xenblk::Error;
+use xenblk::xenstore::XsError;
 
 const G: DomId = DomId(5);
 const D0: DomId = DomId::DOM0;
@@ -227,7 +227,7 @@ fn nodes_guests_create_are_theirs_and_inherit_the_rest() {
     assert_eq!(s.read(DomId(6), "/local/domain/5/data/a/b").unwrap(), "x");
     assert_eq!(
         s.write(DomId(6), "/local/domain/5/data/a/b", "y"),
-        Err(Error::XenStore(XsErrno::EACCES))
+        Err(XsError::Errno(XsErrno::EACCES))
     );
     // dom0 creating below keeps the inherited owner.
     s.write(D0, "/local/domain/5/data/a/c", "z").unwrap();
@@ -239,14 +239,14 @@ fn nodes_guests_create_are_theirs_and_inherit_the_rest() {
             "/local/domain/5/data/a",
             &[Perm::new(DomId(6), Access::None)]
         ),
-        Err(Error::XenStore(XsErrno::EACCES))
+        Err(XsError::Errno(XsErrno::EACCES))
     );
     s.set_perms(G, "data/a", &[Perm::new(DomId(6), Access::None)])
         .unwrap();
-    assert_eq!(s.read(G, "data/a"), Err(Error::XenStore(XsErrno::EACCES)));
+    assert_eq!(s.read(G, "data/a"), Err(XsError::Errno(XsErrno::EACCES)));
     assert_eq!(
         s.set_perms(G, "data/b", &[]),
-        Err(Error::XenStore(XsErrno::EINVAL))
+        Err(XsError::Errno(XsErrno::EINVAL))
     );
 }
 

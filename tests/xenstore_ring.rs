@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use xenblk::abi::xs_wire::*;
 use xenblk::hal::{DomId, Hal, Pages, Port, XsTransport};
 use xenblk::sim::{SimHal, SimXen};
-use xenblk::xenstore::RingTransport;
-use xenblk::Error;
+use xenblk::xenstore::{RingTransport, XsError};
 
 const GUEST: DomId = DomId(3);
 const REQ_CONS: usize = offset_of!(XenstoreDomainInterface, req_cons);
@@ -182,16 +181,16 @@ fn hostile_offsets_break_the_connection() {
     s.daemon.set_all(7);
     s.daemon.idx(RSP_PROD).store(7 + 1025, Ordering::SeqCst);
     let mut t = s.transport();
-    assert_eq!(t.recv(&mut [0; 8]), Err(Error::XsConnection));
-    assert_eq!(t.send(b"x"), Err(Error::XsConnection), "stays broken");
-    assert_eq!(t.wait(Some(1)), Err(Error::XsConnection));
+    assert_eq!(t.recv(&mut [0; 8]), Err(XsError::Connection));
+    assert_eq!(t.send(b"x"), Err(XsError::Connection), "stays broken");
+    assert_eq!(t.wait(Some(1)), Err(XsError::Connection));
 
     // Request consumer ahead of our producer (a huge wrapped distance).
     let s = setup();
     s.daemon.set_all(7);
     s.daemon.idx(REQ_CONS).store(9, Ordering::SeqCst);
     let mut t = s.transport();
-    assert_eq!(t.send(b"x"), Err(Error::XsConnection));
+    assert_eq!(t.send(b"x"), Err(XsError::Connection));
 }
 
 #[test]
@@ -206,8 +205,8 @@ fn the_error_indicator_counts_only_when_advertised() {
     s.daemon
         .idx(FEATURES)
         .store(XENSTORE_SERVER_FEATURE_ERROR, Ordering::SeqCst);
-    assert_eq!(t.send(b"ab"), Err(Error::XsConnection));
-    assert_eq!(t.recv(&mut [0; 4]), Err(Error::XsConnection));
+    assert_eq!(t.send(b"ab"), Err(XsError::Connection));
+    assert_eq!(t.recv(&mut [0; 4]), Err(XsError::Connection));
 }
 
 #[test]
@@ -238,7 +237,7 @@ fn wait_returns_on_an_event_and_times_out_without_one() {
     // Clear the pending flag the bind may have left.
     s.xen.consume(GUEST, s.guest_port);
     let deadline = t.now_ns() + 1_000_000;
-    assert_eq!(t.wait(Some(deadline)), Err(Error::Timeout));
+    assert_eq!(t.wait(Some(deadline)), Err(XsError::Timeout));
     assert!(
         t.now_ns() >= deadline,
         "virtual clock moved to the deadline"

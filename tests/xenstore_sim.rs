@@ -7,19 +7,18 @@ use xenblk::error::{XsErrno, XsMalformed};
 use xenblk::hal::{DomId, Hal};
 use xenblk::sim::xenstored::{Access, Perm, SimXsTransport, XenStored};
 use xenblk::sim::{SimHal, SimXen};
-use xenblk::xenstore::{TxId, WatchEvent, XenStore};
-use xenblk::Error;
+use xenblk::xenstore::{TxId, WatchEvent, XenStore, XsError};
 
 const G1: DomId = DomId(1);
 const G2: DomId = DomId(2);
 const D0: DomId = DomId::DOM0;
 
-fn eacces() -> Error {
-    Error::XenStore(XsErrno::EACCES)
+fn eacces() -> XsError {
+    XsError::Errno(XsErrno::EACCES)
 }
 
-fn enoent() -> Error {
-    Error::XenStore(XsErrno::ENOENT)
+fn enoent() -> XsError {
+    XsError::Errno(XsErrno::ENOENT)
 }
 
 fn ev(path: &str, token: &str) -> WatchEvent {
@@ -91,7 +90,7 @@ fn every_operation_over_the_ring() {
     assert_eq!(xs.read("data/big").unwrap(), big);
     assert_eq!(xsd.read(D0, "/local/domain/1/data/big").unwrap(), big);
 
-    assert_eq!(xs.read("/bad//path"), Err(Error::XenStore(XsErrno::EINVAL)));
+    assert_eq!(xs.read("/bad//path"), Err(XsError::Errno(XsErrno::EINVAL)));
     assert!(!xs.is_broken());
 }
 
@@ -114,7 +113,7 @@ fn watches_fire_on_registration_changes_and_ancestor_removal() {
     );
     assert_eq!(
         xs.watch("data/dev", "rel"),
-        Err(Error::XenStore(XsErrno::EEXIST))
+        Err(XsError::Errno(XsErrno::EEXIST))
     );
 
     xs.write("data/dev/state", "2").unwrap();
@@ -295,7 +294,7 @@ fn transactions_commit_atomically_and_conflict_with_eagain() {
     xs.write_tx(tx, "data/k", &format!("{v}+1")).unwrap();
     assert_eq!(
         xs.transaction_end(tx, true),
-        Err(Error::XenStore(XsErrno::EAGAIN))
+        Err(XsError::Errno(XsErrno::EAGAIN))
     );
     assert_eq!(xs.read("data/k").unwrap(), "99");
 
@@ -306,7 +305,7 @@ fn transactions_commit_atomically_and_conflict_with_eagain() {
     xs.write_tx(tx, "data/other", "y").unwrap();
     assert_eq!(
         xs.transaction_end(tx, true),
-        Err(Error::XenStore(XsErrno::EAGAIN))
+        Err(XsError::Errno(XsErrno::EAGAIN))
     );
 
     // Changes to nodes the transaction never touched do not.
@@ -340,7 +339,7 @@ fn the_transaction_helper_retries_real_conflicts() {
                 xsd.write(D0, "/local/domain/1/data/counter", &(n + 10).to_string())?;
             }
             xs.write_tx(tx, "data/counter", &(n + 1).to_string())?;
-            Ok(n + 1)
+            Ok::<_, XsError>(n + 1)
         })
         .unwrap();
     assert_eq!((runs, out), (3, 21));
@@ -357,7 +356,7 @@ fn the_transaction_helper_retries_real_conflicts() {
 
     xsd.fail_next_commits(3);
     let r = xs.transaction(2, |xs, tx| xs.write_tx(tx, "data/never", "1"));
-    assert_eq!(r, Err(Error::XsTransactionRetriesExhausted));
+    assert_eq!(r, Err(XsError::RetriesExhausted));
     assert_eq!(xs.read_opt("data/never").unwrap(), None);
     assert_eq!(xsd.store().transaction_count(), 0);
 }
@@ -376,9 +375,9 @@ fn garbage_replies_break_only_that_connection() {
     assert!(xsd.reply_garbage(G1, oversize));
     assert_eq!(
         a.read("domid"),
-        Err(Error::XsMalformed(XsMalformed::Oversize))
+        Err(XsError::Malformed(XsMalformed::Oversize))
     );
-    assert_eq!(a.read("domid"), Err(Error::XsConnection));
+    assert_eq!(a.read("domid"), Err(XsError::Connection));
     assert_eq!(b.read("domid").unwrap(), "2");
 
     // A stray reply with an id nobody asked for.
@@ -387,7 +386,7 @@ fn garbage_replies_break_only_that_connection() {
     assert!(xsd.inject_raw(G1, &stray));
     assert_eq!(
         c.read("domid"),
-        Err(Error::XsMalformed(XsMalformed::UnexpectedId))
+        Err(XsError::Malformed(XsMalformed::UnexpectedId))
     );
 }
 
@@ -399,13 +398,13 @@ fn dropped_connections_and_broken_indices_are_connection_errors() {
     let mut xs = client(&xsd, &hal);
     xs.watch("data", "w").unwrap();
     assert!(xsd.drop_connection(G1));
-    assert_eq!(xs.read("domid"), Err(Error::XsConnection));
+    assert_eq!(xs.read("domid"), Err(XsError::Connection));
     assert_eq!(xsd.store().watch_count(), 0, "its watches are gone");
 
     let mut xs = client(&xsd, &hal);
     assert_eq!(xs.read("domid").unwrap(), "1");
     assert!(xsd.corrupt_indices(G1));
-    assert_eq!(xs.read("domid"), Err(Error::XsConnection));
+    assert_eq!(xs.read("domid"), Err(XsError::Connection));
 }
 
 #[test]
@@ -418,7 +417,7 @@ fn a_daemon_that_went_away_times_out() {
     xen.remove_device(xsd.device_id());
     xs.set_timeout_ns(5_000_000);
     let t0 = xen.now_ns();
-    assert_eq!(xs.read("domid"), Err(Error::Timeout));
+    assert_eq!(xs.read("domid"), Err(XsError::Timeout));
     assert!(xen.now_ns() >= t0 + 5_000_000);
 }
 
@@ -435,7 +434,7 @@ fn an_oversize_request_kills_the_connection() {
     }
     assert_eq!(raw.send(&header).unwrap(), 16);
     let _ = raw.wait(Some(xen.now_ns() + 1_000_000));
-    assert_eq!(raw.recv(&mut [0; 16]), Err(Error::XsConnection));
+    assert_eq!(raw.recv(&mut [0; 16]), Err(XsError::Connection));
 }
 
 #[test]
@@ -478,7 +477,7 @@ fn the_page_and_ports_go_back_when_both_ends_are_gone() {
         // The guest's transport still holds its page.
         assert_eq!(xen.accounting(G1).pages, 1);
         xs.set_timeout_ns(1_000_000);
-        assert_eq!(xs.read("domid"), Err(Error::Timeout), "nobody serves it");
+        assert_eq!(xs.read("domid"), Err(XsError::Timeout), "nobody serves it");
     }
     let left = xen.accounting(G1);
     assert_eq!((left.pages, left.ports_open), (0, 0));

@@ -28,8 +28,7 @@ use xenblk::abi::blkif::{
     BlkifResponse, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use xenblk::blkfront::{Completion, Config, DeviceState};
-use xenblk::error::Error;
+use xenblk::blkfront::{Completion, Config, DeviceState, IoError};
 use xenblk::hal::DomId;
 use xenblk::sim::blkback::{BackendConfig, BadId, Offer, SimBlkBackHandle};
 use xenblk::sim::{SimDisk, Testbed};
@@ -590,7 +589,7 @@ pub fn run(data: &[u8]) {
     assert_eq!(rig.disk.in_flight(), 0);
     assert_eq!(
         rig.disk.submit_flush().err(),
-        Some(Error::Closed),
+        Some(IoError::Closed),
         "a closed device refuses I/O"
     );
     // No free refused, no event channel left open, and every grant still

@@ -10,10 +10,9 @@ use std::collections::VecDeque;
 
 use xenblk::abi::xs_wire::msg_type::*;
 use xenblk::abi::xs_wire::XsdSockmsg;
-use xenblk::error::Error;
 use xenblk::hal::XsTransport;
 use xenblk::xenstore::wire::{self, Decoder};
-use xenblk::xenstore::{TxId, XenStore};
+use xenblk::xenstore::{TxId, XenStore, XsError};
 
 use crate::hostile::Input;
 
@@ -113,7 +112,7 @@ impl Puppet<'_> {
 }
 
 impl XsTransport for Puppet<'_> {
-    fn send(&mut self, bytes: &[u8]) -> xenblk::Result<usize> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
         let n = bytes.len().min(self.chunk);
         let mut rest = &bytes[..n];
         while !rest.is_empty() {
@@ -129,7 +128,7 @@ impl XsTransport for Puppet<'_> {
         Ok(n)
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> xenblk::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError> {
         let n = buf.len().min(self.inbox.len()).min(self.chunk);
         for b in &mut buf[..n] {
             *b = self.inbox.pop_front().unwrap_or(0);
@@ -137,7 +136,7 @@ impl XsTransport for Puppet<'_> {
         Ok(n)
     }
 
-    fn wait(&mut self, deadline: Option<u64>) -> xenblk::Result<()> {
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError> {
         self.now += 1_000_000;
         if self.inp.u8() == 0xee {
             // Unsolicited bytes: an event, or garbage.
@@ -145,7 +144,7 @@ impl XsTransport for Puppet<'_> {
             self.inbox.extend(raw);
         }
         match deadline {
-            Some(d) if self.now >= d => Err(Error::Timeout),
+            Some(d) if self.now >= d => Err(XsError::Timeout),
             _ => Ok(()),
         }
     }
@@ -174,7 +173,7 @@ pub fn run(data: &[u8]) {
     for _ in 0..32 {
         let was_broken = xs.is_broken();
         let op = xs.transport_mut().inp.u8();
-        let r: xenblk::Result<()> = match op % 12 {
+        let r: Result<(), XsError> = match op % 12 {
             0 => xs.read("device/vbd/51712/state").map(drop),
             1 => xs.read_opt("backend").map(drop),
             2 => xs
@@ -193,7 +192,7 @@ pub fn run(data: &[u8]) {
             8 => xs.get_perms("device").map(drop),
             // Events queued before the connection broke are still handed out.
             9 => match xs.poll_watch_event() {
-                Ok(Some(_)) | Err(Error::XsMalformed(_)) if was_broken => continue,
+                Ok(Some(_)) | Err(XsError::Malformed(_)) if was_broken => continue,
                 r => r.map(drop),
             },
             10 => xs.mkdir("data").and_then(|()| xs.rm("data")),
@@ -202,7 +201,7 @@ pub fn run(data: &[u8]) {
         if was_broken {
             assert_eq!(
                 r,
-                Err(Error::XsConnection),
+                Err(XsError::Connection),
                 "op {}: a broken connection came back",
                 op % 12
             );

@@ -33,7 +33,8 @@ use crate::error::{Feature, XsErrno};
 use crate::gnttab::GrantTable;
 use crate::hal::{Hal, XsTransport, PAGE_SIZE};
 use crate::ring::MAX_RING_ORDER;
-use crate::xenbus::{self, XenbusState};
+use crate::xenbus::{self, XenbusError, XenbusState};
+use crate::xenstore::XsError;
 use crate::{Error, Result};
 
 /// The ABI name written to the frontend's `protocol` key.
@@ -52,11 +53,14 @@ const PERSISTENT_SHARE: usize = 4;
 /// Every key of directory `dir` with its value (one level: sub-directories
 /// such as `queue-0` are skipped when they hold no value). A missing
 /// directory is empty.
-fn snapshot<T: XsTransport>(store: &SharedStore<T>, dir: &str) -> Result<BTreeMap<String, String>> {
+fn snapshot<T: XsTransport>(
+    store: &SharedStore<T>,
+    dir: &str,
+) -> Result<BTreeMap<String, String>, XsError> {
     let mut xs = store.lock();
     let names = match xs.directory(dir) {
         Ok(n) => n,
-        Err(Error::XenStore(XsErrno::ENOENT)) => return Ok(BTreeMap::new()),
+        Err(XsError::Errno(XsErrno::ENOENT)) => return Ok(BTreeMap::new()),
         Err(e) => return Err(e),
     };
     let mut out = BTreeMap::new();
@@ -121,7 +125,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         };
         let other = xenbus::read_otherend_keys(&mut xs, &frontend, "backend", "backend-id")?;
         if Some(other.domid) == me {
-            return Err(Error::MalformedKey("backend-id"));
+            return Err(XenbusError::MalformedKey("backend-id").into());
         }
         let trusted = keys::trusted(xs.read_opt(&format!("{frontend}/trusted"))?.as_deref());
         drop(xs);
@@ -183,8 +187,8 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         );
         match r {
             Ok(_) => Ok(()),
-            Err(e @ Error::UnexpectedState(s)) => Err(self.stall(wanted, Some(s), e)),
-            Err(e @ Error::StateTimeout { seen, .. }) => {
+            Err(e @ XenbusError::UnexpectedState(s)) => Err(self.stall(wanted, Some(s), e)),
+            Err(e @ XenbusError::StateTimeout { seen, .. }) => {
                 let seen = self.backend_state().ok().flatten().or(Some(seen));
                 Err(self.stall(wanted, seen, e))
             }
@@ -193,7 +197,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     }
 
     /// The backend's state; `None` when its directory or key is gone.
-    fn backend_state(&self) -> Result<Option<XenbusState>> {
+    fn backend_state(&self) -> Result<Option<XenbusState>, XenbusError> {
         let v = self
             .store
             .lock()
@@ -201,16 +205,21 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         v.map(|v| keys::parse_state(&v)).transpose()
     }
 
-    fn stall(&self, wanted: XenbusState, seen: Option<XenbusState>, error: Error) -> ProbeError {
+    fn stall(
+        &self,
+        wanted: XenbusState,
+        seen: Option<XenbusState>,
+        error: XenbusError,
+    ) -> ProbeError {
         let raw = snapshot(self.store, &self.ends.backend).unwrap_or_default();
         let seen = if raw.is_empty() { None } else { seen };
         let report = StallReport::new(self.ends.vdev, &self.ends.backend, wanted, seen, raw);
         let error = match error {
-            Error::StateTimeout { .. } => report.error(),
+            XenbusError::StateTimeout { .. } => report.error(),
             e => e,
         };
         ProbeError {
-            error,
+            error: error.into(),
             stall: Some(report),
         }
     }
@@ -270,7 +279,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         let raw = snapshot(self.store, &self.ends.backend)?;
         let mut info = BackendInfo::from_keys(&self.ends, XenbusState::Connected, raw, true)?;
         let sector_size =
-            SectorSize::new(info.sector_size).ok_or(Error::MalformedKey("sector-size"))?;
+            SectorSize::new(info.sector_size).ok_or(XenbusError::MalformedKey("sector-size"))?;
         let persistent = advertise_persistent && info.offered.persistent;
         if persistent {
             let free = self.gt.capacity().saturating_sub(self.gt.in_use());
@@ -341,7 +350,12 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     }
 
     /// The frontend keys of `talk_to_blkback`, written in one transaction.
-    fn publish(&mut self, queues: &[Queue<'a, H>], order: u32, persistent: bool) -> Result<()> {
+    fn publish(
+        &mut self,
+        queues: &[Queue<'a, H>],
+        order: u32,
+        persistent: bool,
+    ) -> Result<(), XsError> {
         let fe = &self.ends.frontend;
         let mut kv: Vec<(String, String)> = Vec::new();
         if order > 0 {
@@ -394,7 +408,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     }
 
     /// Removes the keys [`publish`](Self::publish) wrote.
-    fn unpublish(&mut self) -> Result<()> {
+    fn unpublish(&mut self) -> Result<(), XsError> {
         let keys = core::mem::take(&mut self.published);
         if keys.is_empty() {
             return Ok(());
@@ -404,7 +418,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             .transaction(self.cfg.transaction_retries, |xs, tx| {
                 for k in &keys {
                     match xs.rm_tx(tx, k) {
-                        Ok(()) | Err(Error::XenStore(XsErrno::ENOENT)) => {}
+                        Ok(()) | Err(XsError::Errno(XsErrno::ENOENT)) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -414,7 +428,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
 
     /// Moves the frontend to `s`; a directory the toolstack removed is not
     /// recreated.
-    fn switch(&self, s: XenbusState) -> Result<()> {
+    fn switch(&self, s: XenbusState) -> Result<(), XenbusError> {
         xenbus::switch_state(&mut self.store.lock(), &self.ends.frontend, s)
     }
 
@@ -445,9 +459,9 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     /// everything is given back anyway. A frontend directory that is gone
     /// is no error.
     pub(super) fn teardown(&mut self, mut queues: Vec<Queue<'a, H>>) -> Result<()> {
-        let gone = |r: Result<()>| match r {
-            Err(Error::NoDevice) => Ok(()),
-            r => r,
+        let gone = |r: Result<(), XenbusError>| match r {
+            Err(XenbusError::NoDevice) => Ok(()),
+            r => r.map_err(Error::from),
         };
         let r1 = gone(self.switch(XenbusState::Closing));
         self.wait_backend_until(|s| s >= XenbusState::Closing);
@@ -465,7 +479,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         drop(queues);
         self.unwatch();
         self.gt.retry_quarantine();
-        r1.and(r2).and(r3)
+        r1.and(r2).and(r3.map_err(Error::from))
     }
 
     /// Looks at the backend's state (and, while connected, its size).
@@ -499,8 +513,8 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         if Some(raw) == self.info.sectors_raw {
             return Ok(Change::None);
         }
-        let ss =
-            SectorSize::new(self.info.sector_size).ok_or(Error::MalformedKey("sector-size"))?;
+        let ss = SectorSize::new(self.info.sector_size)
+            .ok_or(XenbusError::MalformedKey("sector-size"))?;
         let bytes = keys::capacity_bytes(raw, self.info.sectors_unit, ss)?;
         self.info.sectors_raw = Some(raw);
         self.info.capacity_bytes = bytes;
@@ -528,7 +542,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     /// # Errors
     ///
     /// xenstore errors.
-    pub(super) fn request_reconnect(&self) -> Result<()> {
+    pub(super) fn request_reconnect(&self) -> Result<(), XenbusError> {
         self.switch(XenbusState::Initialising)
     }
 

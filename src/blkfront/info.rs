@@ -16,9 +16,7 @@ use super::units::SectorSize;
 use crate::abi::blkif::{VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE};
 use crate::error::Feature;
 use crate::hal::DomId;
-use crate::xenbus::XenbusState;
-#[cfg(doc)]
-use crate::Error;
+use crate::xenbus::{XenbusError, XenbusState};
 use crate::Result;
 
 /// Which implementation serves the disk, as far as the frontend can tell.
@@ -30,6 +28,16 @@ pub enum BackendKind {
     Qdisk,
     /// Anything else (a driver domain, another toolstack's naming).
     Other,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Blkback => "Linux blkback",
+            BackendKind::Qdisk => "QEMU qdisk",
+            BackendKind::Other => "unrecognised",
+        })
+    }
 }
 
 impl BackendKind {
@@ -248,8 +256,8 @@ impl BackendInfo {
     ///
     /// # Errors
     ///
-    /// [`Error::MissingKey`] / [`Error::MalformedKey`] for a required key, and
-    /// [`Error::MalformedKey`] for a geometry that makes no sense (a sector
+    /// [`XenbusError::MissingKey`] / [`XenbusError::MalformedKey`] for a required key, and
+    /// [`XenbusError::MalformedKey`] for a geometry that makes no sense (a sector
     /// size that is not a power of two from 512 to 4096, a physical sector
     /// size that is not a multiple of it, a capacity that overflows or
     /// exceeds `i64::MAX` bytes).
@@ -258,7 +266,7 @@ impl BackendInfo {
         state: XenbusState,
         raw: BTreeMap<String, String>,
         connected: bool,
-    ) -> Result<BackendInfo> {
+    ) -> Result<BackendInfo, XenbusError> {
         let mut k = KeyReader::new(&raw);
         let offered = k.offered();
         let type_ = k.str("type").map(String::from);
@@ -521,7 +529,6 @@ impl fmt::Display for BackendInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
     use alloc::string::ToString;
 
     fn ends(vdev: u32, frontend: &str, backend: &str) -> Endpoints {
@@ -645,12 +652,12 @@ mod tests {
         k.remove("sectors");
         let e =
             BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true);
-        assert_eq!(e, Err(Error::MissingKey("sectors")));
+        assert_eq!(e, Err(XenbusError::MissingKey("sectors")));
         let mut k = blkback_keys();
         k.insert("info".into(), "zero".into());
         let e =
             BackendInfo::from_keys(&ends(1, "f", "/b/vbd/1/1"), XenbusState::Connected, k, true);
-        assert_eq!(e, Err(Error::MalformedKey("info")));
+        assert_eq!(e, Err(XenbusError::MalformedKey("info")));
     }
 
     #[test]
@@ -676,7 +683,7 @@ mod tests {
                 true,
             );
             assert!(
-                matches!(r, Err(Error::MalformedKey(_))),
+                matches!(r, Err(XenbusError::MalformedKey(_))),
                 "{key}={val} gave {r:?}"
             );
         }

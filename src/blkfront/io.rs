@@ -15,14 +15,16 @@ use super::queue::{Done, Queue, RwPart};
 use super::request::{Completion, Op, Pending, PendingId, PendingTable, Rejected, RequestToken};
 use super::units::{LogicalSector, Sector512, SectorSize};
 use super::wire::RequestSlot;
-use super::DeviceState;
+use super::{Broken, DeviceState, IoError};
 use crate::abi::blkif::{
     BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
     BLKIF_OP_WRITE_BARRIER,
 };
 use crate::error::Feature;
+use crate::gnttab::GrantError;
 use crate::hal::{Hal, Port};
-use crate::{Error, Result};
+use crate::ring::RingError;
+use crate::Result;
 
 /// What the connection negotiated, as the data plane needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +121,7 @@ impl<'a, H: Hal> Io<'a, H> {
 
     /// Gives up the rings (to be torn down by the connection), failing what
     /// is in flight with `err` first.
-    pub(super) fn detach(&mut self, err: Error) -> Vec<Queue<'a, H>> {
+    pub(super) fn detach(&mut self, err: IoError) -> Vec<Queue<'a, H>> {
         self.abort_all(err);
         core::mem::take(&mut self.queues)
     }
@@ -167,12 +169,12 @@ impl<'a, H: Hal> Io<'a, H> {
         self.queues.len()
     }
 
-    fn usable(&self) -> Result<()> {
+    fn usable(&self) -> Result<(), IoError> {
         match self.state {
             DeviceState::Connected => Ok(()),
-            DeviceState::Disconnected => Err(Error::NotConnected),
-            DeviceState::Broken(_) => Err(Error::Broken),
-            DeviceState::Closed => Err(Error::Closed),
+            DeviceState::Disconnected => Err(IoError::NotConnected),
+            DeviceState::Broken(cause) => Err(IoError::Broken(cause)),
+            DeviceState::Closed => Err(IoError::Closed),
         }
     }
 
@@ -181,32 +183,37 @@ impl<'a, H: Hal> Io<'a, H> {
     ///
     /// # Errors
     ///
-    /// State errors first, then [`Error::ReadOnly`], [`Error::Misaligned`]
-    /// (also for `len == 0`), [`Error::OutOfRange`].
-    pub(super) fn check_rw(&self, sector: u64, len: usize, write: bool) -> Result<Sector512> {
+    /// State errors first, then [`IoError::ReadOnly`], [`IoError::Misaligned`]
+    /// (also for `len == 0`), [`IoError::OutOfRange`].
+    pub(super) fn check_rw(
+        &self,
+        sector: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<Sector512, IoError> {
         self.usable()?;
         let l = &self.limits;
         if write && l.read_only {
-            return Err(Error::ReadOnly);
+            return Err(IoError::ReadOnly);
         }
         let len = len as u64;
         if len == 0 || !l.sector_size.divides(len) {
-            return Err(Error::Misaligned);
+            return Err(IoError::Misaligned);
         }
         let end = sector
             .checked_add(len / u64::from(l.sector_size.bytes()))
-            .ok_or(Error::OutOfRange)?;
+            .ok_or(IoError::OutOfRange)?;
         if end > l.sectors {
-            return Err(Error::OutOfRange);
+            return Err(IoError::OutOfRange);
         }
         l.sector_size
             .to_512(LogicalSector(sector))
-            .ok_or(Error::OutOfRange)
+            .ok_or(IoError::OutOfRange)
     }
 
     /// Checks that the device takes I/O (for an empty blocking call, which
     /// has nothing else to check).
-    pub(super) fn check_usable(&self) -> Result<()> {
+    pub(super) fn check_usable(&self) -> Result<(), IoError> {
         self.usable()
     }
 
@@ -249,23 +256,22 @@ impl<'a, H: Hal> Io<'a, H> {
         match self.admit(id) {
             Ok(()) => Ok(token),
             Err(error) => {
-                let buf = self
-                    .pending
-                    .remove(id)
-                    .and_then(|p| p.buf)
-                    .unwrap_or_default();
-                Err(Rejected { error, buf })
+                let buf = self.refuse(id, error).and_then(|p| p.buf);
+                Err(Rejected {
+                    error,
+                    buf: buf.unwrap_or_default(),
+                })
             }
         }
     }
 
     /// Submits a cache flush.
-    pub(super) fn submit_flush(&mut self) -> Result<RequestToken> {
+    pub(super) fn submit_flush(&mut self) -> Result<RequestToken, IoError> {
         self.usable()?;
         let op = match self.limits.flush {
             Some(FlushMethod::FlushCache) => BLKIF_OP_FLUSH_DISKCACHE,
             Some(FlushMethod::Barrier) => BLKIF_OP_WRITE_BARRIER,
-            None => return Err(Error::Unsupported(Feature::FlushCache)),
+            None => return Err(IoError::Unsupported(Feature::FlushCache)),
         };
         self.submit_control(Op::Flush { op })
     }
@@ -276,22 +282,22 @@ impl<'a, H: Hal> Io<'a, H> {
         sector: u64,
         count: u64,
         secure: bool,
-    ) -> Result<RequestToken> {
+    ) -> Result<RequestToken, IoError> {
         self.usable()?;
         let l = self.limits;
-        let d = l.discard.ok_or(Error::Unsupported(Feature::Discard))?;
+        let d = l.discard.ok_or(IoError::Unsupported(Feature::Discard))?;
         if secure && !d.secure {
-            return Err(Error::Unsupported(Feature::SecureDiscard));
+            return Err(IoError::Unsupported(Feature::SecureDiscard));
         }
         if l.read_only {
-            return Err(Error::ReadOnly);
+            return Err(IoError::ReadOnly);
         }
         if count == 0 {
-            return Err(Error::Misaligned);
+            return Err(IoError::Misaligned);
         }
         match sector.checked_add(count) {
             Some(end) if end <= l.sectors => {}
-            _ => return Err(Error::OutOfRange),
+            _ => return Err(IoError::OutOfRange),
         }
         match discard_range(sector, count, l.sector_size, d.granularity, d.alignment) {
             Some((sector, count)) => self.submit_control(Op::Discard {
@@ -312,7 +318,7 @@ impl<'a, H: Hal> Io<'a, H> {
         }
     }
 
-    fn submit_control(&mut self, op: Op) -> Result<RequestToken> {
+    fn submit_control(&mut self, op: Op) -> Result<RequestToken, IoError> {
         let token = self.new_token();
         let id = self.pending.insert(Pending {
             token,
@@ -326,15 +332,27 @@ impl<'a, H: Hal> Io<'a, H> {
         match self.admit(id) {
             Ok(()) => Ok(token),
             Err(e) => {
-                self.pending.remove(id);
+                self.refuse(id, e);
                 Err(e)
             }
         }
     }
 
+    /// Takes back request `id`, which [`admit`](Self::admit) refused with
+    /// `e` (nothing of it was sent). A refusal because the ring is broken
+    /// breaks the device, after the request is out of the way.
+    fn refuse(&mut self, id: PendingId, e: IoError) -> Option<Pending> {
+        let p = self.pending.remove(id);
+        if let IoError::Broken(cause) = e {
+            self.break_device(cause);
+        }
+        p
+    }
+
     /// Pushes what fits of a new request now and queues the rest. An error
-    /// means nothing of it was sent: the caller takes it back.
-    fn admit(&mut self, id: PendingId) -> Result<()> {
+    /// means nothing of it was sent: the caller takes it back with
+    /// [`refuse`](Self::refuse).
+    fn admit(&mut self, id: PendingId) -> Result<(), IoError> {
         if !self.waiting.is_empty() {
             // Older requests are waiting for room: keep the order.
             self.waiting.push_back(id);
@@ -351,11 +369,17 @@ impl<'a, H: Hal> Io<'a, H> {
                 let sent = self.pending.get_mut(id).is_some_and(|p| p.pushed > 0);
                 if sent {
                     // Parts are on the ring: the request completes, failed,
-                    // once they are answered.
+                    // once they are answered (or at once, when the ring
+                    // broke: breaking fails everything in flight).
                     if let Some(p) = self.pending.get_mut(id) {
                         p.fail(e);
                     }
+                    if let IoError::Broken(cause) = e {
+                        self.break_device(cause);
+                    }
                     Ok(())
+                } else if matches!(e, IoError::Broken(_)) {
+                    Err(e)
                 } else if self.in_flight() > 0 {
                     // Resources come back as requests complete.
                     self.waiting.push_back(id);
@@ -387,17 +411,17 @@ impl<'a, H: Hal> Io<'a, H> {
     ///
     /// Memory or grant exhaustion (after giving back idle persistent
     /// grants once); parts pushed before stay pushed.
-    fn push(&mut self, id: PendingId) -> Result<bool> {
+    fn push(&mut self, id: PendingId) -> Result<bool, IoError> {
         let mut purged = false;
         loop {
             match self.push_one(id) {
                 Ok(Some(())) => {}
                 Ok(None) => return Ok(false),
-                Err(Error::GrantRefsExhausted) if !purged => {
+                Err(IoError::Grant(GrantError::Exhausted)) if !purged => {
                     purged = true;
                     let freed: usize = self.queues.iter_mut().map(Queue::purge_idle).sum();
                     if freed == 0 {
-                        return Err(Error::GrantRefsExhausted);
+                        return Err(IoError::Grant(GrantError::Exhausted));
                     }
                 }
                 Err(e) => return Err(e),
@@ -409,7 +433,7 @@ impl<'a, H: Hal> Io<'a, H> {
     }
 
     /// Pushes the next part of request `id`; `None` when no slot is free.
-    fn push_one(&mut self, id: PendingId) -> Result<Option<()>> {
+    fn push_one(&mut self, id: PendingId) -> Result<Option<()>, IoError> {
         let Some(qi) = self.pick_queue() else {
             return Ok(None);
         };
@@ -436,11 +460,15 @@ impl<'a, H: Hal> Io<'a, H> {
                     len,
                     data: write.then(|| &buf[off..off + len]),
                 };
-                q.push_rw(&part, handle, indirect_segments)?;
+                if !q.push_rw(&part, handle, indirect_segments)? {
+                    return Ok(None);
+                }
                 p.pushed += len;
             }
             Op::Flush { op } => {
-                q.push_control(id, op, |wid| RequestSlot::direct(op, handle, wid, 0, &[]))?;
+                if !q.push_control(id, op, |wid| RequestSlot::direct(op, handle, wid, 0, &[]))? {
+                    return Ok(None);
+                }
                 p.pushed = 1;
             }
             Op::Discard {
@@ -449,9 +477,12 @@ impl<'a, H: Hal> Io<'a, H> {
                 secure,
             } => {
                 let flag = if secure { BLKIF_DISCARD_SECURE } else { 0 };
-                q.push_control(id, BLKIF_OP_DISCARD, |wid| {
+                let pushed = q.push_control(id, BLKIF_OP_DISCARD, |wid| {
                     RequestSlot::discard(flag, handle, wid, sector.0, count.0)
                 })?;
+                if !pushed {
+                    return Ok(None);
+                }
                 p.pushed = 1;
             }
         }
@@ -467,6 +498,7 @@ impl<'a, H: Hal> Io<'a, H> {
                     self.waiting.pop_front();
                 }
                 Ok(false) => return,
+                Err(IoError::Broken(cause)) => return self.break_device(cause),
                 Err(e) => {
                     if self.in_flight() > 0 {
                         // Completions will give resources back.
@@ -525,10 +557,12 @@ impl<'a, H: Hal> Io<'a, H> {
                 match self.queues[qi].next_response() {
                     Ok(Some(rsp)) => match self.queues[qi].complete(&rsp) {
                         Ok(d) => self.finish(qi, d),
-                        Err(v) => return self.break_device(Error::Protocol(v)),
+                        Err(v) => return self.break_device(Broken::Protocol(v)),
                     },
                     Ok(None) => break,
-                    Err(e) => return self.break_device(e),
+                    Err(RingError::Protocol(v)) => return self.break_device(Broken::Protocol(v)),
+                    // Polling fails with nothing else.
+                    Err(RingError::Full | RingError::InvalidOrder(_)) => break,
                 }
                 if self.state != DeviceState::Connected {
                     return;
@@ -562,7 +596,7 @@ impl<'a, H: Hal> Io<'a, H> {
                     };
                     let r = match dst.and_then(|b| b.get_mut(off..off + len)) {
                         Some(dst) => q.read_data(d.slot, dst),
-                        None => Err(Error::OutOfRange),
+                        None => Err(IoError::OutOfRange),
                     };
                     if let Err(e) = r {
                         p.fail(e);
@@ -570,7 +604,7 @@ impl<'a, H: Hal> Io<'a, H> {
                 }
                 Ok(()) => {}
                 Err(e) => {
-                    if let Error::Unsupported(feat) = e {
+                    if let IoError::Unsupported(feat) = e {
                         if turn_off(limits, feat) {
                             turned_off.push(feat);
                         }
@@ -603,7 +637,7 @@ impl<'a, H: Hal> Io<'a, H> {
 
     /// Fails every request not yet completed with `err`; grants are ended,
     /// pages the backend still maps are quarantined.
-    pub(super) fn abort_all(&mut self, err: Error) {
+    pub(super) fn abort_all(&mut self, err: IoError) {
         for q in &mut self.queues {
             q.abort_all(|_| {});
         }
@@ -616,16 +650,16 @@ impl<'a, H: Hal> Io<'a, H> {
         }
     }
 
-    /// Marks the device broken with cause `e` (a protocol violation, or
-    /// [`Error::Timeout`]: no answer within the I/O bound) and fails
-    /// everything in flight: with `Timeout` for a timeout, else with
-    /// [`Error::Broken`].
-    pub(super) fn break_device(&mut self, e: Error) {
-        log::error!("xenblk: {e}; device marked broken");
-        self.state = DeviceState::Broken(e);
-        self.abort_all(match e {
-            Error::Timeout => Error::Timeout,
-            _ => Error::Broken,
+    /// Marks the device broken with `cause` (a protocol violation, or no
+    /// answer within the I/O bound) and fails everything not yet completed:
+    /// with [`IoError::Timeout`] for a timeout, else with
+    /// [`IoError::Broken`] carrying the cause.
+    pub(super) fn break_device(&mut self, cause: Broken) {
+        log::error!("xenblk: {cause}; device marked broken");
+        self.state = DeviceState::Broken(cause);
+        self.abort_all(match cause {
+            Broken::Timeout => IoError::Timeout,
+            cause @ Broken::Protocol(_) => IoError::Broken(cause),
         });
     }
 

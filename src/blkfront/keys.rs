@@ -17,8 +17,8 @@ use alloc::vec::Vec;
 
 use super::info::{BackendKind, DirectIoSafe, DiscardInfo, Offered, SectorsUnit};
 use super::units::SectorSize;
-use crate::xenbus::{self, XenbusState};
-use crate::{Error, Result};
+use crate::xenbus::{self, XenbusError, XenbusState};
+use crate::Result;
 
 /// The largest capacity accepted, in bytes: `i64::MAX`, the most a byte
 /// offset (`loff_t`) can address. Anything above it is a hostile or broken
@@ -93,8 +93,11 @@ impl<'r> KeyReader<'r> {
     /// # Errors
     ///
     /// `MissingKey("sectors")`, `MalformedKey("sectors")`.
-    pub(super) fn sectors(&self) -> Result<u64> {
-        parse_sectors(self.str("sectors").ok_or(Error::MissingKey("sectors"))?)
+    pub(super) fn sectors(&self) -> Result<u64, XenbusError> {
+        parse_sectors(
+            self.str("sectors")
+                .ok_or(XenbusError::MissingKey("sectors"))?,
+        )
     }
 
     /// `info` (`VDISK_*` bits), required once connected.
@@ -102,8 +105,11 @@ impl<'r> KeyReader<'r> {
     /// # Errors
     ///
     /// `MissingKey("info")`, `MalformedKey("info")`.
-    pub(super) fn info(&self) -> Result<u32> {
-        xenbus::parse_u32("info", self.str("info").ok_or(Error::MissingKey("info"))?)
+    pub(super) fn info(&self) -> Result<u32, XenbusError> {
+        xenbus::parse_u32(
+            "info",
+            self.str("info").ok_or(XenbusError::MissingKey("info"))?,
+        )
     }
 
     /// `sector-size`: 512 when absent.
@@ -112,13 +118,13 @@ impl<'r> KeyReader<'r> {
     ///
     /// `MalformedKey("sector-size")` for anything but a power of two from
     /// 512 to 4096 (see [`SectorSize`]).
-    pub(super) fn sector_size(&self) -> Result<SectorSize> {
+    pub(super) fn sector_size(&self) -> Result<SectorSize, XenbusError> {
         match self.str("sector-size") {
             None => Ok(SectorSize::DEFAULT),
             Some(v) => xenbus::parse_u32("sector-size", v)
                 .ok()
                 .and_then(SectorSize::new)
-                .ok_or(Error::MalformedKey("sector-size")),
+                .ok_or(XenbusError::MalformedKey("sector-size")),
         }
     }
 
@@ -128,13 +134,16 @@ impl<'r> KeyReader<'r> {
     ///
     /// `MalformedKey("physical-sector-size")` for garbage, 0, or a value
     /// that is not a multiple of the logical sector size.
-    pub(super) fn physical_sector_size(&self, logical: SectorSize) -> Result<Option<u32>> {
+    pub(super) fn physical_sector_size(
+        &self,
+        logical: SectorSize,
+    ) -> Result<Option<u32>, XenbusError> {
         let Some(v) = self.str("physical-sector-size") else {
             return Ok(None);
         };
         match xenbus::parse_u32("physical-sector-size", v) {
             Ok(p) if p != 0 && p % logical.bytes() == 0 => Ok(Some(p)),
-            _ => Err(Error::MalformedKey("physical-sector-size")),
+            _ => Err(XenbusError::MalformedKey("physical-sector-size")),
         }
     }
 
@@ -189,7 +198,7 @@ impl<'r> KeyReader<'r> {
 /// # Errors
 ///
 /// `MalformedKey("sectors")`.
-pub(super) fn parse_sectors(value: &str) -> Result<u64> {
+pub(super) fn parse_sectors(value: &str) -> Result<u64, XenbusError> {
     xenbus::parse_u64("sectors", value)
 }
 
@@ -208,7 +217,11 @@ pub(super) fn sectors_unit(kind: BackendKind) -> SectorsUnit {
 ///
 /// `MalformedKey("sectors")` when it overflows, exceeds
 /// [`MAX_CAPACITY_BYTES`], or is not a whole number of logical sectors.
-pub(super) fn capacity_bytes(sectors: u64, unit: SectorsUnit, ss: SectorSize) -> Result<u64> {
+pub(super) fn capacity_bytes(
+    sectors: u64,
+    unit: SectorsUnit,
+    ss: SectorSize,
+) -> Result<u64, XenbusError> {
     let unit_bytes = match unit {
         SectorsUnit::Bytes512 => 512,
         SectorsUnit::LogicalBlocks => u64::from(ss.bytes()),
@@ -216,7 +229,7 @@ pub(super) fn capacity_bytes(sectors: u64, unit: SectorsUnit, ss: SectorSize) ->
     sectors
         .checked_mul(unit_bytes)
         .filter(|&b| b <= MAX_CAPACITY_BYTES && ss.divides(b))
-        .ok_or(Error::MalformedKey("sectors"))
+        .ok_or(XenbusError::MalformedKey("sectors"))
 }
 
 /// Parses a `state` value.
@@ -224,7 +237,7 @@ pub(super) fn capacity_bytes(sectors: u64, unit: SectorsUnit, ss: SectorSize) ->
 /// # Errors
 ///
 /// `MalformedKey("state")`.
-pub(super) fn parse_state(value: &str) -> Result<XenbusState> {
+pub(super) fn parse_state(value: &str) -> Result<XenbusState, XenbusError> {
     xenbus::parse_state(value)
 }
 
@@ -284,7 +297,7 @@ mod tests {
         for bad in ["+5", "-1", "0x10", "1e9", "", "5 5"] {
             assert_eq!(
                 parse_sectors(bad),
-                Err(Error::MalformedKey("sectors")),
+                Err(XenbusError::MalformedKey("sectors")),
                 "{bad:?}"
             );
         }
@@ -297,19 +310,19 @@ mod tests {
         assert_eq!(capacity_bytes(8, l, s4k), Ok(32768));
         assert_eq!(
             capacity_bytes(7, b, s4k),
-            Err(Error::MalformedKey("sectors"))
+            Err(XenbusError::MalformedKey("sectors"))
         );
         let top = MAX_CAPACITY_BYTES / 512;
         assert_eq!(capacity_bytes(top, b, s512), Ok(top * 512));
         for huge in [top + 1, 1 << 55, u64::MAX] {
             assert_eq!(
                 capacity_bytes(huge, b, s512),
-                Err(Error::MalformedKey("sectors"))
+                Err(XenbusError::MalformedKey("sectors"))
             );
         }
         assert_eq!(
             capacity_bytes(1 << 52, l, s4k),
-            Err(Error::MalformedKey("sectors"))
+            Err(XenbusError::MalformedKey("sectors"))
         );
     }
 

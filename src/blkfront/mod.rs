@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 mod connection;
+mod error;
 pub mod info;
 mod io;
 mod keys;
@@ -39,8 +40,8 @@ pub mod wire;
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 
+pub use error::{Broken, IoError, ProbeError};
 pub use info::{
     BackendInfo, BackendKind, DirectIoSafe, DiscardInfo, Endpoints, FlushMethod, Negotiated,
     Offered, SectorsUnit,
@@ -49,9 +50,10 @@ pub use request::{Completion, Rejected, RequestToken};
 pub use stall::{StallCause, StallReport};
 
 use crate::gnttab::GrantTable;
-use crate::hal::{Hal, Port, XsTransport};
+use crate::hal::{Hal, HalError, Port, XsTransport};
+use crate::xenbus::XenbusError;
 use crate::xenstore::XenStore;
-use crate::{Error, Result};
+use crate::Result;
 use connection::{Change, Connection};
 use io::{Io, Limits};
 use units::SectorSize;
@@ -96,31 +98,6 @@ impl Default for Config {
     }
 }
 
-/// Why [`BlockFront::probe`] failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeError {
-    /// The error.
-    pub error: Error,
-    /// For a backend that did not reach the awaited state (in time, or at
-    /// all because it closed): what it published and the likely cause.
-    pub stall: Option<StallReport>,
-}
-
-impl From<Error> for ProbeError {
-    fn from(error: Error) -> Self {
-        ProbeError { error, stall: None }
-    }
-}
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.stall {
-            Some(s) => write!(f, "{}\n{}", self.error, s),
-            None => write!(f, "{}", self.error),
-        }
-    }
-}
-
 /// Where the device stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceState {
@@ -130,8 +107,9 @@ pub enum DeviceState {
     /// reconnects when the backend returns to InitWait.
     Disconnected,
     /// The backend broke the protocol (or stopped answering); no further
-    /// I/O. The error is the cause.
-    Broken(Error),
+    /// I/O. Every request failed by the break carries the same cause
+    /// ([`IoError::Broken`], or [`IoError::Timeout`] for a timeout).
+    Broken(Broken),
     /// [`BlockFront::close`] was called.
     Closed,
 }
@@ -174,7 +152,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// xenstore errors; a missing `device/vbd` directory is an empty list.
-    pub fn enumerate(store: &SharedStore<T>) -> Result<Vec<u32>> {
+    pub fn enumerate(store: &SharedStore<T>) -> Result<Vec<u32>, XenbusError> {
         let vbds = crate::xenbus::enumerate_vbds(&mut store.lock())?;
         Ok(vbds.into_iter().map(|v| v.vdev).collect())
     }
@@ -184,12 +162,15 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`ProbeError`] with [`Error::StateTimeout`] and a [`StallReport`]
-    /// when the backend does not reach InitWait or Connected within
-    /// `cfg.connect_timeout_ns`, or [`Error::UnexpectedState`] and a report
-    /// when it closes instead; [`Error::MissingKey`] /
-    /// [`Error::MalformedKey`] naming a bad key; xenstore, grant and event
-    /// channel errors. Whatever was taken is given back, in the protocol's
+    /// [`ProbeError`] with [`XenbusError::StateTimeout`] and a
+    /// [`StallReport`] when the backend does not reach InitWait or Connected
+    /// within `cfg.connect_timeout_ns`, or [`XenbusError::UnexpectedState`]
+    /// and a report when it closes instead; [`XenbusError::MissingKey`] /
+    /// [`XenbusError::MalformedKey`] naming a bad key; xenstore, grant,
+    /// ring and event-channel errors (each as the [`Error`](crate::Error)
+    /// variant of its layer). `?` turns a `ProbeError` into an
+    /// [`Error`](crate::Error) (dropping the report) or a
+    /// `Box<dyn core::error::Error>`. Whatever was taken is given back, in the protocol's
     /// order, and the frontend is left Closed, so that a later probe can
     /// start again.
     pub fn probe(
@@ -276,25 +257,28 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when `deadline` passed without an event (the
+    /// [`IoError::Timeout`] when `deadline` passed without an event (the
     /// caller may still find work: it polls again); the device's state
-    /// error ([`Error::NotConnected`], [`Error::Broken`], [`Error::Closed`])
-    /// when it holds no rings and nothing is left to poll; the platform's
-    /// errors from [`Hal::evtchn_wait`].
-    pub fn wait(&self, deadline: u64) -> Result<()> {
+    /// error ([`IoError::NotConnected`], [`IoError::Broken`],
+    /// [`IoError::Closed`]) when it holds no rings and nothing is left to
+    /// poll; [`IoError::Hal`] with any other error of [`Hal::evtchn_wait`].
+    pub fn wait(&self, deadline: u64) -> Result<(), IoError> {
         if self.io.has_done() {
             return Ok(());
         }
         if self.io.queue_count() == 0 {
             return self.io.check_usable();
         }
-        self.wait_events(deadline)
+        self.wait_events(deadline).map_err(|e| match e {
+            HalError::Timeout => IoError::Timeout,
+            e => IoError::Hal(e),
+        })
     }
 
     /// Blocks in [`Hal::evtchn_wait`] on every queue's event channel until
     /// one is pending or `deadline` passes (no allocation for up to eight
     /// queues).
-    fn wait_events(&self, deadline: u64) -> Result<()> {
+    fn wait_events(&self, deadline: u64) -> Result<(), HalError> {
         let mut ports = [Port(0); 8];
         let n = self.io.queue_count();
         if n <= ports.len() {
@@ -323,9 +307,10 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// [`Rejected`] (with the buffer, nothing sent) for
-    /// [`Error::Misaligned`], [`Error::OutOfRange`], [`Error::NotConnected`],
-    /// [`Error::Broken`], [`Error::Closed`], and grant or memory exhaustion
-    /// while nothing else is in flight.
+    /// [`IoError::Misaligned`], [`IoError::OutOfRange`],
+    /// [`IoError::NotConnected`], [`IoError::Broken`], [`IoError::Closed`],
+    /// and grant or memory exhaustion ([`IoError::Grant`]) while nothing else
+    /// is in flight.
     pub fn submit_read(
         &mut self,
         sector: u64,
@@ -339,7 +324,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// As for [`submit_read`](Self::submit_read), plus [`Error::ReadOnly`].
+    /// As for [`submit_read`](Self::submit_read), plus [`IoError::ReadOnly`].
     pub fn submit_write(
         &mut self,
         sector: u64,
@@ -353,9 +338,9 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] when neither is offered (or both were turned
+    /// [`IoError::Unsupported`] when neither is offered (or both were turned
     /// off after `EOPNOTSUPP`); state errors.
-    pub fn submit_flush(&mut self) -> Result<RequestToken> {
+    pub fn submit_flush(&mut self) -> Result<RequestToken, IoError> {
         self.io.submit_flush()
     }
 
@@ -370,16 +355,16 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] (`Discard`, or `SecureDiscard` when `secure`
-    /// is asked and `discard-secure` is not offered), [`Error::ReadOnly`],
-    /// [`Error::Misaligned`] for `count == 0`, [`Error::OutOfRange`], state
-    /// errors.
+    /// [`IoError::Unsupported`] (`Discard`, or `SecureDiscard` when `secure`
+    /// is asked and `discard-secure` is not offered), [`IoError::ReadOnly`],
+    /// [`IoError::Misaligned`] for `count == 0`, [`IoError::OutOfRange`],
+    /// state errors.
     pub fn submit_discard(
         &mut self,
         sector: u64,
         count: u64,
         secure: bool,
-    ) -> Result<RequestToken> {
+    ) -> Result<RequestToken, IoError> {
         self.io.submit_discard(sector, count, secure)
     }
 
@@ -424,7 +409,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 // the token would be done: it was never in flight.
                 return Completion {
                     token,
-                    result: Err(Error::UnknownToken),
+                    result: Err(IoError::UnknownToken),
                     buf: None,
                 };
             }
@@ -434,7 +419,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                     "xenblk {}: no response within the I/O bound",
                     self.conn.info.vdev
                 );
-                self.io.break_device(Error::Timeout);
+                self.io.break_device(Broken::Timeout);
                 continue;
             }
             let slice = now.saturating_add(WAIT_SLICE_NS).min(deadline);
@@ -452,9 +437,10 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// As for [`submit_read`](Self::submit_read), plus the request's own
-    /// outcome ([`Error::IoError`], [`Error::Aborted`], [`Error::Timeout`],
-    /// [`Error::Broken`]). An empty `buf` only checks the device's state.
-    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<()> {
+    /// outcome ([`IoError::Backend`], [`IoError::Aborted`],
+    /// [`IoError::Timeout`], [`IoError::Broken`] with the cause). An empty
+    /// `buf` only checks the device's state.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
         if buf.is_empty() {
             return self.io.check_usable();
         }
@@ -469,7 +455,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 buf.copy_from_slice(&b);
                 Ok(())
             }
-            _ => Err(Error::UnknownToken),
+            _ => Err(IoError::UnknownToken),
         }
     }
 
@@ -478,8 +464,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// As for [`read`](Self::read), plus [`Error::ReadOnly`].
-    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<()> {
+    /// As for [`read`](Self::read), plus [`IoError::ReadOnly`].
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), IoError> {
         if buf.is_empty() {
             return self.io.check_usable();
         }
@@ -495,7 +481,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// As for [`submit_flush`](Self::submit_flush), plus the outcome.
-    pub fn flush(&mut self) -> Result<()> {
+    pub fn flush(&mut self) -> Result<(), IoError> {
         let t = self.submit_flush()?;
         self.wait_for(t).result
     }
@@ -505,7 +491,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// As for [`submit_discard`](Self::submit_discard), plus the outcome.
-    pub fn discard(&mut self, sector: u64, count: u64, secure: bool) -> Result<()> {
+    pub fn discard(&mut self, sector: u64, count: u64, secure: bool) -> Result<(), IoError> {
         let t = self.submit_discard(sector, count, secure)?;
         self.wait_for(t).result
     }
@@ -525,7 +511,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 let old_bytes = self.conn.info.capacity_bytes;
                 match self.conn.check(true)? {
                     Change::Left => {
-                        let queues = self.io.detach(Error::Aborted);
+                        let queues = self.io.detach(IoError::Aborted);
                         self.io.set_state(DeviceState::Disconnected);
                         self.conn.teardown(queues)?;
                         Ok(BackendEvent::Closed)
@@ -566,7 +552,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         if self.io.state() == DeviceState::Closed {
             return Ok(self.quarantined());
         }
-        let queues = self.io.detach(Error::Closed);
+        let queues = self.io.detach(IoError::Closed);
         let r = if queues.is_empty() {
             Ok(())
         } else {
@@ -580,15 +566,15 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// Asks a closed backend to come back and reconnects (frontend
     /// Initialising; blkback answers InitWait). Nothing in flight is
     /// replayed: requests in flight when the backend closed completed with
-    /// [`Error::Aborted`].
+    /// [`IoError::Aborted`].
     ///
     /// # Errors
     ///
-    /// [`Error::UnexpectedState`] unless the device is
+    /// [`XenbusError::UnexpectedState`] unless the device is
     /// [`DeviceState::Disconnected`]; otherwise as for [`probe`](Self::probe).
     pub fn reconnect(&mut self) -> core::result::Result<(), ProbeError> {
         if self.io.state() != DeviceState::Disconnected {
-            return Err(Error::UnexpectedState(self.conn.info.state).into());
+            return Err(XenbusError::UnexpectedState(self.conn.info.state).into());
         }
         self.conn.request_reconnect()?;
         self.connect()

@@ -21,17 +21,18 @@ use alloc::vec::Vec;
 use super::request::PendingId;
 use super::units::Sector512;
 use super::wire::{encode_segment, RequestSlot, SEGS_PER_INDIRECT_PAGE};
+use super::{Broken, IoError};
 use crate::abi::blkif::{
     BlkifRequestSegment, BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
     BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use crate::error::{Feature, Violation};
+use crate::error::Feature;
 use crate::evtchn::EventChannel;
-use crate::gnttab::{GrantTable, SharedPage, SharedPages};
-use crate::hal::{DomId, GrantRef, Hal, Port, PAGE_SIZE};
-use crate::ring::OwnedFrontRing;
-use crate::{Error, Result};
+use crate::gnttab::{GrantError, GrantTable, SharedPage, SharedPages};
+use crate::hal::{DomId, GrantRef, Hal, HalError, Port, PAGE_SIZE};
+use crate::ring::{OwnedFrontRing, RingError, Violation};
+use crate::Result;
 
 /// The blkif ring as this driver uses it, on its own granted pages.
 type BlkRing<'a, H> = OwnedFrontRing<SharedPages<'a, H>, RequestSlot, BlkifResponse>;
@@ -112,7 +113,7 @@ pub(super) struct RwPart<'b> {
 pub(super) struct Done {
     pub(super) slot: SlotId,
     pub(super) busy: Busy,
-    pub(super) status: Result<()>,
+    pub(super) status: Result<(), IoError>,
 }
 
 /// Grants kept by a queue that uses persistent grants.
@@ -162,7 +163,9 @@ impl<'a, H: Hal> Queue<'a, H> {
         let channel = EventChannel::alloc_unbound(hal, backend)?;
         let n = ring.size() as usize;
         let mut slots = Vec::new();
-        slots.try_reserve_exact(n).map_err(|_| Error::OutOfMemory)?;
+        slots
+            .try_reserve_exact(n)
+            .map_err(|_| HalError::OutOfMemory)?;
         slots.resize_with(n, || Slot {
             state: State::Free,
             pages: Vec::new(),
@@ -216,7 +219,7 @@ impl<'a, H: Hal> Queue<'a, H> {
 
     /// A page from the pool, or a new one: granted persistently while the
     /// budget allows, else private (granted per request).
-    fn take_page(&mut self) -> Result<DataPage<'a, H>> {
+    fn take_page(&mut self) -> Result<DataPage<'a, H>, GrantError> {
         if let Some(p) = self.pool.pop() {
             return Ok(p);
         }
@@ -242,7 +245,11 @@ impl<'a, H: Hal> Queue<'a, H> {
     /// now if it is per-request: read-only when the backend only reads the
     /// page, unless persistent grants are in use (blkback then maps every
     /// grant writable, hoping to keep it, as Linux's blkfront expects).
-    fn grant_for(&self, p: &mut DataPage<'a, H>, backend_reads: bool) -> Result<GrantRef> {
+    fn grant_for(
+        &self,
+        p: &mut DataPage<'a, H>,
+        backend_reads: bool,
+    ) -> Result<GrantRef, GrantError> {
         match (p.lease, p.mem.gref()) {
             (Lease::Persistent, Some(g)) => Ok(g),
             _ => p
@@ -294,27 +301,32 @@ impl<'a, H: Hal> Queue<'a, H> {
     }
 
     /// Pushes one read or write part. Nothing is published until
-    /// [`publish`](Self::publish). On error nothing was pushed and every
-    /// page taken here went back.
+    /// [`kick`](Self::kick). Returns `false` when no slot is free. When it
+    /// returns anything but `true`, nothing was pushed and every page taken
+    /// here went back.
     ///
     /// # Errors
     ///
-    /// [`Error::RingFull`] when no slot is free; memory and grant errors.
+    /// Memory and grant errors; [`IoError::Broken`] when the ring refuses
+    /// the request because the backend broke the protocol (the caller
+    /// breaks the device).
     pub(super) fn push_rw(
         &mut self,
         part: &RwPart<'_>,
         handle: u16,
         indirect_segs: usize,
-    ) -> Result<()> {
+    ) -> Result<bool, IoError> {
         let nsegs = part.len.div_ceil(PAGE_SIZE);
         if nsegs == 0
             || part.len % 512 != 0
             || part.data.is_some_and(|d| d.len() != part.len)
             || nsegs > BLKIF_MAX_SEGMENTS_PER_REQUEST.max(indirect_segs)
         {
-            return Err(Error::Misaligned);
+            return Err(IoError::Misaligned);
         }
-        let id = *self.free.last().ok_or(Error::RingFull)?;
+        let Some(&id) = self.free.last() else {
+            return Ok(false);
+        };
         let write = part.data.is_some();
         // The free slot's own (empty) vectors, with their capacity.
         let slot = &mut self.slots[id.index()];
@@ -324,10 +336,10 @@ impl<'a, H: Hal> Queue<'a, H> {
         let r = r.and_then(|()| {
             let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
             let req = encode(op, handle, id, part, &pages, &indirect)?;
-            self.ring.push_request(&req).map(|()| op)
+            Ok(push_slot(&mut self.ring, &req)?.then_some(op))
         });
         match r {
-            Ok(op) => {
+            Ok(Some(op)) => {
                 self.free.pop();
                 let slot = &mut self.slots[id.index()];
                 slot.state = State::InFlight(Busy {
@@ -339,16 +351,16 @@ impl<'a, H: Hal> Queue<'a, H> {
                 slot.pages = pages;
                 slot.indirect = indirect;
                 self.unpublished = true;
-                Ok(())
+                Ok(true)
             }
-            Err(e) => {
+            r => {
                 for p in pages.drain(..).chain(indirect.drain(..)) {
                     self.recycle(p);
                 }
                 let slot = &mut self.slots[id.index()];
                 slot.pages = pages;
                 slot.indirect = indirect;
-                Err(e)
+                r.map(|_| false)
             }
         }
     }
@@ -361,7 +373,7 @@ impl<'a, H: Hal> Queue<'a, H> {
         nsegs: usize,
         pages: &mut Vec<DataPage<'a, H>>,
         indirect: &mut Vec<DataPage<'a, H>>,
-    ) -> Result<()> {
+    ) -> Result<(), IoError> {
         for i in 0..nsegs {
             let mut p = self.take_page()?;
             let r = match part.data {
@@ -400,18 +412,23 @@ impl<'a, H: Hal> Queue<'a, H> {
 
     /// Pushes a request without data (flush, barrier, discard) built by
     /// `slot_of(wire id)`; `op` is the operation its response must echo.
+    /// Returns `false` (nothing pushed) when no slot is free.
     ///
     /// # Errors
     ///
-    /// [`Error::RingFull`] when no slot is free.
+    /// [`IoError::Broken`] as for [`push_rw`](Self::push_rw).
     pub(super) fn push_control(
         &mut self,
         pending: PendingId,
         op: u8,
         slot_of: impl FnOnce(u64) -> RequestSlot,
-    ) -> Result<()> {
-        let id = *self.free.last().ok_or(Error::RingFull)?;
-        self.ring.push_request(&slot_of(u64::from(id.0)))?;
+    ) -> Result<bool, IoError> {
+        let Some(&id) = self.free.last() else {
+            return Ok(false);
+        };
+        if !push_slot(&mut self.ring, &slot_of(u64::from(id.0)))? {
+            return Ok(false);
+        }
         self.free.pop();
         self.slots[id.index()].state = State::InFlight(Busy {
             op,
@@ -420,7 +437,7 @@ impl<'a, H: Hal> Queue<'a, H> {
             len: 0,
         });
         self.unpublished = true;
-        Ok(())
+        Ok(true)
     }
 
     /// Publishes pushed requests and notifies the backend if it asked for
@@ -448,8 +465,9 @@ impl<'a, H: Hal> Queue<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::Protocol`] when the backend's producer index is impossible.
-    pub(super) fn next_response(&mut self) -> Result<Option<BlkifResponse>> {
+    /// [`RingError::Protocol`] when the backend's producer index is
+    /// impossible (polling fails with nothing else).
+    pub(super) fn next_response(&mut self) -> Result<Option<BlkifResponse>, RingError> {
         loop {
             if let Some(r) = self.ring.poll_response()? {
                 return Ok(Some(r));
@@ -488,14 +506,14 @@ impl<'a, H: Hal> Queue<'a, H> {
         }
         let status = match rsp.status {
             BLKIF_RSP_OKAY => Ok(()),
-            BLKIF_RSP_ERROR => Err(Error::IoError),
+            BLKIF_RSP_ERROR => Err(IoError::Backend),
             BLKIF_RSP_EOPNOTSUPP => Err(match busy.op {
-                BLKIF_OP_FLUSH_DISKCACHE => Error::Unsupported(Feature::FlushCache),
-                BLKIF_OP_WRITE_BARRIER => Error::Unsupported(Feature::Barrier),
-                BLKIF_OP_DISCARD => Error::Unsupported(Feature::Discard),
+                BLKIF_OP_FLUSH_DISKCACHE => IoError::Unsupported(Feature::FlushCache),
+                BLKIF_OP_WRITE_BARRIER => IoError::Unsupported(Feature::Barrier),
+                BLKIF_OP_DISCARD => IoError::Unsupported(Feature::Discard),
                 // Reads and writes have no feature to turn off: an I/O error,
                 // as Linux's blkif_interrupt treats any failed data request.
-                _ => Error::IoError,
+                _ => IoError::Backend,
             }),
             other => return Err(Violation::UnknownStatus(other)),
         };
@@ -532,11 +550,11 @@ impl<'a, H: Hal> Queue<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] when `dst` is longer than the slot's pages.
-    pub(super) fn read_data(&self, slot: SlotId, dst: &mut [u8]) -> Result<()> {
+    /// [`IoError::OutOfRange`] when `dst` is longer than the slot's pages.
+    pub(super) fn read_data(&self, slot: SlotId, dst: &mut [u8]) -> Result<(), IoError> {
         let pages = self.slots.get(slot.index()).map_or(&[][..], |s| &s.pages);
         if dst.len() > pages.len() * PAGE_SIZE {
-            return Err(Error::OutOfRange);
+            return Err(IoError::OutOfRange);
         }
         for (chunk, p) in dst.chunks_mut(PAGE_SIZE).zip(pages) {
             p.mem.read(0, chunk)?;
@@ -586,10 +604,27 @@ impl<'a, H: Hal> Queue<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] when the backend still maps the ring: dropping
+    /// [`GrantError::InUse`] when the backend still maps the ring: dropping
     /// the queue then quarantines it.
-    pub(super) fn revoke_ring(&mut self) -> Result<()> {
+    pub(super) fn revoke_ring(&mut self) -> Result<(), GrantError> {
         self.ring.memory_mut().revoke()
+    }
+}
+
+/// Writes `req` into the ring's next slot; `false` when the ring has no
+/// free slot (the caller's "no slot" path: the free list and the ring agree,
+/// so it is not expected).
+///
+/// # Errors
+///
+/// [`IoError::Broken`] when the ring is broken: the backend broke the
+/// protocol.
+fn push_slot<H: Hal>(ring: &mut BlkRing<'_, H>, req: &RequestSlot) -> Result<bool, IoError> {
+    match ring.push_request(req) {
+        Ok(()) => Ok(true),
+        Err(RingError::Protocol(v)) => Err(IoError::Broken(Broken::Protocol(v))),
+        // Pushing never fails with `InvalidOrder` (only setting up does).
+        Err(RingError::Full | RingError::InvalidOrder(_)) => Ok(false),
     }
 }
 
@@ -599,11 +634,15 @@ impl<'a, H: Hal> Queue<'a, H> {
 ///
 /// # Errors
 ///
-/// [`Error::InvalidGrantRef`] for a page without a grant.
-fn segment<H: Hal>(i: usize, p: &DataPage<'_, H>, len: usize) -> Result<BlkifRequestSegment> {
+/// [`GrantError::InvalidRef`] for a page without a grant.
+fn segment<H: Hal>(
+    i: usize,
+    p: &DataPage<'_, H>,
+    len: usize,
+) -> Result<BlkifRequestSegment, GrantError> {
     let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
     Ok(BlkifRequestSegment {
-        gref: p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0,
+        gref: p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0,
         first_sect: 0,
         last_sect: (bytes / 512 - 1) as u8,
     })
@@ -613,7 +652,7 @@ fn segment<H: Hal>(i: usize, p: &DataPage<'_, H>, len: usize) -> Result<BlkifReq
 ///
 /// # Errors
 ///
-/// [`Error::InvalidGrantRef`] for a page without a grant (never the case
+/// [`GrantError::InvalidRef`] for a page without a grant (never the case
 /// after `prepare`).
 fn encode<H: Hal>(
     op: u8,
@@ -622,7 +661,7 @@ fn encode<H: Hal>(
     part: &RwPart<'_>,
     pages: &[DataPage<'_, H>],
     indirect: &[DataPage<'_, H>],
-) -> Result<RequestSlot> {
+) -> Result<RequestSlot, GrantError> {
     let wire_id = u64::from(id.0);
     if pages.len() <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
         let mut segs = [BlkifRequestSegment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
@@ -639,7 +678,7 @@ fn encode<H: Hal>(
     } else {
         let mut grefs = [0u32; 8];
         for (g, p) in grefs.iter_mut().zip(indirect) {
-            *g = p.mem.gref().ok_or(Error::InvalidGrantRef(0))?.0;
+            *g = p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0;
         }
         let n = indirect.len().min(grefs.len());
         Ok(RequestSlot::indirect(

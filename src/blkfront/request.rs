@@ -14,7 +14,7 @@
 use alloc::vec::Vec;
 
 use super::units::Sector512;
-use crate::{Error, Result};
+use super::IoError;
 
 /// Identifies one submitted request until its [`Completion`] is returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,7 +33,7 @@ pub struct Completion {
     /// Which request.
     pub token: RequestToken,
     /// Its outcome.
-    pub result: Result<()>,
+    pub result: Result<(), IoError>,
     /// The caller's buffer, back from the driver (filled on a successful
     /// read, untouched after a failed one). `None` for flush and discard.
     pub buf: Option<Vec<u8>>,
@@ -43,7 +43,7 @@ pub struct Completion {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rejected {
     /// Why.
-    pub error: Error,
+    pub error: IoError,
     /// The caller's buffer.
     pub buf: Vec<u8>,
 }
@@ -83,7 +83,7 @@ pub(super) struct Pending {
     /// Parts on a ring now.
     pub(super) in_flight: u32,
     /// The first error of any part; the request fails as a whole.
-    pub(super) error: Option<Error>,
+    pub(super) error: Option<IoError>,
     /// Read data goes straight into `buf`: the buffer is the driver's own
     /// (a blocking call copies it out only on success), or the read is one
     /// part. Otherwise parts land in a staging buffer first, so that a
@@ -114,7 +114,7 @@ impl Pending {
 
     /// Records `e` as the request's outcome (the first error wins) and stops
     /// pushing its remaining parts.
-    pub(super) fn fail(&mut self, e: Error) {
+    pub(super) fn fail(&mut self, e: IoError) {
         self.error.get_or_insert(e);
         self.pushed = self.total();
     }
@@ -217,11 +217,11 @@ mod tests {
         p.pushed = 4096;
         p.in_flight = 1;
         assert!(!p.all_pushed());
-        p.fail(Error::IoError);
-        p.fail(Error::Aborted);
+        p.fail(IoError::Backend);
+        p.fail(IoError::Aborted);
         assert!(p.all_pushed() && !p.finished());
         p.in_flight = 0;
         assert!(p.finished());
-        assert_eq!(p.into_completion().result, Err(Error::IoError));
+        assert_eq!(p.into_completion().result, Err(IoError::Backend));
     }
 }

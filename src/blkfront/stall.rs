@@ -7,8 +7,7 @@ use core::fmt;
 
 use super::info::{BackendKind, DirectIoSafe};
 use super::keys;
-use crate::xenbus::XenbusState;
-use crate::Error;
+use crate::xenbus::{XenbusError, XenbusState};
 
 /// Why a backend that never connected is probably stuck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,8 +146,8 @@ impl StallReport {
     }
 
     /// The error to hand the caller with this report.
-    pub fn error(&self) -> Error {
-        Error::StateTimeout {
+    pub fn error(&self) -> XenbusError {
+        XenbusError::StateTimeout {
             wanted: self.wanted,
             seen: self.backend_state.unwrap_or(XenbusState::Unknown),
         }
@@ -174,7 +173,7 @@ impl fmt::Display for StallReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "disk {} did not connect ({:?} backend)",
+            "disk {} did not connect ({} backend)",
             self.vdev, self.kind
         )?;
         writeln!(f, "  backend         {}", self.backend_path)?;
@@ -240,7 +239,7 @@ mod tests {
         assert!(text.contains("aio=native"), "{text}");
         assert_eq!(
             r.error(),
-            Error::StateTimeout {
+            XenbusError::StateTimeout {
                 wanted: XenbusState::InitWait,
                 seen: XenbusState::Initialising
             }

@@ -17,7 +17,7 @@
 //! Revoking can fail: the other domain may still map the page
 //! (`GTF_reading` / `GTF_writing` set by the hypervisor). The entry then
 //! stays granted and the page must not be reused —
-//! [`Error::GrantInUse`] says so. Shared memory is owned by a value
+//! [`GrantError::InUse`] says so. Shared memory is owned by a value
 //! ([`SharedPage`], [`SharedPages`], in the shape of virtio-drivers' `Dma`):
 //! dropping it ends its grants and frees its pages, or, when a grant is
 //! still mapped, moves pages and grants into the table's quarantine, which
@@ -35,8 +35,8 @@ use core::sync::atomic::Ordering;
 use spin::Mutex;
 
 use crate::abi::grant;
-use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, Hal, Pages, GNTTAB_RESERVED};
-use crate::{Error, Result};
+use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, Hal, HalError, Pages, GNTTAB_RESERVED};
+use crate::Result;
 
 mod quarantine;
 mod shared;
@@ -50,13 +50,69 @@ const GTF_READONLY: u16 = grant::GTF_readonly;
 const GTF_READING: u16 = grant::GTF_reading;
 const GTF_WRITING: u16 = grant::GTF_writing;
 
-/// Xen's `EINVAL`, returned for a frame that a v1 entry cannot hold.
-const EINVAL: i32 = 22;
-
 /// How often `end_access` retries its compare-exchange when the hypervisor
 /// changes the flags under it, before treating the grant as in use. A
 /// backend that maps and unmaps without pause cannot keep us spinning.
 const END_ACCESS_TRIES: usize = 64;
+
+/// How a grant-table operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantError {
+    /// No free grant reference is left in the table.
+    Exhausted,
+    /// A grant reference outside the table, or one that is not in the state
+    /// the operation needs (not allocated, already granted, not granted), was
+    /// passed in.
+    InvalidRef(u32),
+    /// Revoking this grant reference failed because the other domain still
+    /// maps the page. The grant stays, and the page must not be reused: it
+    /// is quarantined when its owner drops it.
+    InUse(u32),
+    /// A frame number that does not fit the 32-bit frame of a version-1
+    /// grant entry.
+    FrameTooLarge(u64),
+    /// A copy into or out of shared memory reaches outside it.
+    OutOfBounds,
+    /// Allocating shared pages (or the table's bookkeeping) failed.
+    Hal(HalError),
+}
+
+impl fmt::Display for GrantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantError::Exhausted => f.write_str("no free grant reference is left"),
+            GrantError::InvalidRef(r) => {
+                write!(f, "grant reference {r} is not valid for this operation")
+            }
+            GrantError::InUse(r) => write!(
+                f,
+                "grant reference {r} is still mapped by the other domain; its page is \
+                 quarantined"
+            ),
+            GrantError::FrameTooLarge(gfn) => write!(
+                f,
+                "frame {gfn:#x} does not fit the 32-bit frame of a grant entry"
+            ),
+            GrantError::OutOfBounds => f.write_str("a copy reaches outside the shared memory"),
+            GrantError::Hal(e) => write!(f, "cannot allocate shared memory: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for GrantError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            GrantError::Hal(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<HalError> for GrantError {
+    fn from(e: HalError) -> Self {
+        GrantError::Hal(e)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -96,17 +152,18 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfMemory`] when the bookkeeping cannot be allocated.
-    pub fn new(hal: &'h H) -> Result<Self> {
+    /// [`GrantError::Hal`]`(`[`HalError::OutOfMemory`]`)` when the bookkeeping
+    /// cannot be allocated.
+    pub fn new(hal: &'h H) -> Result<Self, GrantError> {
         let len = hal.grant_table().len();
         let capacity = len.saturating_sub(GNTTAB_RESERVED);
         let mut free = Vec::new();
         let mut slots = Vec::new();
         free.try_reserve_exact(capacity)
-            .map_err(|_| Error::OutOfMemory)?;
+            .map_err(|_| GrantError::Hal(HalError::OutOfMemory))?;
         slots
             .try_reserve_exact(capacity)
-            .map_err(|_| Error::OutOfMemory)?;
+            .map_err(|_| GrantError::Hal(HalError::OutOfMemory))?;
         // Pushed in reverse so that the first `alloc` returns the lowest
         // reference: deterministic and easy to read in traces.
         let top = u32::try_from(len).unwrap_or(u32::MAX);
@@ -135,29 +192,29 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         r.slots.len() - r.free.len()
     }
 
-    fn index(refs: &Refs, gref: GrantRef) -> Result<usize> {
+    fn index(refs: &Refs, gref: GrantRef) -> Result<usize, GrantError> {
         usize::try_from(gref.0)
             .ok()
             .and_then(|g| g.checked_sub(GNTTAB_RESERVED))
             .filter(|&i| i < refs.slots.len())
-            .ok_or(Error::InvalidGrantRef(gref.0))
+            .ok_or(GrantError::InvalidRef(gref.0))
     }
 
-    fn entry(&self, gref: GrantRef) -> Result<&'h GrantEntry> {
+    fn entry(&self, gref: GrantRef) -> Result<&'h GrantEntry, GrantError> {
         usize::try_from(gref.0)
             .ok()
             .and_then(|g| self.hal.grant_table().get(g))
-            .ok_or(Error::InvalidGrantRef(gref.0))
+            .ok_or(GrantError::InvalidRef(gref.0))
     }
 
     /// Allocates one reference (not yet granted).
     ///
     /// # Errors
     ///
-    /// [`Error::GrantRefsExhausted`] when none is free.
-    pub fn alloc(&self) -> Result<GrantRef> {
+    /// [`GrantError::Exhausted`] when none is free.
+    pub fn alloc(&self) -> Result<GrantRef, GrantError> {
         let mut r = self.refs.lock();
-        let g = r.free.pop().ok_or(Error::GrantRefsExhausted)?;
+        let g = r.free.pop().ok_or(GrantError::Exhausted)?;
         r.slots[g as usize - GNTTAB_RESERVED] = Slot::Allocated;
         Ok(GrantRef(g))
     }
@@ -166,15 +223,11 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantRefsExhausted`] when fewer than `n` are free; `out` is
+    /// [`GrantError::Exhausted`] when fewer than `n` are free; `out` is
     /// then untouched.
-    pub fn alloc_batch(&self, n: usize, out: &mut impl Extend<GrantRef>) -> Result<()> {
+    pub fn alloc_batch(&self, n: usize, out: &mut impl Extend<GrantRef>) -> Result<(), GrantError> {
         let mut r = self.refs.lock();
-        let start = r
-            .free
-            .len()
-            .checked_sub(n)
-            .ok_or(Error::GrantRefsExhausted)?;
+        let start = r.free.len().checked_sub(n).ok_or(GrantError::Exhausted)?;
         let Refs { free, slots } = &mut *r;
         for &g in &free[start..] {
             slots[g as usize - GNTTAB_RESERVED] = Slot::Allocated;
@@ -189,15 +242,21 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidGrantRef`] when `gref` is out of range, free, or
-    /// already granted; `Error::Hypercall(-EINVAL)` when `gfn` does not fit
+    /// [`GrantError::InvalidRef`] when `gref` is out of range, free, or
+    /// already granted; [`GrantError::FrameTooLarge`] when `gfn` does not fit
     /// the 32-bit frame of a v1 entry.
-    pub fn grant(&self, gref: GrantRef, domid: DomId, gfn: Gfn, readonly: bool) -> Result<()> {
-        let frame = u32::try_from(gfn.0).map_err(|_| Error::Hypercall(-EINVAL))?;
+    pub fn grant(
+        &self,
+        gref: GrantRef,
+        domid: DomId,
+        gfn: Gfn,
+        readonly: bool,
+    ) -> Result<(), GrantError> {
+        let frame = u32::try_from(gfn.0).map_err(|_| GrantError::FrameTooLarge(gfn.0))?;
         let mut r = self.refs.lock();
         let i = Self::index(&r, gref)?;
         if r.slots[i] != Slot::Allocated {
-            return Err(Error::InvalidGrantRef(gref.0));
+            return Err(GrantError::InvalidRef(gref.0));
         }
         let e = self.entry(gref)?;
         e.domid.store(domid.0, Ordering::Relaxed);
@@ -214,7 +273,12 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// As [`alloc`](Self::alloc) and [`grant`](Self::grant); nothing stays
     /// allocated on error.
-    pub fn grant_access(&self, domid: DomId, gfn: Gfn, readonly: bool) -> Result<GrantRef> {
+    pub fn grant_access(
+        &self,
+        domid: DomId,
+        gfn: Gfn,
+        readonly: bool,
+    ) -> Result<GrantRef, GrantError> {
         let gref = self.alloc()?;
         if let Err(e) = self.grant(gref, domid, gfn, readonly) {
             // Allocated and never granted: freeing cannot fail.
@@ -231,15 +295,15 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] when the other domain still maps the page: the
+    /// [`GrantError::InUse`] when the other domain still maps the page: the
     /// entry stays granted, and the page must not be reused or freed (hand it
-    /// to the quarantine). [`Error::InvalidGrantRef`] when `gref` is not
+    /// to the quarantine). [`GrantError::InvalidRef`] when `gref` is not
     /// granted through this table.
-    pub fn end_access(&self, gref: GrantRef) -> Result<()> {
+    pub fn end_access(&self, gref: GrantRef) -> Result<(), GrantError> {
         let mut r = self.refs.lock();
         let i = Self::index(&r, gref)?;
         if r.slots[i] != Slot::Granted {
-            return Err(Error::InvalidGrantRef(gref.0));
+            return Err(GrantError::InvalidRef(gref.0));
         }
         let e = self.entry(gref)?;
         let mut flags = e.flags.load(Ordering::Acquire);
@@ -258,20 +322,20 @@ impl<'h, H: Hal> GrantTable<'h, H> {
                 Err(now) => flags = now,
             }
         }
-        Err(Error::GrantInUse(gref.0))
+        Err(GrantError::InUse(gref.0))
     }
 
     /// Returns an allocated, not granted reference to the free list.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidGrantRef`] for a reference out of range, not allocated,
+    /// [`GrantError::InvalidRef`] for a reference out of range, not allocated,
     /// or still granted.
-    pub fn free(&self, gref: GrantRef) -> Result<()> {
+    pub fn free(&self, gref: GrantRef) -> Result<(), GrantError> {
         let mut r = self.refs.lock();
         let i = Self::index(&r, gref)?;
         if r.slots[i] != Slot::Allocated {
-            return Err(Error::InvalidGrantRef(gref.0));
+            return Err(GrantError::InvalidRef(gref.0));
         }
         r.slots[i] = Slot::Free;
         r.free.push(gref.0);
@@ -282,8 +346,8 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// As `end_access`; on `GrantInUse` the reference stays granted.
-    pub fn end_access_and_free(&self, gref: GrantRef) -> Result<()> {
+    /// As `end_access`; on [`GrantError::InUse`] the reference stays granted.
+    pub fn end_access_and_free(&self, gref: GrantRef) -> Result<(), GrantError> {
         self.end_access(gref)?;
         self.free(gref)
     }
@@ -313,7 +377,7 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         for &g in grefs {
             match self.retire(g) {
                 Ok(()) => {}
-                Err(Error::GrantInUse(_)) => in_use.push(g),
+                Err(GrantError::InUse(_)) => in_use.push(g),
                 Err(e) => log::warn!("gnttab: releasing {g:?}: {e}"),
             }
         }
@@ -337,13 +401,13 @@ impl<'h, H: Hal> GrantTable<'h, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] (the reference stays granted);
-    /// [`Error::InvalidGrantRef`] for a reference that is not allocated.
-    fn retire(&self, gref: GrantRef) -> Result<()> {
+    /// [`GrantError::InUse`] (the reference stays granted);
+    /// [`GrantError::InvalidRef`] for a reference that is not allocated.
+    fn retire(&self, gref: GrantRef) -> Result<(), GrantError> {
         match self.end_access(gref) {
             Ok(()) => {}
             // Allocated but not granted: nothing to end.
-            Err(Error::InvalidGrantRef(_)) if self.is_allocated(gref) => {}
+            Err(GrantError::InvalidRef(_)) if self.is_allocated(gref) => {}
             Err(e) => return Err(e),
         }
         self.free(gref)
@@ -419,10 +483,10 @@ mod tests {
         assert_eq!(got.len(), gt.capacity() - 3);
 
         let mut more = Vec::new();
-        assert_eq!(gt.alloc_batch(4, &mut more), Err(Error::GrantRefsExhausted));
+        assert_eq!(gt.alloc_batch(4, &mut more), Err(GrantError::Exhausted));
         assert!(more.is_empty(), "a failed batch allocates nothing");
         gt.alloc_batch(3, &mut more).unwrap();
-        assert_eq!(gt.alloc(), Err(Error::GrantRefsExhausted));
+        assert_eq!(gt.alloc(), Err(GrantError::Exhausted));
         assert_eq!(gt.in_use(), gt.capacity());
 
         got.extend(more);
@@ -467,26 +531,26 @@ mod tests {
         let reserved = GrantRef(1);
         let past = GrantRef(hal.grant_table().len() as u32);
         for g in [free, reserved, past] {
-            assert_eq!(gt.free(g), Err(Error::InvalidGrantRef(g.0)));
+            assert_eq!(gt.free(g), Err(GrantError::InvalidRef(g.0)));
             assert_eq!(
                 gt.grant(g, BACK, gfn, false),
-                Err(Error::InvalidGrantRef(g.0))
+                Err(GrantError::InvalidRef(g.0))
             );
-            assert_eq!(gt.end_access(g), Err(Error::InvalidGrantRef(g.0)));
+            assert_eq!(gt.end_access(g), Err(GrantError::InvalidRef(g.0)));
         }
         let g = gt.grant_access(BACK, gfn, false).unwrap();
         assert_eq!(
             gt.free(g),
-            Err(Error::InvalidGrantRef(g.0)),
+            Err(GrantError::InvalidRef(g.0)),
             "still granted"
         );
         assert_eq!(
             gt.grant(g, BACK, gfn, false),
-            Err(Error::InvalidGrantRef(g.0))
+            Err(GrantError::InvalidRef(g.0))
         );
         assert_eq!(
             gt.grant_access(BACK, Gfn(1 << 40), false),
-            Err(Error::Hypercall(-EINVAL))
+            Err(GrantError::FrameTooLarge(1 << 40))
         );
         assert_eq!(
             gt.in_use(),
@@ -494,7 +558,7 @@ mod tests {
             "the failed grant_access freed its reference"
         );
         gt.end_access_and_free(g).unwrap();
-        assert_eq!(gt.end_access(g), Err(Error::InvalidGrantRef(g.0)));
+        assert_eq!(gt.end_access(g), Err(GrantError::InvalidRef(g.0)));
     }
 
     #[test]
@@ -505,8 +569,8 @@ mod tests {
         let g = gt.grant_access(BACK, pages.gfn(), false).unwrap();
         let map = xen.map_grant(BACK, FRONT, g, false).unwrap();
 
-        assert_eq!(gt.end_access(g), Err(Error::GrantInUse(g.0)));
-        assert_eq!(gt.end_access_and_free(g), Err(Error::GrantInUse(g.0)));
+        assert_eq!(gt.end_access(g), Err(GrantError::InUse(g.0)));
+        assert_eq!(gt.end_access_and_free(g), Err(GrantError::InUse(g.0)));
         // Still granted and still usable by the backend.
         map.write(0, b"still mine").unwrap();
         assert_eq!(xen.accounting(FRONT).grants_active, 1);
@@ -565,19 +629,19 @@ mod tests {
         let mut p = SharedPage::alloc(&gt, 7).unwrap();
         assert_eq!(p.gref(), None);
         p.write(4090, b"abcdef").unwrap();
-        assert_eq!(p.write(4091, b"abcdef"), Err(Error::OutOfRange));
-        assert_eq!(p.write(usize::MAX, b"a"), Err(Error::OutOfRange));
+        assert_eq!(p.write(4091, b"abcdef"), Err(GrantError::OutOfBounds));
+        assert_eq!(p.write(usize::MAX, b"a"), Err(GrantError::OutOfBounds));
         let mut out = [0u8; 6];
         p.read(4090, &mut out).unwrap();
         assert_eq!(&out, b"abcdef");
-        assert_eq!(p.read(4091, &mut out), Err(Error::OutOfRange));
+        assert_eq!(p.read(4091, &mut out), Err(GrantError::OutOfBounds));
         let g = p.grant(BACK, true).unwrap();
-        assert_eq!(p.grant(BACK, true), Err(Error::InvalidGrantRef(g.0)));
+        assert_eq!(p.grant(BACK, true), Err(GrantError::InvalidRef(g.0)));
         let map = xen.map_grant(BACK, FRONT, g, true).unwrap();
         let mut seen = [0u8; 6];
         map.read(4090, &mut seen).unwrap();
         assert_eq!(&seen, b"abcdef");
-        assert_eq!(p.revoke(), Err(Error::GrantInUse(g.0)));
+        assert_eq!(p.revoke(), Err(GrantError::InUse(g.0)));
         assert_eq!(p.gref(), Some(g), "still granted");
         drop(map);
         p.revoke().unwrap();

@@ -7,9 +7,8 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use super::GrantTable;
+use super::{GrantError, GrantTable};
 use crate::hal::{GrantRef, Hal, Pages};
-use crate::Error;
 
 struct Held {
     grefs: Vec<GrantRef>,
@@ -53,7 +52,7 @@ impl Quarantine {
         while i < held.len() {
             held[i].grefs.retain(|&g| match table.retire(g) {
                 Ok(()) => false,
-                Err(Error::GrantInUse(_)) => true,
+                Err(GrantError::InUse(_)) => true,
                 Err(e) => {
                     log::warn!("gnttab: quarantined {g:?}: {e}; dropping it");
                     false

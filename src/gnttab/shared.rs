@@ -13,16 +13,16 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
-use super::GrantTable;
-use crate::hal::{DomId, Gfn, GrantRef, Hal, Pages, PAGE_SIZE};
+use super::{GrantError, GrantTable};
+use crate::hal::{DomId, Gfn, GrantRef, Hal, HalError, Pages, PAGE_SIZE};
 use crate::ring::RingMemory;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Checks that `off..off + len` lies inside `size` bytes.
-fn in_bounds(off: usize, len: usize, size: usize) -> Result<()> {
+fn in_bounds(off: usize, len: usize, size: usize) -> Result<(), GrantError> {
     match off.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(Error::OutOfRange),
+        _ => Err(GrantError::OutOfBounds),
     }
 }
 
@@ -55,8 +55,8 @@ impl<'a, H: Hal> SharedPage<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfMemory`] (or what the `Hal` returns).
-    pub fn alloc(table: &'a GrantTable<'a, H>, owner: u32) -> Result<Self> {
+    /// [`GrantError::Hal`] with what the `Hal` returns.
+    pub fn alloc(table: &'a GrantTable<'a, H>, owner: u32) -> Result<Self, GrantError> {
         let page = table.hal().alloc_pages(1)?;
         Ok(SharedPage {
             table,
@@ -84,11 +84,11 @@ impl<'a, H: Hal> SharedPage<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidGrantRef`] when the page is granted already; the
+    /// [`GrantError::InvalidRef`] when the page is granted already; the
     /// errors of [`GrantTable::grant_access`].
-    pub fn grant(&mut self, domid: DomId, readonly: bool) -> Result<GrantRef> {
+    pub fn grant(&mut self, domid: DomId, readonly: bool) -> Result<GrantRef, GrantError> {
         if let Some(g) = self.gref {
-            return Err(Error::InvalidGrantRef(g.0));
+            return Err(GrantError::InvalidRef(g.0));
         }
         let g = self.table.grant_access(domid, self.gfn(), readonly)?;
         self.gref = Some(g);
@@ -100,9 +100,9 @@ impl<'a, H: Hal> SharedPage<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] when the other domain still maps the page: the
+    /// [`GrantError::InUse`] when the other domain still maps the page: the
     /// grant stays, and the page must not be trusted or reused.
-    pub fn revoke(&mut self) -> Result<()> {
+    pub fn revoke(&mut self) -> Result<(), GrantError> {
         if let Some(g) = self.gref {
             self.table.end_access_and_free(g)?;
             self.gref = None;
@@ -114,10 +114,10 @@ impl<'a, H: Hal> SharedPage<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] when the bytes do not fit inside the page.
-    pub fn write(&mut self, off: usize, src: &[u8]) -> Result<()> {
+    /// [`GrantError::OutOfBounds`] when the bytes do not fit inside the page.
+    pub fn write(&mut self, off: usize, src: &[u8]) -> Result<(), GrantError> {
         in_bounds(off, src.len(), PAGE_SIZE)?;
-        let p = self.pages().ok_or(Error::OutOfRange)?;
+        let p = self.pages().ok_or(GrantError::OutOfBounds)?;
         // SAFETY: `off + src.len() <= PAGE_SIZE`, the page's size; the page
         // is ours and live, `src` cannot overlap it (no reference into the
         // page is ever handed out).
@@ -131,10 +131,10 @@ impl<'a, H: Hal> SharedPage<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] when the bytes do not lie inside the page.
-    pub fn read(&self, off: usize, dst: &mut [u8]) -> Result<()> {
+    /// [`GrantError::OutOfBounds`] when the bytes do not lie inside the page.
+    pub fn read(&self, off: usize, dst: &mut [u8]) -> Result<(), GrantError> {
         in_bounds(off, dst.len(), PAGE_SIZE)?;
-        let p = self.pages().ok_or(Error::OutOfRange)?;
+        let p = self.pages().ok_or(GrantError::OutOfBounds)?;
         // SAFETY: in bounds as checked; the page is live, initialised (zeroed
         // at allocation) and does not overlap `dst`.
         unsafe {
@@ -208,7 +208,7 @@ impl<'a, H: Hal> SharedPages<'a, H> {
         domid: DomId,
         readonly: bool,
         owner: u32,
-    ) -> Result<Self> {
+    ) -> Result<Self, GrantError> {
         let pages = table.hal().alloc_pages(count)?;
         let mut run = SharedPages {
             table,
@@ -218,10 +218,10 @@ impl<'a, H: Hal> SharedPages<'a, H> {
         };
         run.grefs
             .try_reserve_exact(count)
-            .map_err(|_| Error::OutOfMemory)?;
+            .map_err(|_| GrantError::Hal(HalError::OutOfMemory))?;
         for i in 0..count {
             let gfn = run.pages().and_then(|p| p.page_gfn(i));
-            let gfn = gfn.ok_or(Error::OutOfMemory)?;
+            let gfn = gfn.ok_or(GrantError::Hal(HalError::OutOfMemory))?;
             // On error `run` drops and gives back what was granted so far.
             let g = table.grant_access(domid, gfn, readonly)?;
             run.grefs.push(g);
@@ -248,16 +248,16 @@ impl<'a, H: Hal> SharedPages<'a, H> {
     ///
     /// # Errors
     ///
-    /// [`Error::GrantInUse`] when some page is still mapped; the grants that
+    /// [`GrantError::InUse`] when some page is still mapped; the grants that
     /// could be ended are ended, the others stay, and dropping the value
     /// then quarantines the run.
-    pub fn revoke(&mut self) -> Result<()> {
+    pub fn revoke(&mut self) -> Result<(), GrantError> {
         let mut first = Ok(());
         for &g in &self.grefs {
             match self.table.end_access(g) {
                 Ok(()) => {}
                 // Ended by an earlier revoke.
-                Err(Error::InvalidGrantRef(_)) if self.table.is_allocated(g) => {}
+                Err(GrantError::InvalidRef(_)) if self.table.is_allocated(g) => {}
                 Err(e) => {
                     if first.is_ok() {
                         first = Err(e);

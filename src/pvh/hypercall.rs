@@ -50,7 +50,8 @@
 use core::arch::{asm, global_asm, x86_64::__cpuid};
 
 use crate::abi::xen::__HYPERVISOR_xen_version;
-use crate::{Error, Result};
+use crate::hal::HalError;
+use crate::Result;
 
 /// `XENVER_version` (`version.h`): returns `major << 16 | minor`.
 #[allow(non_upper_case_globals)]
@@ -139,11 +140,11 @@ pub fn detect() -> core::result::Result<XenCpuid, [u8; 12]> {
 ///
 /// # Errors
 ///
-/// [`Error::Hypercall`] (`-ENOSYS`) when Xen offers no hypercall page.
-pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<()> {
+/// [`HalError::Hypercall`] (`-ENOSYS`) when Xen offers no hypercall page.
+pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<(), HalError> {
     let leaf = __cpuid(xen.base + 2);
     if leaf.eax == 0 {
-        return Err(Error::Hypercall(-38));
+        return Err(HalError::Hypercall(-38));
     }
     let gpa = core::ptr::addr_of!(HYPERCALL_PAGE) as u64;
     // SAFETY: the caller promises identity mapping, so `gpa` is the page's
@@ -190,9 +191,9 @@ pub unsafe extern "C" fn hypercall3(op: u32, a1: u64, a2: u64, a3: u64) -> i64 {
 }
 
 /// Maps a hypercall return value: negative is `-errno`.
-pub fn check(rc: i64) -> Result<u64> {
+pub fn check(rc: i64) -> Result<u64, HalError> {
     if rc < 0 {
-        Err(Error::Hypercall(i32::try_from(rc).unwrap_or(i32::MIN)))
+        Err(HalError::Hypercall(i32::try_from(rc).unwrap_or(i32::MIN)))
     } else {
         Ok(rc as u64)
     }
@@ -238,7 +239,7 @@ pub unsafe fn xen_extraversion() -> [u8; 16] {
 ///
 /// The hypercall page is set up, and `T` is the argument struct `op`/`cmd`
 /// expects (Xen may write it).
-pub unsafe fn op_with_arg<T>(op: u32, cmd: u32, arg: &mut T) -> Result<u64> {
+pub unsafe fn op_with_arg<T>(op: u32, cmd: u32, arg: &mut T) -> Result<u64, HalError> {
     // SAFETY: forwarded; `arg` is valid, identity-mapped memory of the
     // expected type.
     check(unsafe { hypercall2(op, cmd.into(), arg as *mut T as u64) })

@@ -5,9 +5,8 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 
-use super::{need_notify, Sring};
-use crate::error::Violation;
-use crate::{Error, Result};
+use super::{need_notify, RingError, Sring, Violation};
+use crate::Result;
 
 /// The back end of a shared ring (`struct NAME_back_ring`).
 ///
@@ -51,8 +50,8 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] if `order > MAX_RING_ORDER`.
-    pub unsafe fn attach(shared: NonNull<u8>, order: u32) -> Result<Self> {
+    /// [`RingError::InvalidOrder`] if `order > MAX_RING_ORDER`.
+    pub unsafe fn attach(shared: NonNull<u8>, order: u32) -> Result<Self, RingError> {
         // SAFETY: the caller's contract is `Sring::new`'s.
         let sring = unsafe { Sring::<Req, Rsp>::new(shared, order)? };
         let start = sring.rsp_prod().load(Ordering::Acquire);
@@ -69,8 +68,12 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] if `order > MAX_RING_ORDER`.
-    pub unsafe fn attach_at(shared: NonNull<u8>, order: u32, start: u32) -> Result<Self> {
+    /// [`RingError::InvalidOrder`] if `order > MAX_RING_ORDER`.
+    pub unsafe fn attach_at(
+        shared: NonNull<u8>,
+        order: u32,
+        start: u32,
+    ) -> Result<Self, RingError> {
         // SAFETY: the caller's contract is `Sring::new`'s.
         let sring = unsafe { Sring::<Req, Rsp>::new(shared, order)? };
         Ok(Self::with_indices(sring, start))
@@ -125,9 +128,9 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     /// time. With that, `RING_REQUEST_CONS_OVERFLOW` (a request whose slot
     /// still awaits its response) cannot happen.
     #[inline]
-    fn refresh(&mut self) -> Result<bool> {
+    fn refresh(&mut self) -> Result<bool, RingError> {
         if let Some(v) = self.broken {
-            return Err(Error::Protocol(v));
+            return Err(RingError::Protocol(v));
         }
         let prod = self.sring.req_prod().load(Ordering::Acquire);
         let cons = self.req_cons;
@@ -144,13 +147,13 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     }
 
     #[cold]
-    fn violate(&mut self, prod: u32) -> Error {
+    fn violate(&mut self, prod: u32) -> RingError {
         let v = Violation::RequestOverrun {
             prod,
             cons: self.req_cons,
         };
         self.broken = Some(v);
-        Error::Protocol(v)
+        RingError::Protocol(v)
     }
 
     /// Takes the next request, if any, copying it out of its slot once with
@@ -159,11 +162,11 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::Protocol`] with [`Violation::RequestOverrun`] if the front end
+    /// [`RingError::Protocol`] with [`Violation::RequestOverrun`] if the front end
     /// published more requests than the ring holds or moved `req_prod`
     /// backwards; the ring stays broken.
     #[inline]
-    pub fn poll_request(&mut self) -> Result<Option<Req>> {
+    pub fn poll_request(&mut self) -> Result<Option<Req>, RingError> {
         if self.req_cons == self.req_prod_seen && !self.refresh()? {
             return Ok(None);
         }
@@ -180,7 +183,7 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     /// As for [`poll_request`](BackRing::poll_request); on error no request
     /// is taken.
     #[inline]
-    pub fn poll_requests(&mut self, mut f: impl FnMut(Req)) -> Result<u32> {
+    pub fn poll_requests(&mut self, mut f: impl FnMut(Req)) -> Result<u32, RingError> {
         self.refresh()?;
         let start = self.req_cons;
         let end = self.req_prod_seen;
@@ -199,7 +202,7 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// As for [`poll_request`](BackRing::poll_request).
     #[inline]
-    pub fn has_unconsumed_requests(&mut self) -> Result<bool> {
+    pub fn has_unconsumed_requests(&mut self) -> Result<bool, RingError> {
         if self.req_cons != self.req_prod_seen {
             return Ok(true);
         }
@@ -212,16 +215,16 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::RingFull`] if every request taken has a response already
+    /// [`RingError::Full`] if every request taken has a response already
     /// (another response would overwrite a request slot);
-    /// [`Error::Protocol`] if the front end broke the protocol earlier.
+    /// [`RingError::Protocol`] if the front end broke the protocol earlier.
     #[inline]
-    pub fn push_response(&mut self, rsp: &Rsp) -> Result<()> {
+    pub fn push_response(&mut self, rsp: &Rsp) -> Result<(), RingError> {
         if let Some(v) = self.broken {
-            return Err(Error::Protocol(v));
+            return Err(RingError::Protocol(v));
         }
         if self.requests_awaiting_response() == 0 {
-            return Err(Error::RingFull);
+            return Err(RingError::Full);
         }
         self.sring.write_rsp(self.rsp_prod_pvt, rsp);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
@@ -265,7 +268,7 @@ impl<Req: Copy, Rsp: Copy> BackRing<Req, Rsp> {
     ///
     /// As for [`poll_request`](BackRing::poll_request).
     #[inline]
-    pub fn final_check_for_requests(&mut self) -> Result<bool> {
+    pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
         if self.has_unconsumed_requests()? {
             return Ok(true);
         }
@@ -320,8 +323,8 @@ mod tests {
         unsafe { Ring::attach(pages.ptr(), 0) }.expect("order 0")
     }
 
-    fn overrun(prod: u32, cons: u32) -> Error {
-        Error::Protocol(Violation::RequestOverrun { prod, cons })
+    fn overrun(prod: u32, cons: u32) -> RingError {
+        RingError::Protocol(Violation::RequestOverrun { prod, cons })
     }
 
     #[test]
@@ -351,10 +354,10 @@ mod tests {
         let pages = TestPages::new(0);
         let _front = front_with(&pages, 0, 1);
         let mut ring = back(&pages);
-        assert_eq!(ring.push_response(&[1, 1]), Err(Error::RingFull));
+        assert_eq!(ring.push_response(&[1, 1]), Err(RingError::Full));
         assert!(ring.poll_request().expect("valid").is_some());
         assert_eq!(ring.push_response(&[1, 1]), Ok(()));
-        assert_eq!(ring.push_response(&[2, 2]), Err(Error::RingFull));
+        assert_eq!(ring.push_response(&[2, 2]), Err(RingError::Full));
         // rsp_event is 1 after SHARED_RING_INIT: the first response notifies.
         assert!(ring.push_responses_and_check_notify());
         assert!(!ring.push_responses_and_check_notify());

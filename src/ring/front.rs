@@ -4,9 +4,8 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 
-use super::{need_notify, Sring};
-use crate::error::Violation;
-use crate::{Error, Result};
+use super::{need_notify, RingError, Sring, Violation};
+use crate::Result;
 
 /// The front end of a shared ring (`struct NAME_front_ring`).
 ///
@@ -69,8 +68,8 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] if `order > MAX_RING_ORDER`.
-    pub unsafe fn init(shared: NonNull<u8>, order: u32) -> Result<Self> {
+    /// [`RingError::InvalidOrder`] if `order > MAX_RING_ORDER`.
+    pub unsafe fn init(shared: NonNull<u8>, order: u32) -> Result<Self, RingError> {
         // SAFETY: the caller's contract is ours.
         unsafe { Self::init_at(shared, order, 0) }
     }
@@ -86,8 +85,8 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] if `order > MAX_RING_ORDER`.
-    pub unsafe fn init_at(shared: NonNull<u8>, order: u32, start: u32) -> Result<Self> {
+    /// [`RingError::InvalidOrder`] if `order > MAX_RING_ORDER`.
+    pub unsafe fn init_at(shared: NonNull<u8>, order: u32, start: u32) -> Result<Self, RingError> {
         // SAFETY: the caller's contract is `Sring::new`'s.
         let sring = unsafe { Sring::<Req, Rsp>::new(shared, order)? };
         // SHARED_RING_INIT. The peer is not attached yet; it learns about the
@@ -121,8 +120,8 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] if `order > MAX_RING_ORDER`.
-    pub unsafe fn attach(shared: NonNull<u8>, order: u32, start: u32) -> Result<Self> {
+    /// [`RingError::InvalidOrder`] if `order > MAX_RING_ORDER`.
+    pub unsafe fn attach(shared: NonNull<u8>, order: u32, start: u32) -> Result<Self, RingError> {
         // SAFETY: the caller's contract is `Sring::new`'s.
         let sring = unsafe { Sring::<Req, Rsp>::new(shared, order)? };
         Ok(Self::with_indices(sring, start))
@@ -195,15 +194,15 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::RingFull`] if no slot is free; [`Error::Protocol`] if the
+    /// [`RingError::Full`] if no slot is free; [`RingError::Protocol`] if the
     /// back end broke the protocol earlier.
     #[inline]
-    pub fn push_request(&mut self, req: &Req) -> Result<()> {
+    pub fn push_request(&mut self, req: &Req) -> Result<(), RingError> {
         if let Some(v) = self.broken {
-            return Err(Error::Protocol(v));
+            return Err(RingError::Protocol(v));
         }
         if self.requests_in_flight() >= self.size() {
-            return Err(Error::RingFull);
+            return Err(RingError::Full);
         }
         self.sring.write_req(self.req_prod_pvt, req);
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
@@ -249,9 +248,9 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     /// ring), nor fall below what we saw last time (a producer never moves
     /// backwards). Returns whether responses are waiting.
     #[inline]
-    fn refresh(&mut self) -> Result<bool> {
+    fn refresh(&mut self) -> Result<bool, RingError> {
         if let Some(v) = self.broken {
-            return Err(Error::Protocol(v));
+            return Err(RingError::Protocol(v));
         }
         let prod = self.sring.rsp_prod().load(Ordering::Acquire);
         let cons = self.rsp_cons;
@@ -266,13 +265,13 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     }
 
     #[cold]
-    fn violate(&mut self, prod: u32) -> Error {
+    fn violate(&mut self, prod: u32) -> RingError {
         let v = Violation::ProducerOverrun {
             prod,
             cons: self.rsp_cons,
         };
         self.broken = Some(v);
-        Error::Protocol(v)
+        RingError::Protocol(v)
     }
 
     /// Takes the next response, if any: copies it out of its slot once with
@@ -282,12 +281,12 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// # Errors
     ///
-    /// [`Error::Protocol`] with [`Violation::ProducerOverrun`] if the back
+    /// [`RingError::Protocol`] with [`Violation::ProducerOverrun`] if the back
     /// end published more responses than requests are in flight, or moved
     /// `rsp_prod` backwards; the ring stays broken and every later call
     /// returns the same error.
     #[inline]
-    pub fn poll_response(&mut self) -> Result<Option<Rsp>> {
+    pub fn poll_response(&mut self) -> Result<Option<Rsp>, RingError> {
         if self.rsp_cons == self.rsp_prod_seen && !self.refresh()? {
             return Ok(None);
         }
@@ -304,7 +303,7 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     /// As for [`poll_response`](FrontRing::poll_response); on error no
     /// response is taken.
     #[inline]
-    pub fn poll_responses(&mut self, mut f: impl FnMut(Rsp)) -> Result<u32> {
+    pub fn poll_responses(&mut self, mut f: impl FnMut(Rsp)) -> Result<u32, RingError> {
         self.refresh()?;
         let start = self.rsp_cons;
         let end = self.rsp_prod_seen;
@@ -324,7 +323,7 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// As for [`poll_response`](FrontRing::poll_response).
     #[inline]
-    pub fn has_unconsumed_responses(&mut self) -> Result<bool> {
+    pub fn has_unconsumed_responses(&mut self) -> Result<bool, RingError> {
         if self.rsp_cons != self.rsp_prod_seen {
             return Ok(true);
         }
@@ -340,7 +339,7 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
     ///
     /// As for [`poll_response`](FrontRing::poll_response).
     #[inline]
-    pub fn final_check_for_responses(&mut self) -> Result<bool> {
+    pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
         if self.has_unconsumed_responses()? {
             return Ok(true);
         }
@@ -396,8 +395,8 @@ mod tests {
         pages.poke(64 + (idx as usize % 32) * STRIDE, &bytes);
     }
 
-    fn overrun(prod: u32, cons: u32) -> Error {
-        Error::Protocol(Violation::ProducerOverrun { prod, cons })
+    fn overrun(prod: u32, cons: u32) -> RingError {
+        RingError::Protocol(Violation::ProducerOverrun { prod, cons })
     }
 
     #[test]
@@ -434,7 +433,7 @@ mod tests {
         let pages = TestPages::new(0);
         // SAFETY: the order is rejected before the memory is touched.
         let r = unsafe { Ring::init(pages.ptr(), MAX_RING_ORDER + 1) };
-        assert_eq!(r.err(), Some(Error::InvalidRingOrder(MAX_RING_ORDER + 1)));
+        assert_eq!(r.err(), Some(RingError::InvalidOrder(MAX_RING_ORDER + 1)));
         assert_eq!(pages.peek::<64>(0), [0; 64]);
     }
 
@@ -448,7 +447,7 @@ mod tests {
                 .expect("free slot");
         }
         assert!(ring.is_full());
-        assert_eq!(ring.push_request(&req(99)), Err(Error::RingFull));
+        assert_eq!(ring.push_request(&req(99)), Err(RingError::Full));
         assert_eq!(pages.header().req_prod.load(SeqCst), 0, "not published yet");
         assert_eq!(ring.unpublished_requests(), 32);
         // Each request sits in its own slot, in order.

@@ -40,12 +40,12 @@
 //! Consumers therefore validate the peer's producer index before using it
 //! (`RING_RESPONSE_PROD_OVERFLOW`, `RING_REQUEST_PROD_OVERFLOW`, made strict:
 //! see [`FrontRing::poll_response`] and [`BackRing::poll_request`]); on a
-//! violation the end returns [`Error::Protocol`] and stays broken. Slot
+//! violation the end returns [`RingError::Protocol`] and stays broken. Slot
 //! contents are delivered as copied, never trusted: validating them is the
-//! protocol layer's job (blkfront checks ids against its shadow table).
-//!
-//! [`Error::Protocol`]: crate::Error::Protocol
+//! protocol layer's job (blkfront checks ids against its shadow table and
+//! reports what it finds as a [`Violation`] too).
 
+use core::fmt;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::NonNull;
@@ -53,7 +53,7 @@ use core::sync::atomic::AtomicU32;
 
 use crate::abi::sring::{SringHeader, SRING_HEADER_SIZE};
 use crate::hal::PAGE_SIZE;
-use crate::{Error, Result};
+use crate::Result;
 
 mod back;
 mod front;
@@ -64,6 +64,129 @@ mod tests;
 pub use back::BackRing;
 pub use front::FrontRing;
 pub use owned::{OwnedFrontRing, RingEntry, RingMemory};
+
+/// How a shared ring operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RingError {
+    /// The ring has no free slot for another request (or, at a back end,
+    /// every request taken has been answered already).
+    Full,
+    /// The other end broke the ring protocol; the ring must not be used
+    /// again, and every later call returns the same violation.
+    Protocol(Violation),
+    /// A shared ring of this order (log2 of its page count) is not supported
+    /// (above [`MAX_RING_ORDER`]), or the memory offered is too small for it.
+    InvalidOrder(u32),
+}
+
+/// How the other end of a shared ring broke the protocol: the ring indices
+/// themselves (seen by this module), or a response that does not match what
+/// was sent (seen by the protocol layer on top, e.g. blkfront's shadow table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// The response producer moved further than the number of requests in
+    /// flight, or moved backwards.
+    ProducerOverrun {
+        /// The producer index read from the shared page.
+        prod: u32,
+        /// Our consumer index.
+        cons: u32,
+    },
+    /// The request producer (seen by a back end) overran the ring.
+    RequestOverrun {
+        /// The producer index read from the shared page.
+        prod: u32,
+        /// Our consumer index.
+        cons: u32,
+    },
+    /// A response carried an id outside the shadow table.
+    BadId(u64),
+    /// A response carried the id of a slot that has no request in flight.
+    NotInFlight(u64),
+    /// A response's operation does not match the request in that slot.
+    WrongOperation {
+        /// The slot id.
+        id: u64,
+        /// The operation we sent.
+        sent: u8,
+        /// The operation the response carried.
+        got: u8,
+    },
+    /// A response carried a status outside the values `blkif.h` defines.
+    UnknownStatus(i16),
+    /// After answering the request with this id, the backend still maps a
+    /// page it was granted for that request only (Linux's blkfront treats
+    /// this as fatal since XSA-396).
+    StillMapped(u64),
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::Full => f.write_str("the shared ring has no free slot"),
+            RingError::Protocol(v) => write!(f, "the other end broke the ring protocol: {v}"),
+            RingError::InvalidOrder(o) => write!(
+                f,
+                "a shared ring of order {o} is not supported (at most {MAX_RING_ORDER}, \
+                 on enough page-aligned memory)"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for RingError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            RingError::Protocol(v) => Some(v),
+            RingError::Full | RingError::InvalidOrder(_) => None,
+        }
+    }
+}
+
+impl From<Violation> for RingError {
+    fn from(v: Violation) -> Self {
+        RingError::Protocol(v)
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::ProducerOverrun { prod, cons } => write!(
+                f,
+                "response producer index {prod} is impossible (consumer at {cons})"
+            ),
+            Violation::RequestOverrun { prod, cons } => write!(
+                f,
+                "request producer index {prod} is impossible (consumer at {cons})"
+            ),
+            Violation::BadId(id) => write!(f, "a response carries id {id}, which was never sent"),
+            Violation::NotInFlight(id) => {
+                write!(
+                    f,
+                    "a response carries id {id}, which has no request in flight"
+                )
+            }
+            Violation::WrongOperation { id, sent, got } => write!(
+                f,
+                "the response to id {id} carries operation {got}, but operation {sent} was sent"
+            ),
+            Violation::UnknownStatus(s) => {
+                write!(
+                    f,
+                    "a response carries status {s}, which blkif.h does not define"
+                )
+            }
+            Violation::StillMapped(id) => write!(
+                f,
+                "after answering id {id}, the backend still maps a page granted for that \
+                 request only"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for Violation {}
 
 /// The largest ring order (`log2` of the number of pages) this crate
 /// supports: 16 pages, the most Linux blkback and QEMU offer
@@ -134,9 +257,9 @@ impl<Req: Copy, Rsp: Copy> Sring<Req, Rsp> {
     /// # Safety
     ///
     /// `base` must satisfy the contract of [`FrontRing::init`] for `order`.
-    unsafe fn new(base: NonNull<u8>, order: u32) -> Result<Self> {
+    unsafe fn new(base: NonNull<u8>, order: u32) -> Result<Self, RingError> {
         if order > MAX_RING_ORDER {
-            return Err(Error::InvalidRingOrder(order));
+            return Err(RingError::InvalidOrder(order));
         }
         debug_assert!(
             base.as_ptr().align_offset(PAGE_SIZE) == 0,

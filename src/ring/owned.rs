@@ -11,9 +11,9 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use super::FrontRing;
+use super::RingError;
 use crate::abi::blkif::{BlkifResponse, RequestSlot};
 use crate::hal::PAGE_SIZE;
-use crate::Error;
 
 /// Memory a shared ring can live in.
 ///
@@ -75,13 +75,13 @@ impl<M: RingMemory, Req: RingEntry, Rsp: RingEntry> OwnedFrontRing<M, Req, Rsp> 
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRingOrder`] when `order` is too large or `mem` is
+    /// [`RingError::InvalidOrder`] when `order` is too large or `mem` is
     /// smaller than `PAGE_SIZE << order` (or not page-aligned); `mem` comes
     /// back with the error.
-    pub fn init(mem: M, order: u32) -> core::result::Result<Self, (Error, M)> {
+    pub fn init(mem: M, order: u32) -> core::result::Result<Self, (RingError, M)> {
         let need = PAGE_SIZE.checked_shl(order).unwrap_or(usize::MAX);
         if mem.len() < need || mem.base().as_ptr().align_offset(PAGE_SIZE) != 0 {
-            return Err((Error::InvalidRingOrder(order), mem));
+            return Err((RingError::InvalidOrder(order), mem));
         }
         // SAFETY: `RingMemory` promises page-aligned, initialised memory of
         // `mem.len() >= PAGE_SIZE << order` bytes that only this pointer

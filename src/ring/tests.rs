@@ -7,9 +7,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 use std::vec::Vec;
 
+use super::RingError;
 use super::{ring_slots, BackRing, FrontRing, TestPages, MAX_RING_ORDER};
 use crate::abi::blkif::{BlkifRequest, BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
-use crate::Error;
 
 type Req = [u64; 14];
 type Rsp = [u64; 2];
@@ -56,7 +56,7 @@ fn every_order_fills_drains_and_reuses_all_slots() {
                 match front.push_request(&blk_req(next_id + pushed)) {
                     Ok(()) => pushed += 1,
                     Err(e) => {
-                        assert_eq!(e, Error::RingFull);
+                        assert_eq!(e, RingError::Full);
                         break;
                     }
                 }
@@ -81,7 +81,7 @@ fn every_order_fills_drains_and_reuses_all_slots() {
             }
             assert_eq!(
                 back.push_response(&BlkifResponse::default()),
-                Err(Error::RingFull)
+                Err(RingError::Full)
             );
             assert!(back.push_responses_and_check_notify());
             let mut expect = next_id;

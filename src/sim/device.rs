@@ -378,7 +378,7 @@ mod threaded_tests {
         let deadline = hal.now_ns() + 20_000_000;
         assert_eq!(
             hal.evtchn_wait(&[front], Some(deadline)),
-            Err(crate::Error::Timeout)
+            Err(crate::hal::HalError::Timeout)
         );
         assert_eq!(
             echo.lock().answered,
@@ -394,7 +394,10 @@ mod threaded_tests {
             ..Default::default()
         };
         let xen = SimXen::with_config(config, true);
-        assert_eq!(xen.wait_until(None, || false), Err(crate::Error::Timeout));
+        assert_eq!(
+            xen.wait_until(None, || false),
+            Err(crate::hal::HalError::Timeout)
+        );
         let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let f2 = flag.clone();
         let x2 = xen.clone();

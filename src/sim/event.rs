@@ -10,8 +10,9 @@
 use super::errno::{EINVAL, ENOSPC};
 use super::xen::Domain;
 use super::SimXen;
+use crate::hal::HalError;
 use crate::hal::{DomId, Port};
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PortState {
@@ -51,17 +52,17 @@ pub enum PortInfo {
     },
 }
 
-fn slot(dom: &mut Domain, port: Port) -> Result<&mut PortSlot> {
+fn slot(dom: &mut Domain, port: Port) -> Result<&mut PortSlot, HalError> {
     usize::try_from(port.0)
         .ok()
         .filter(|&i| i != 0)
         .and_then(|i| dom.ports.get_mut(i))
         .filter(|s| s.is_open())
-        .ok_or(Error::InvalidPort(port.0))
+        .ok_or(HalError::InvalidPort(port.0))
 }
 
 /// Opens the lowest free port (never 0) of `dom` in `state`.
-fn open(dom: &mut Domain, max_ports: u32, state: PortState) -> Result<Port> {
+fn open(dom: &mut Domain, max_ports: u32, state: PortState) -> Result<Port, HalError> {
     if dom.ports.is_empty() {
         // Port 0 is reserved: a permanently unusable slot.
         dom.ports.push(PortSlot {
@@ -81,7 +82,7 @@ fn open(dom: &mut Domain, max_ports: u32, state: PortState) -> Result<Port> {
             });
             dom.ports.len() - 1
         }
-        None => return Err(Error::Hypercall(-ENOSPC)),
+        None => return Err(HalError::Hypercall(-ENOSPC)),
     };
     let s = &mut dom.ports[index];
     *s = PortSlot {
@@ -98,7 +99,7 @@ impl SimXen {
     /// # Errors
     ///
     /// `Hypercall(-ENOSPC)` when `dom` has no free port.
-    pub fn alloc_unbound(&self, dom: DomId, remote: DomId) -> Result<Port> {
+    pub fn alloc_unbound(&self, dom: DomId, remote: DomId) -> Result<Port, HalError> {
         let mut st = self.state();
         let max = st.config.max_ports;
         open(st.domain(dom), max, PortState::Unbound { remote })
@@ -119,12 +120,12 @@ impl SimXen {
         local: DomId,
         remote_dom: DomId,
         remote_port: Port,
-    ) -> Result<Port> {
+    ) -> Result<Port, HalError> {
         let mut st = self.state();
         let max = st.config.max_ports;
         let remote = slot(st.domain(remote_dom), remote_port)?;
         if remote.state != (PortState::Unbound { remote: local }) {
-            return Err(Error::Hypercall(-EINVAL));
+            return Err(HalError::Hypercall(-EINVAL));
         }
         let port = open(
             st.domain(local),
@@ -148,7 +149,7 @@ impl SimXen {
     /// # Errors
     ///
     /// `InvalidPort` when `port` is not open.
-    pub fn send(&self, dom: DomId, port: Port) -> Result<()> {
+    pub fn send(&self, dom: DomId, port: Port) -> Result<(), HalError> {
         let mut st = self.state();
         let s = slot(st.domain(dom), port)?;
         s.sent += 1;
@@ -168,7 +169,7 @@ impl SimXen {
     /// # Errors
     ///
     /// `InvalidPort` when `port` is not open.
-    pub fn close_port(&self, dom: DomId, port: Port) -> Result<()> {
+    pub fn close_port(&self, dom: DomId, port: Port) -> Result<(), HalError> {
         let mut st = self.state();
         let s = slot(st.domain(dom), port)?;
         let old = s.state;
@@ -210,7 +211,7 @@ impl SimXen {
     /// # Errors
     ///
     /// `InvalidPort` when `port` is not open.
-    pub fn inject_event(&self, dom: DomId, port: Port) -> Result<()> {
+    pub fn inject_event(&self, dom: DomId, port: Port) -> Result<(), HalError> {
         slot(self.state().domain(dom), port)?.pending = true;
         self.wake();
         Ok(())
@@ -256,16 +257,16 @@ mod tests {
         assert_eq!(xen.port_info(A, pa), Some(PortInfo::Unbound { remote: B }));
         assert_eq!(
             xen.bind_interdomain(C, A, pa),
-            Err(Error::Hypercall(-EINVAL)),
+            Err(HalError::Hypercall(-EINVAL)),
             "allocated for B, not C"
         );
         assert_eq!(
             xen.bind_interdomain(B, A, Port(0)),
-            Err(Error::InvalidPort(0))
+            Err(HalError::InvalidPort(0))
         );
         assert_eq!(
             xen.bind_interdomain(B, A, Port(999)),
-            Err(Error::InvalidPort(999))
+            Err(HalError::InvalidPort(999))
         );
 
         let pb = xen.bind_interdomain(B, A, pa).unwrap();
@@ -279,7 +280,7 @@ mod tests {
         );
         assert_eq!(
             xen.bind_interdomain(B, A, pa),
-            Err(Error::Hypercall(-EINVAL))
+            Err(HalError::Hypercall(-EINVAL))
         );
     }
 
@@ -301,8 +302,8 @@ mod tests {
 
         xen.close_port(B, pb).unwrap();
         assert_eq!(xen.port_info(A, pa), Some(PortInfo::Unbound { remote: B }));
-        assert_eq!(xen.send(B, pb), Err(Error::InvalidPort(pb.0)));
-        assert_eq!(xen.close_port(B, pb), Err(Error::InvalidPort(pb.0)));
+        assert_eq!(xen.send(B, pb), Err(HalError::InvalidPort(pb.0)));
+        assert_eq!(xen.close_port(B, pb), Err(HalError::InvalidPort(pb.0)));
         xen.send(A, pa).unwrap();
         assert!(!xen.consume(B, pb));
         xen.close_port(A, pa).unwrap();
@@ -320,8 +321,11 @@ mod tests {
         let hal = xen.hal(A);
         let p1 = hal.evtchn_alloc_unbound(B).unwrap();
         let p2 = hal.evtchn_alloc_unbound(B).unwrap();
-        assert_eq!(hal.evtchn_alloc_unbound(B), Err(Error::Hypercall(-ENOSPC)));
-        assert_eq!(xen.inject_event(A, Port(7)), Err(Error::InvalidPort(7)));
+        assert_eq!(
+            hal.evtchn_alloc_unbound(B),
+            Err(HalError::Hypercall(-ENOSPC))
+        );
+        assert_eq!(xen.inject_event(A, Port(7)), Err(HalError::InvalidPort(7)));
         xen.inject_event(A, p2).unwrap();
         assert_eq!(hal.evtchn_wait(&[p1, p2], None), Ok(()));
         assert!(!hal.evtchn_consume(p1));

@@ -19,8 +19,9 @@ use super::errno::{EAGAIN, EINVAL, EPERM, EROFS};
 use super::xen::State;
 use super::SimXen;
 use crate::abi::grant as abi;
+use crate::hal::HalError;
 use crate::hal::{DomId, Gfn, GrantEntry, GrantRef, PAGE_SIZE};
-use crate::{Error, Result};
+use crate::Result;
 
 // `GTF_*` of grant_table.h ("Type of grant entry", "Subflags for
 // GTF_permit_access").
@@ -46,17 +47,22 @@ pub(super) struct Active {
 
 /// Sets `GTF_reading` (and `GTF_writing`) on `entry` for `mapper`, validating
 /// it first when `first_pin`. Returns the bits this call set.
-fn set_status(entry: &GrantEntry, mapper: DomId, write: bool, first_pin: bool) -> Result<u16> {
+fn set_status(
+    entry: &GrantEntry,
+    mapper: DomId,
+    write: bool,
+    first_pin: bool,
+) -> Result<u16, HalError> {
     for _ in 0..SET_STATUS_TRIES {
         let cur = entry.flags.load(Ordering::Acquire);
         if first_pin
             && ((cur & (GTF_TYPE_MASK | GTF_SUB_PAGE)) != GTF_PERMIT_ACCESS
                 || entry.domid.load(Ordering::Acquire) != mapper.0)
         {
-            return Err(Error::Hypercall(-EPERM));
+            return Err(HalError::Hypercall(-EPERM));
         }
         if write && cur & GTF_READONLY != 0 {
-            return Err(Error::Hypercall(-EROFS));
+            return Err(HalError::Hypercall(-EROFS));
         }
         let new = cur | GTF_READING | if write { GTF_WRITING } else { 0 };
         if entry
@@ -72,11 +78,11 @@ fn set_status(entry: &GrantEntry, mapper: DomId, write: bool, first_pin: bool) -
         // may have revoked and re-granted to someone else in between).
         if first_pin && entry.domid.load(Ordering::Acquire) != mapper.0 {
             entry.flags.fetch_and(!set, Ordering::Release);
-            return Err(Error::Hypercall(-EPERM));
+            return Err(HalError::Hypercall(-EPERM));
         }
         return Ok(set);
     }
-    Err(Error::Hypercall(-EAGAIN))
+    Err(HalError::Hypercall(-EAGAIN))
 }
 
 impl State {
@@ -87,18 +93,20 @@ impl State {
         granter: DomId,
         gref: GrantRef,
         write: bool,
-    ) -> Result<(u64, NonNull<u8>)> {
+    ) -> Result<(u64, NonNull<u8>), HalError> {
         let table = std::sync::Arc::clone(&self.domain(granter).table);
         let State {
             domains, memory, ..
         } = self;
-        let dom = domains.get_mut(&granter).ok_or(Error::Hypercall(-EINVAL))?;
+        let dom = domains
+            .get_mut(&granter)
+            .ok_or(HalError::Hypercall(-EINVAL))?;
         let entry = usize::try_from(gref.0)
             .ok()
             .and_then(|i| table.get(i))
-            .ok_or(Error::Hypercall(-EINVAL))?;
+            .ok_or(HalError::Hypercall(-EINVAL))?;
         let (pins, writers, gfn) = match dom.active.get(&gref.0) {
-            Some(a) if a.mapper != mapper => return Err(Error::Hypercall(-EPERM)),
+            Some(a) if a.mapper != mapper => return Err(HalError::Hypercall(-EPERM)),
             Some(a) => (a.readers + a.writers, a.writers, a.gfn),
             None => (0, 0, 0),
         };
@@ -114,7 +122,7 @@ impl State {
         };
         let Some(ptr) = memory.frame_ptr(granter, gfn) else {
             entry.flags.fetch_and(!set, Ordering::Release);
-            return Err(Error::Hypercall(-EINVAL));
+            return Err(HalError::Hypercall(-EINVAL));
         };
         memory.add_map(gfn, 1);
         let act = dom.active.entry(gref.0).or_insert(Active {
@@ -174,7 +182,7 @@ enum Target {
 /// While it exists the frame stays allocated (the owner's `free_pages` of it
 /// is refused and counted), and for a grant mapping `GTF_reading` /
 /// `GTF_writing` stay set so the granter's revocation fails with
-/// `GrantInUse`. Dropping it, or [`unmap`](GrantMapping::unmap), releases it.
+/// `GrantError::InUse`. Dropping it, or [`unmap`](GrantMapping::unmap), releases it.
 pub struct GrantMapping {
     xen: SimXen,
     mapper: DomId,
@@ -242,10 +250,10 @@ impl GrantMapping {
         self.ptr.as_ptr()
     }
 
-    fn check(offset: usize, len: usize) -> Result<()> {
+    fn check(offset: usize, len: usize) -> Result<(), HalError> {
         match offset.checked_add(len) {
             Some(end) if end <= PAGE_SIZE => Ok(()),
-            _ => Err(Error::Hypercall(-EINVAL)),
+            _ => Err(HalError::Hypercall(-EINVAL)),
         }
     }
 
@@ -254,7 +262,7 @@ impl GrantMapping {
     /// # Errors
     ///
     /// `Hypercall(-EINVAL)` when the range leaves the frame.
-    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), HalError> {
         Self::check(offset, buf.len())?;
         // SAFETY: the frame is PAGE_SIZE bytes that stay allocated while the
         // mapping lives; the range was checked; `buf` is our own memory and
@@ -275,9 +283,9 @@ impl GrantMapping {
     ///
     /// `Hypercall(-EROFS)` on a read-only mapping, `Hypercall(-EINVAL)` when
     /// the range leaves the frame.
-    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), HalError> {
         if !self.writable {
-            return Err(Error::Hypercall(-EROFS));
+            return Err(HalError::Hypercall(-EROFS));
         }
         Self::check(offset, data.len())?;
         // SAFETY: as in `read`, and the mapping is writable.
@@ -311,7 +319,7 @@ impl SimXen {
     ///
     /// # Errors
     ///
-    /// All as `Error::Hypercall(-errno)` (see [`errno`](super::errno)):
+    /// All as `HalError::Hypercall(-errno)` (see [`errno`](super::errno)):
     /// `EINVAL` for a reference outside the table or a frame the granter does
     /// not own; `EPERM` when the entry is not `GTF_permit_access` to `mapper`
     /// (never granted, revoked, granted to someone else, sub-page) or is
@@ -323,7 +331,7 @@ impl SimXen {
         granter: DomId,
         gref: GrantRef,
         readonly: bool,
-    ) -> Result<GrantMapping> {
+    ) -> Result<GrantMapping, HalError> {
         let mut st = self.state();
         let (gfn, ptr) = st.pin(mapper, granter, gref, !readonly)?;
         st.domain(mapper).mappings_held += 1;
@@ -351,12 +359,12 @@ impl SimXen {
         owner: DomId,
         gfn: Gfn,
         readonly: bool,
-    ) -> Result<GrantMapping> {
+    ) -> Result<GrantMapping, HalError> {
         let mut st = self.state();
         let ptr = st
             .memory
             .frame_ptr(owner, gfn.0)
-            .ok_or(Error::Hypercall(-EINVAL))?;
+            .ok_or(HalError::Hypercall(-EINVAL))?;
         st.memory.add_map(gfn.0, 1);
         st.domain(mapper).mappings_held += 1;
         Ok(GrantMapping {
@@ -384,7 +392,7 @@ impl SimXen {
         gref: GrantRef,
         offset: usize,
         buf: &mut [u8],
-    ) -> Result<()> {
+    ) -> Result<(), HalError> {
         GrantMapping::check(offset, buf.len())?;
         let mut st = self.state();
         let (_, ptr) = st.pin(caller, granter, gref, false)?;
@@ -410,7 +418,7 @@ impl SimXen {
         gref: GrantRef,
         offset: usize,
         data: &[u8],
-    ) -> Result<()> {
+    ) -> Result<(), HalError> {
         GrantMapping::check(offset, data.len())?;
         let mut st = self.state();
         let (_, ptr) = st.pin(caller, granter, gref, true)?;
@@ -468,14 +476,22 @@ mod tests {
                 .unwrap_err()
         };
 
-        assert_eq!(refused(GrantRef(len), true), Error::Hypercall(-EINVAL));
-        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "never granted");
+        assert_eq!(refused(GrantRef(len), true), HalError::Hypercall(-EINVAL));
+        assert_eq!(
+            refused(G, true),
+            HalError::Hypercall(-EPERM),
+            "never granted"
+        );
 
         grant(&hal, G, OTHER, pages.gfn(), GTF_PERMIT_ACCESS);
-        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "other domain");
+        assert_eq!(
+            refused(G, true),
+            HalError::Hypercall(-EPERM),
+            "other domain"
+        );
 
         grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_READONLY);
-        assert_eq!(refused(G, false), Error::Hypercall(-EROFS));
+        assert_eq!(refused(G, false), HalError::Hypercall(-EROFS));
         assert_eq!(
             flags(&hal, G),
             GTF_PERMIT_ACCESS | GTF_READONLY,
@@ -483,17 +499,21 @@ mod tests {
         );
 
         grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_SUB_PAGE);
-        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "sub-page");
+        assert_eq!(refused(G, true), HalError::Hypercall(-EPERM), "sub-page");
 
         grant(&hal, G, BACK, Gfn(0x42), GTF_PERMIT_ACCESS);
-        assert_eq!(refused(G, true), Error::Hypercall(-EINVAL), "not its frame");
+        assert_eq!(
+            refused(G, true),
+            HalError::Hypercall(-EINVAL),
+            "not its frame"
+        );
         assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS, "bits undone");
 
         grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS);
         hal.grant_table()[G.0 as usize]
             .flags
             .store(0, Ordering::Release);
-        assert_eq!(refused(G, true), Error::Hypercall(-EPERM), "revoked");
+        assert_eq!(refused(G, true), HalError::Hypercall(-EPERM), "revoked");
         assert_eq!(xen.accounting(BACK).mappings_held, 0);
         teardown(&xen, &hal, pages);
     }
@@ -514,7 +534,7 @@ mod tests {
         );
         assert_eq!(
             xen.map_grant(OTHER, FRONT, G, true).unwrap_err(),
-            Error::Hypercall(-EPERM),
+            HalError::Hypercall(-EPERM),
             "pinned by another domain"
         );
         let acct = xen.accounting(FRONT);
@@ -552,12 +572,15 @@ mod tests {
         let mut back = [0u8; 6];
         map.read(4090, &mut back).unwrap();
         assert_eq!(&back, b"hello!");
-        assert_eq!(map.read(4091, &mut back), Err(Error::Hypercall(-EINVAL)));
-        assert_eq!(map.write(usize::MAX, b"x"), Err(Error::Hypercall(-EINVAL)));
+        assert_eq!(map.read(4091, &mut back), Err(HalError::Hypercall(-EINVAL)));
+        assert_eq!(
+            map.write(usize::MAX, b"x"),
+            Err(HalError::Hypercall(-EINVAL))
+        );
         drop(map);
 
         let ro = xen.map_grant(BACK, FRONT, G, true).unwrap();
-        assert_eq!(ro.write(0, b"x"), Err(Error::Hypercall(-EROFS)));
+        assert_eq!(ro.write(0, b"x"), Err(HalError::Hypercall(-EROFS)));
         drop(ro);
         teardown(&xen, &hal, pages);
     }
@@ -576,18 +599,18 @@ mod tests {
         assert_eq!(flags(&hal, G), GTF_PERMIT_ACCESS, "no pin left behind");
         assert_eq!(
             xen.grant_copy_from(BACK, FRONT, G, 4095, &mut buf),
-            Err(Error::Hypercall(-EINVAL)),
+            Err(HalError::Hypercall(-EINVAL)),
             "crosses the frame"
         );
         assert_eq!(
             xen.grant_copy_from(OTHER, FRONT, G, 0, &mut buf),
-            Err(Error::Hypercall(-EPERM))
+            Err(HalError::Hypercall(-EPERM))
         );
 
         grant(&hal, G, BACK, pages.gfn(), GTF_PERMIT_ACCESS | GTF_READONLY);
         assert_eq!(
             xen.grant_copy_to(BACK, FRONT, G, 0, b"x"),
-            Err(Error::Hypercall(-EROFS))
+            Err(HalError::Hypercall(-EROFS))
         );
         xen.grant_copy_from(BACK, FRONT, G, 100, &mut buf).unwrap();
         assert_eq!(xen.accounting(FRONT).grants_mapped_by_others, 0);

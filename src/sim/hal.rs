@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::SimXen;
-use crate::hal::{DomId, Gfn, GrantEntry, Hal, Pages, Port};
+use crate::hal::{DomId, Gfn, GrantEntry, Hal, HalError, Pages, Port};
 use crate::Result;
 
 /// The platform seam for guest code running as one domain of a [`SimXen`].
@@ -47,7 +47,7 @@ impl SimHal {
 // grant_table.h describes; event-channel calls name `self.domid`; the clock
 // is monotonic in both modes.
 unsafe impl Hal for SimHal {
-    fn alloc_pages(&self, count: usize) -> Result<Pages> {
+    fn alloc_pages(&self, count: usize) -> Result<Pages, HalError> {
         self.xen.alloc_pages(self.domid, count)
     }
 
@@ -63,15 +63,15 @@ unsafe impl Hal for SimHal {
         &self.table
     }
 
-    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port> {
+    fn evtchn_alloc_unbound(&self, remote: DomId) -> Result<Port, HalError> {
         self.xen.alloc_unbound(self.domid, remote)
     }
 
-    fn evtchn_notify(&self, port: Port) -> Result<()> {
+    fn evtchn_notify(&self, port: Port) -> Result<(), HalError> {
         self.xen.send(self.domid, port)
     }
 
-    fn evtchn_close(&self, port: Port) -> Result<()> {
+    fn evtchn_close(&self, port: Port) -> Result<(), HalError> {
         self.xen.close_port(self.domid, port)
     }
 
@@ -79,7 +79,7 @@ unsafe impl Hal for SimHal {
         self.xen.consume(self.domid, port)
     }
 
-    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<()> {
+    fn evtchn_wait(&self, ports: &[Port], deadline: Option<u64>) -> Result<(), HalError> {
         self.xen
             .wait_until(deadline, || self.xen.any_pending(self.domid, ports))
     }
@@ -92,7 +92,6 @@ unsafe impl Hal for SimHal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
 
     const FRONT: DomId = DomId(1);
 
@@ -126,11 +125,11 @@ mod tests {
         let hal = xen.hal(FRONT);
         assert_eq!(
             hal.evtchn_wait(&[Port(0), Port(5)], Some(10)),
-            Err(Error::Timeout)
+            Err(HalError::Timeout)
         );
-        assert_eq!(hal.evtchn_wait(&[], None), Err(Error::Timeout));
+        assert_eq!(hal.evtchn_wait(&[], None), Err(HalError::Timeout));
         assert!(!hal.evtchn_consume(Port(5)));
-        assert_eq!(hal.evtchn_close(Port(5)), Err(Error::InvalidPort(5)));
+        assert_eq!(hal.evtchn_close(Port(5)), Err(HalError::InvalidPort(5)));
         assert_eq!(hal.now_ns(), 10);
     }
 }

@@ -49,7 +49,7 @@
 //! [`SimHal`], or [`SimXen::wait_until`]), the simulator steps the devices
 //! until the awaited event is pending; when no device can make progress it
 //! moves the virtual clock to the next device wake-up, or to the deadline and
-//! returns [`Error::Timeout`](crate::Error::Timeout). A deadlock therefore ends
+//! returns [`HalError::Timeout`](crate::hal::HalError::Timeout). A deadlock therefore ends
 //! in a timeout, never in a hung test.
 //!
 //! [`SimXen::new_threaded`] runs the devices on a background thread instead
@@ -133,7 +133,7 @@ pub use testbed::{vdev_of, Guest, SimDisk, Testbed, TestbedBuilder};
 pub use xen::{Accounting, SimConfig, SimXen};
 
 /// Xen errno values (`xen/errno.h`) the simulator returns inside
-/// [`Error::Hypercall`](crate::Error::Hypercall), negated as hypercalls do.
+/// [`HalError::Hypercall`](crate::hal::HalError::Hypercall), negated as hypercalls do.
 pub mod errno {
     /// Operation not permitted: e.g. a grant that is not `GTF_permit_access`
     /// for the mapping domain.

@@ -14,8 +14,9 @@ use crate::blkfront::{BlockFront, Config, ProbeError, SharedStore};
 use crate::error::XsErrno;
 use crate::gnttab::GrantTable;
 use crate::hal::DomId;
-use crate::xenstore::XenStore;
-use crate::{Error, Result};
+use crate::xenbus::XenbusError;
+use crate::xenstore::{XenStore, XsError};
+use crate::Result;
 
 /// A [`BlockFront`] on a [`Testbed`]'s guest, as [`Guest::probe`] returns it.
 pub type SimDisk<'a> = BlockFront<'a, SimHal, SimXsTransport<'a>>;
@@ -285,7 +286,7 @@ impl Testbed {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(EEXIST)` when a disk of this testbed (removed ones
+    /// `Error::XenStore(XsError::Errno(EEXIST))` when a disk of this testbed (removed ones
     /// included: their directories stay) has `vdev`; otherwise as for
     /// [`SimBlkBack::new`].
     pub fn add_disk_at(&self, vdev: u32, cfg: BackendConfig) -> Result<usize> {
@@ -296,7 +297,7 @@ impl Testbed {
         let mut disks = lock(&self.disks);
         let taken = |v: u32| disks.iter().any(|s| s.vdev == v);
         let vdev = match vdev {
-            Some(v) if taken(v) => return Err(Error::XenStore(XsErrno::EEXIST)),
+            Some(v) if taken(v) => return Err(XsError::Errno(XsErrno::EEXIST).into()),
             Some(v) => v,
             None => {
                 let mut k = 0;
@@ -486,7 +487,7 @@ impl<'tb> Guest<'tb> {
     /// # Errors
     ///
     /// As for [`BlockFront::enumerate`].
-    pub fn enumerate(&self) -> Result<Vec<u32>> {
+    pub fn enumerate(&self) -> Result<Vec<u32>, XenbusError> {
         BlockFront::<SimHal, _>::enumerate(&self.store)
     }
 
@@ -572,6 +573,7 @@ fn beyond(now: usize, base: usize, what: &str) -> usize {
 mod tests {
     use super::*;
     use crate::blkfront::BlockFront;
+    use crate::Error;
 
     #[test]
     fn vdevs_follow_the_linux_numbering() {
@@ -630,7 +632,7 @@ mod tests {
         let xs = spin::Mutex::new(XenStore::new(xsd.connect(&hal).unwrap()));
         assert_eq!(
             BlockFront::<SimHal, _>::enumerate(&xs),
-            Err(Error::XenStore(XsErrno::EACCES))
+            Err(XenbusError::Store(XsError::Errno(XsErrno::EACCES)))
         );
     }
 
@@ -641,7 +643,7 @@ mod tests {
             .build();
         assert_eq!(
             tb.add_disk_at(51712, small(BackendConfig::blkback())),
-            Err(Error::XenStore(XsErrno::EEXIST))
+            Err(Error::XenStore(XsError::Errno(XsErrno::EEXIST)))
         );
         assert!(tb.remove_disk(0));
         assert!(!tb.remove_disk(0));

@@ -18,8 +18,9 @@ use super::event::PortSlot;
 use super::grant::{self, Active};
 use super::hal::SimHal;
 use crate::abi::event_channel::EVTCHN_2L_NR_CHANNELS;
+use crate::hal::HalError;
 use crate::hal::{DomId, Gfn, GrantEntry, Pages, GNTTAB_RESERVED, PAGE_SIZE};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Grant entries per 4096-byte grant-table frame (8-byte v1 entries).
 const ENTRIES_PER_FRAME: usize = PAGE_SIZE / core::mem::size_of::<GrantEntry>();
@@ -35,11 +36,11 @@ pub struct SimConfig {
     /// (`EVTCHN_2L_NR_CHANNELS` is 4096 on 64-bit).
     pub max_ports: u32,
     /// Threaded mode only: a wait without a deadline gives up with
-    /// [`Error::Timeout`] after this many nanoseconds of real time, so that a
+    /// [`HalError::Timeout`] after this many nanoseconds of real time, so that a
     /// deadlock fails a test instead of hanging it.
     pub unbounded_wait_ns: u64,
     /// Step mode only: a single wait steps the devices at most this many
-    /// rounds before it reports [`Error::Timeout`] (a livelock guard).
+    /// rounds before it reports [`HalError::Timeout`] (a livelock guard).
     pub max_steps_per_wait: u64,
 }
 
@@ -351,25 +352,26 @@ impl SimXen {
         self.state().domain(domid).page_limit = limit;
     }
 
-    pub(super) fn alloc_pages(&self, domid: DomId, count: usize) -> Result<Pages> {
-        let bytes = count.checked_mul(PAGE_SIZE).ok_or(Error::OutOfMemory)?;
-        let layout = Layout::from_size_align(bytes, PAGE_SIZE).map_err(|_| Error::OutOfMemory)?;
+    pub(super) fn alloc_pages(&self, domid: DomId, count: usize) -> Result<Pages, HalError> {
+        let bytes = count.checked_mul(PAGE_SIZE).ok_or(HalError::OutOfMemory)?;
+        let layout =
+            Layout::from_size_align(bytes, PAGE_SIZE).map_err(|_| HalError::OutOfMemory)?;
         if count == 0 {
-            return Err(Error::OutOfMemory);
+            return Err(HalError::OutOfMemory);
         }
         let mut st = self.state();
         let dom = st.domain(domid);
         if dom.page_limit.is_some_and(|l| dom.pages + count > l) {
-            return Err(Error::OutOfMemory);
+            return Err(HalError::OutOfMemory);
         }
         let gfn = st.memory.next_gfn;
         // v1 grant entries carry 32-bit frames.
         if gfn + count as u64 > u64::from(u32::MAX) {
-            return Err(Error::OutOfMemory);
+            return Err(HalError::OutOfMemory);
         }
         // SAFETY: the layout has a non-zero size (count >= 1).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or(Error::OutOfMemory)?;
+        let ptr = NonNull::new(raw).ok_or(HalError::OutOfMemory)?;
         st.memory.next_gfn += count as u64;
         st.memory.by_addr.insert(ptr.as_ptr().addr(), gfn);
         st.memory.regions.insert(
@@ -524,10 +526,14 @@ impl SimXen {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when the deadline passes first, and also when
+    /// [`HalError::Timeout`] when the deadline passes first, and also when
     /// nothing could ever make `ready()` true (step mode with no deadline and
     /// idle devices; threaded mode after [`SimConfig::unbounded_wait_ns`]).
-    pub fn wait_until(&self, deadline: Option<u64>, mut ready: impl FnMut() -> bool) -> Result<()> {
+    pub fn wait_until(
+        &self,
+        deadline: Option<u64>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), HalError> {
         if self.is_threaded() {
             return self.wait_threaded(deadline, ready);
         }
@@ -538,7 +544,7 @@ impl SimXen {
             }
             if rounds >= self.inner.config.max_steps_per_wait {
                 log::error!("sim: devices kept busy for {rounds} rounds; giving up (livelock?)");
-                return Err(Error::Timeout);
+                return Err(HalError::Timeout);
             }
             rounds += 1;
             if self.step() {
@@ -555,11 +561,19 @@ impl SimXen {
                 Some(d) => self.clock_to(d),
                 None => log::warn!("sim: waiting without deadline, but nothing can run"),
             }
-            return if ready() { Ok(()) } else { Err(Error::Timeout) };
+            return if ready() {
+                Ok(())
+            } else {
+                Err(HalError::Timeout)
+            };
         }
     }
 
-    fn wait_threaded(&self, deadline: Option<u64>, mut ready: impl FnMut() -> bool) -> Result<()> {
+    fn wait_threaded(
+        &self,
+        deadline: Option<u64>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), HalError> {
         let bound = deadline.unwrap_or_else(|| {
             self.now_ns()
                 .saturating_add(self.inner.config.unbounded_wait_ns)
@@ -574,7 +588,7 @@ impl SimXen {
                 if deadline.is_none() {
                     log::error!("sim: unbounded wait gave up after {} ns", now);
                 }
-                return Err(Error::Timeout);
+                return Err(HalError::Timeout);
             }
             let nap = Duration::from_nanos((bound - now).min(10_000_000));
             let g = lock(&self.inner.wake);
@@ -699,8 +713,8 @@ mod tests {
         let xen = SimXen::new();
         let hal = xen.hal(FRONT);
         xen.set_page_limit(FRONT, Some(2));
-        assert_eq!(hal.alloc_pages(3).unwrap_err(), Error::OutOfMemory);
-        assert_eq!(hal.alloc_pages(0).unwrap_err(), Error::OutOfMemory);
+        assert_eq!(hal.alloc_pages(3).unwrap_err(), HalError::OutOfMemory);
+        assert_eq!(hal.alloc_pages(0).unwrap_err(), HalError::OutOfMemory);
         let p = hal.alloc_pages(2).unwrap();
         // SAFETY: no grants, no further use.
         unsafe { hal.free_pages(p) };
@@ -776,16 +790,22 @@ mod tests {
         assert_eq!(echo.lock().answered, 1);
 
         // Nothing pending, nothing runnable: the deadline is reached exactly.
-        assert_eq!(hal.evtchn_wait(&[front], Some(50_000)), Err(Error::Timeout));
+        assert_eq!(
+            hal.evtchn_wait(&[front], Some(50_000)),
+            Err(HalError::Timeout)
+        );
         assert_eq!(xen.now_ns(), 50_000);
         // Without a deadline a deadlock ends in a timeout, not a hang.
-        assert_eq!(hal.evtchn_wait(&[front], None), Err(Error::Timeout));
+        assert_eq!(hal.evtchn_wait(&[front], None), Err(HalError::Timeout));
         assert_eq!(xen.now_ns(), 50_000);
 
         // A slow device past the deadline: timeout at the deadline.
         echo.lock().delay_ns = 1_000_000;
         hal.evtchn_notify(front).unwrap();
-        assert_eq!(hal.evtchn_wait(&[front], Some(60_000)), Err(Error::Timeout));
+        assert_eq!(
+            hal.evtchn_wait(&[front], Some(60_000)),
+            Err(HalError::Timeout)
+        );
         assert_eq!(xen.now_ns(), 60_000);
         assert_eq!(hal.evtchn_wait(&[front], None), Ok(()));
         assert_eq!(xen.now_ns(), 1_050_000);
@@ -808,7 +828,7 @@ mod tests {
         hal.evtchn_notify(front).unwrap();
         {
             let _held = echo.lock();
-            assert_eq!(hal.evtchn_wait(&[front], Some(10)), Err(Error::Timeout));
+            assert_eq!(hal.evtchn_wait(&[front], Some(10)), Err(HalError::Timeout));
         }
         assert_eq!(hal.evtchn_wait(&[front], Some(20)), Ok(()));
         assert_eq!(xen.run_until_idle(), 0);
@@ -831,7 +851,7 @@ mod tests {
         };
         let xen = SimXen::with_config(config, false);
         xen.add_device(Box::new(Busy) as Box<dyn SimDevice>);
-        assert_eq!(xen.wait_until(None, || false), Err(Error::Timeout));
+        assert_eq!(xen.wait_until(None, || false), Err(HalError::Timeout));
         assert_eq!(xen.run_until_idle(), 50);
     }
 

@@ -9,14 +9,16 @@
 //!
 //! Anything xenstored sends is validated ([`wire`]). A reply that breaks the
 //! framing (an oversize header, an unknown request id, a reply of the wrong
-//! type) is returned as [`Error::XsMalformed`] and leaves the connection
-//! unusable: every later call returns [`Error::XsConnection`]. A reply whose
+//! type) is returned as [`XsError::Malformed`] and leaves the connection
+//! unusable: every later call returns [`XsError::Connection`]. A reply whose
 //! payload alone is wrong (a value that is not UTF-8, a directory listing
 //! without its final NUL) fails only the call that asked for it.
 //!
 //! ```
 //! # use xenblk::xenstore::{XenStore, TxId};
-//! # fn demo<T: xenblk::hal::XsTransport>(xs: &mut XenStore<T>) -> xenblk::Result<()> {
+//! # fn demo<T: xenblk::hal::XsTransport>(
+//! #     xs: &mut XenStore<T>,
+//! # ) -> Result<(), xenblk::xenstore::XsError> {
 //! let vbds = xs.directory("device/vbd")?;
 //! let ring_ref = xs.transaction(8, |xs, tx| {
 //!     xs.write_tx(tx, "device/vbd/768/ring-ref", "8")?;
@@ -32,15 +34,93 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 use crate::abi::xs_wire::msg_type::*;
 use crate::error::{XsErrno, XsMalformed};
-use crate::hal::{DomId, XsTransport};
-use crate::{Error, Result};
+use crate::hal::{DomId, HalError, XsTransport};
+use crate::Result;
 
 pub use ring::RingTransport;
 pub use wire::WatchEvent;
 use wire::{Decoder, Message};
+
+/// How a xenstore request (or the connection under it) failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XsError {
+    /// xenstored answered with an error string (`XS_ERROR`).
+    Errno(XsErrno),
+    /// A reply or event from xenstored could not be parsed. When it broke
+    /// the framing, the connection is unusable afterwards.
+    Malformed(XsMalformed),
+    /// A request or reply payload exceeds the 4096-byte protocol limit.
+    PayloadTooLarge,
+    /// The connection is closed, reset or otherwise unusable.
+    Connection,
+    /// A path or value is empty or contains a byte the protocol forbids
+    /// (NUL), or a permission list is empty.
+    InvalidPath,
+    /// A transaction kept failing with `EAGAIN` after the retry budget.
+    RetriesExhausted,
+    /// No reply (or watch event) arrived before the deadline.
+    Timeout,
+    /// No memory for a message.
+    OutOfMemory,
+}
+
+impl fmt::Display for XsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XsError::Errno(e) => write!(f, "xenstored refused the request: {e}"),
+            XsError::Malformed(m) => write!(f, "malformed message from xenstored: {m}"),
+            XsError::PayloadTooLarge => f.write_str("xenstore message payload exceeds 4096 bytes"),
+            XsError::Connection => f.write_str("the xenstore connection is unusable"),
+            XsError::InvalidPath => {
+                f.write_str("xenstore path or value is empty or contains a NUL byte")
+            }
+            XsError::RetriesExhausted => f.write_str(
+                "xenstore transaction kept conflicting (EAGAIN) until its retries ran out",
+            ),
+            XsError::Timeout => f.write_str("timed out waiting for xenstored"),
+            XsError::OutOfMemory => f.write_str("out of memory for a xenstore message"),
+        }
+    }
+}
+
+impl core::error::Error for XsError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            XsError::Errno(e) => Some(e),
+            XsError::Malformed(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+impl From<XsErrno> for XsError {
+    fn from(e: XsErrno) -> Self {
+        XsError::Errno(e)
+    }
+}
+
+impl From<XsMalformed> for XsError {
+    fn from(m: XsMalformed) -> Self {
+        XsError::Malformed(m)
+    }
+}
+
+/// A transport's call into the hypervisor failed: a wait that ran out is a
+/// timeout, no memory is no memory, anything else (a port that is gone, a
+/// refused notification) leaves the connection unusable.
+impl From<HalError> for XsError {
+    fn from(e: HalError) -> Self {
+        match e {
+            HalError::Timeout => XsError::Timeout,
+            HalError::OutOfMemory => XsError::OutOfMemory,
+            HalError::Hypercall(_) | HalError::InvalidPort(_) => XsError::Connection,
+        }
+    }
+}
 
 /// The default deadline of a blocking call: 30 seconds.
 pub const DEFAULT_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -73,7 +153,7 @@ pub struct XenStore<T: XsTransport> {
     outstanding: Option<(u32, u32)>,
     reply: Option<Message>,
     abandoned: VecDeque<u32>,
-    events: VecDeque<Result<WatchEvent>>,
+    events: VecDeque<Result<WatchEvent, XsError>>,
     dropped_events: u64,
     broken: bool,
     timeout_ns: u64,
@@ -131,13 +211,13 @@ impl<T: XsTransport> XenStore<T> {
 
     // ----- plumbing -------------------------------------------------------------
 
-    fn fail<R>(&mut self, e: Error) -> Result<R> {
+    fn fail<R>(&mut self, e: XsError) -> Result<R, XsError> {
         self.broken = true;
         Err(e)
     }
 
     /// Sends what is buffered. Returns whether any byte moved.
-    fn flush(&mut self) -> Result<bool> {
+    fn flush(&mut self) -> Result<bool, XsError> {
         let mut moved = false;
         while !self.out.is_empty() {
             let (front, _) = self.out.as_slices();
@@ -156,7 +236,7 @@ impl<T: XsTransport> XenStore<T> {
 
     /// Reads what is available and dispatches complete messages. Returns
     /// whether any byte moved.
-    fn pump(&mut self) -> Result<bool> {
+    fn pump(&mut self) -> Result<bool, XsError> {
         let mut buf = [0u8; 256];
         let got = match self.transport.recv(&mut buf) {
             Ok(n) => n.min(buf.len()),
@@ -176,7 +256,7 @@ impl<T: XsTransport> XenStore<T> {
         Ok(got > 0)
     }
 
-    fn dispatch(&mut self, m: Message) -> Result<()> {
+    fn dispatch(&mut self, m: Message) -> Result<(), XsError> {
         let h = m.header;
         if h.ty == XS_WATCH_EVENT {
             if self.events.len() >= MAX_QUEUED_EVENTS {
@@ -202,12 +282,12 @@ impl<T: XsTransport> XenStore<T> {
                     Ok(())
                 } else {
                     log::error!("xenstore: reply type {} to request type {ty}", h.ty);
-                    self.fail(Error::XsMalformed(XsMalformed::UnexpectedType))
+                    self.fail(XsError::Malformed(XsMalformed::UnexpectedType))
                 }
             }
             _ => {
                 log::error!("xenstore: reply with unexpected id {}", h.req_id);
-                self.fail(Error::XsMalformed(XsMalformed::UnexpectedId))
+                self.fail(XsError::Malformed(XsMalformed::UnexpectedId))
             }
         }
     }
@@ -230,29 +310,27 @@ impl<T: XsTransport> XenStore<T> {
     }
 
     /// Sends one request and waits for its reply. Returns the payload of a
-    /// reply of type `ty`; an `XS_ERROR` reply becomes [`Error::XenStore`].
-    fn request(&mut self, ty: u32, tx: TxId, parts: &[&[u8]]) -> Result<Vec<u8>> {
+    /// reply of type `ty`; an `XS_ERROR` reply becomes [`XsError::Errno`].
+    fn request(&mut self, ty: u32, tx: TxId, parts: &[&[u8]]) -> Result<Vec<u8>, XsError> {
         if self.broken {
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         let deadline = self.transport.now_ns().saturating_add(self.timeout_ns);
         let id = self.alloc_req_id();
         let bytes = wire::encode(ty, id, tx.0, parts)?;
         self.out
             .try_reserve(bytes.len())
-            .map_err(|_| Error::OutOfMemory)?;
+            .map_err(|_| XsError::OutOfMemory)?;
         self.out.extend(bytes);
         self.outstanding = Some((id, ty));
         self.reply = None;
         let result = self.wait_reply(deadline);
         self.outstanding = None;
         match result {
-            Ok(m) if m.header.ty == XS_ERROR => {
-                Err(Error::XenStore(wire::parse_error(&m.payload)?))
-            }
+            Ok(m) if m.header.ty == XS_ERROR => Err(XsError::Errno(wire::parse_error(&m.payload)?)),
             Ok(m) => Ok(m.payload),
             Err(e) => {
-                if e == Error::Timeout {
+                if e == XsError::Timeout {
                     log::warn!("xenstore: request {id} (type {ty}) timed out");
                     self.abandon(id);
                 }
@@ -261,25 +339,25 @@ impl<T: XsTransport> XenStore<T> {
         }
     }
 
-    fn wait_reply(&mut self, deadline: u64) -> Result<Message> {
+    fn wait_reply(&mut self, deadline: u64) -> Result<Message, XsError> {
         loop {
             let moved = self.flush()? | self.pump()?;
             if let Some(m) = self.reply.take() {
                 return Ok(m);
             }
             if self.transport.now_ns() >= deadline {
-                return Err(Error::Timeout);
+                return Err(XsError::Timeout);
             }
             if !moved {
                 match self.transport.wait(Some(deadline)) {
-                    Ok(()) | Err(Error::Timeout) => {}
+                    Ok(()) | Err(XsError::Timeout) => {}
                     Err(e) => return self.fail(e),
                 }
             }
         }
     }
 
-    fn ack(&mut self, ty: u32, tx: TxId, parts: &[&[u8]]) -> Result<()> {
+    fn ack(&mut self, ty: u32, tx: TxId, parts: &[&[u8]]) -> Result<(), XsError> {
         let p = self.request(ty, tx, parts)?;
         wire::parse_ok(&p)
     }
@@ -290,11 +368,11 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::XsInvalidPath`] for a path with NUL; [`Error::XenStore`] with
-    /// xenstored's errno (`ENOENT`, `EACCES`, ...); [`Error::XsMalformed`]
-    /// for a value that is not UTF-8; [`Error::Timeout`];
-    /// [`Error::XsConnection`].
-    pub fn read_tx(&mut self, tx: TxId, path: &str) -> Result<String> {
+    /// [`XsError::InvalidPath`] for a path with NUL; [`XsError::Errno`] with
+    /// xenstored's errno (`ENOENT`, `EACCES`, ...); [`XsError::Malformed`]
+    /// for a value that is not UTF-8; [`XsError::Timeout`];
+    /// [`XsError::Connection`].
+    pub fn read_tx(&mut self, tx: TxId, path: &str) -> Result<String, XsError> {
         wire::check_string(path)?;
         let p = self.request(XS_READ, tx, &[path.as_bytes(), b"\0"])?;
         wire::parse_value(&p)
@@ -305,7 +383,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx).
-    pub fn read(&mut self, path: &str) -> Result<String> {
+    pub fn read(&mut self, path: &str) -> Result<String, XsError> {
         self.read_tx(TxId::NONE, path)
     }
 
@@ -314,10 +392,10 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx), except `ENOENT`.
-    pub fn read_opt_tx(&mut self, tx: TxId, path: &str) -> Result<Option<String>> {
+    pub fn read_opt_tx(&mut self, tx: TxId, path: &str) -> Result<Option<String>, XsError> {
         match self.read_tx(tx, path) {
             Ok(v) => Ok(Some(v)),
-            Err(Error::XenStore(XsErrno::ENOENT)) => Ok(None),
+            Err(XsError::Errno(XsErrno::ENOENT)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -327,7 +405,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_opt_tx`](Self::read_opt_tx).
-    pub fn read_opt(&mut self, path: &str) -> Result<Option<String>> {
+    pub fn read_opt(&mut self, path: &str) -> Result<Option<String>, XsError> {
         self.read_opt_tx(TxId::NONE, path)
     }
 
@@ -335,12 +413,12 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::XsInvalidPath`] if the path is empty or either contains NUL;
-    /// [`Error::XsPayloadTooLarge`]; otherwise as for [`read_tx`](Self::read_tx).
-    pub fn write_tx(&mut self, tx: TxId, path: &str, value: &str) -> Result<()> {
+    /// [`XsError::InvalidPath`] if the path is empty or either contains NUL;
+    /// [`XsError::PayloadTooLarge`]; otherwise as for [`read_tx`](Self::read_tx).
+    pub fn write_tx(&mut self, tx: TxId, path: &str, value: &str) -> Result<(), XsError> {
         wire::check_string(path)?;
         if value.as_bytes().contains(&0) {
-            return Err(Error::XsInvalidPath);
+            return Err(XsError::InvalidPath);
         }
         self.ack(XS_WRITE, tx, &[path.as_bytes(), b"\0", value.as_bytes()])
     }
@@ -350,7 +428,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`write_tx`](Self::write_tx).
-    pub fn write(&mut self, path: &str, value: &str) -> Result<()> {
+    pub fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
         self.write_tx(TxId::NONE, path, value)
     }
 
@@ -359,7 +437,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx).
-    pub fn mkdir_tx(&mut self, tx: TxId, path: &str) -> Result<()> {
+    pub fn mkdir_tx(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
         wire::check_string(path)?;
         self.ack(XS_MKDIR, tx, &[path.as_bytes(), b"\0"])
     }
@@ -369,7 +447,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx).
-    pub fn mkdir(&mut self, path: &str) -> Result<()> {
+    pub fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
         self.mkdir_tx(TxId::NONE, path)
     }
 
@@ -378,7 +456,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx).
-    pub fn rm_tx(&mut self, tx: TxId, path: &str) -> Result<()> {
+    pub fn rm_tx(&mut self, tx: TxId, path: &str) -> Result<(), XsError> {
         wire::check_string(path)?;
         self.ack(XS_RM, tx, &[path.as_bytes(), b"\0"])
     }
@@ -388,7 +466,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`read_tx`](Self::read_tx).
-    pub fn rm(&mut self, path: &str) -> Result<()> {
+    pub fn rm(&mut self, path: &str) -> Result<(), XsError> {
         self.rm_tx(TxId::NONE, path)
     }
 
@@ -396,9 +474,9 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// As for [`read_tx`](Self::read_tx), plus [`Error::XsMalformed`] for a
+    /// As for [`read_tx`](Self::read_tx), plus [`XsError::Malformed`] for a
     /// listing that is not NUL-terminated names.
-    pub fn directory_tx(&mut self, tx: TxId, path: &str) -> Result<Vec<String>> {
+    pub fn directory_tx(&mut self, tx: TxId, path: &str) -> Result<Vec<String>, XsError> {
         wire::check_string(path)?;
         let p = self.request(XS_DIRECTORY, tx, &[path.as_bytes(), b"\0"])?;
         wire::parse_directory(&p)
@@ -409,7 +487,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`directory_tx`](Self::directory_tx).
-    pub fn directory(&mut self, path: &str) -> Result<Vec<String>> {
+    pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
         self.directory_tx(TxId::NONE, path)
     }
 
@@ -418,7 +496,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`directory_tx`](Self::directory_tx).
-    pub fn get_perms(&mut self, path: &str) -> Result<Vec<String>> {
+    pub fn get_perms(&mut self, path: &str) -> Result<Vec<String>, XsError> {
         wire::check_string(path)?;
         let p = self.request(XS_GET_PERMS, TxId::NONE, &[path.as_bytes(), b"\0"])?;
         Ok(wire::split_strings(&p)?
@@ -432,12 +510,12 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::XsInvalidPath`] for an empty list or a string with NUL;
+    /// [`XsError::InvalidPath`] for an empty list or a string with NUL;
     /// otherwise as for [`write_tx`](Self::write_tx).
-    pub fn set_perms(&mut self, path: &str, perms: &[&str]) -> Result<()> {
+    pub fn set_perms(&mut self, path: &str, perms: &[&str]) -> Result<(), XsError> {
         wire::check_string(path)?;
         if perms.is_empty() {
-            return Err(Error::XsInvalidPath);
+            return Err(XsError::InvalidPath);
         }
         let mut parts: Vec<&[u8]> = Vec::new();
         parts.push(path.as_bytes());
@@ -456,7 +534,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`write_tx`](Self::write_tx); `EEXIST` for a duplicate.
-    pub fn watch(&mut self, path: &str, token: &str) -> Result<()> {
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         wire::check_string(path)?;
         wire::check_string(token)?;
         let parts: [&[u8]; 4] = [path.as_bytes(), b"\0", token.as_bytes(), b"\0"];
@@ -468,7 +546,7 @@ impl<T: XsTransport> XenStore<T> {
     /// # Errors
     ///
     /// As for [`watch`](Self::watch); `ENOENT` for an unknown watch.
-    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<()> {
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         wire::check_string(path)?;
         wire::check_string(token)?;
         let parts: [&[u8]; 4] = [path.as_bytes(), b"\0", token.as_bytes(), b"\0"];
@@ -479,14 +557,14 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// As for [`read_tx`](Self::read_tx), plus [`Error::XsMalformed`] for a
+    /// As for [`read_tx`](Self::read_tx), plus [`XsError::Malformed`] for a
     /// reply that is not one NUL-terminated absolute path.
-    pub fn get_domain_path(&mut self, domid: DomId) -> Result<String> {
+    pub fn get_domain_path(&mut self, domid: DomId) -> Result<String, XsError> {
         let arg = format!("{}\0", domid.0);
         let p = self.request(XS_GET_DOMAIN_PATH, TxId::NONE, &[arg.as_bytes()])?;
         let path = wire::parse_single_string(&p)?;
         if !path.starts_with('/') {
-            return Err(Error::XsMalformed(XsMalformed::BadPayload));
+            return Err(XsError::Malformed(XsMalformed::BadPayload));
         }
         Ok(String::from(path))
     }
@@ -495,9 +573,9 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// As for [`read_tx`](Self::read_tx), plus [`Error::XsMalformed`] for a
+    /// As for [`read_tx`](Self::read_tx), plus [`XsError::Malformed`] for a
     /// reply that is not a non-zero decimal id.
-    pub fn transaction_start(&mut self) -> Result<TxId> {
+    pub fn transaction_start(&mut self) -> Result<TxId, XsError> {
         let p = self.request(XS_TRANSACTION_START, TxId::NONE, &[b"\0"])?;
         wire::parse_tx_id(&p).map(TxId)
     }
@@ -506,9 +584,9 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(EAGAIN)` when a commit conflicted with another
+    /// `XsError::Errno(EAGAIN)` when a commit conflicted with another
     /// change; otherwise as for [`read_tx`](Self::read_tx).
-    pub fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<()> {
+    pub fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<(), XsError> {
         let arg: &[u8] = if commit { b"T\0" } else { b"F\0" };
         self.ack(XS_TRANSACTION_END, tx, &[arg])
     }
@@ -521,54 +599,60 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::XsTransactionRetriesExhausted`] when every attempt hit
-    /// `EAGAIN`; `f`'s error; any error of starting or ending.
-    pub fn transaction<R>(
+    /// [`XsError::RetriesExhausted`] when every attempt hit `EAGAIN`; `f`'s
+    /// error; any error of starting or ending. `f` may fail with any error
+    /// a [`XsError`] converts into (a layer above xenstore, say); an
+    /// `EAGAIN` from it is recognised after that conversion.
+    pub fn transaction<R, E>(
         &mut self,
         max_retries: u32,
-        mut f: impl FnMut(&mut Self, TxId) -> Result<R>,
-    ) -> Result<R> {
-        const EAGAIN: Error = Error::XenStore(XsErrno::EAGAIN);
+        mut f: impl FnMut(&mut Self, TxId) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<XsError> + PartialEq,
+    {
+        const EAGAIN: XsError = XsError::Errno(XsErrno::EAGAIN);
+        let eagain = E::from(EAGAIN);
         for attempt in 0..=max_retries {
             let tx = self.transaction_start()?;
             match f(self, tx) {
                 Ok(r) => match self.transaction_end(tx, true) {
                     Ok(()) => return Ok(r),
                     Err(EAGAIN) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 },
                 Err(e) => {
                     // Discard; if that fails too, the first error matters more
                     // (unless the connection is gone, which the next call says).
                     let _ = self.transaction_end(tx, false);
-                    if e != EAGAIN {
+                    if e != eagain {
                         return Err(e);
                     }
                 }
             }
             log::debug!("xenstore: transaction attempt {attempt} hit EAGAIN");
         }
-        Err(Error::XsTransactionRetriesExhausted)
+        Err(XsError::RetriesExhausted.into())
     }
 
     // ----- watch events -------------------------------------------------------------
 
     /// Returns a queued watch event without blocking, after collecting what
     /// the transport has. A malformed event is returned once as its
-    /// [`Error::XsMalformed`] and does not affect the connection.
+    /// [`XsError::Malformed`] and does not affect the connection.
     ///
     /// # Errors
     ///
-    /// A queued malformed event's error; [`Error::XsConnection`] or a framing
+    /// A queued malformed event's error; [`XsError::Connection`] or a framing
     /// error when the connection is (or just became) unusable.
-    pub fn poll_watch_event(&mut self) -> Result<Option<WatchEvent>> {
+    pub fn poll_watch_event(&mut self) -> Result<Option<WatchEvent>, XsError> {
         if self.events.is_empty() && !self.broken {
             self.flush()?;
             self.pump()?;
         }
         match self.events.pop_front() {
             Some(ev) => ev.map(Some),
-            None if self.broken => Err(Error::XsConnection),
+            None if self.broken => Err(XsError::Connection),
             None => Ok(None),
         }
     }
@@ -579,17 +663,17 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::XsConnection`] or a framing error when the connection is (or
+    /// [`XsError::Connection`] or a framing error when the connection is (or
     /// just became) unusable.
-    pub fn take_watch_event_for(&mut self, token: &str) -> Result<Option<WatchEvent>> {
+    pub fn take_watch_event_for(&mut self, token: &str) -> Result<Option<WatchEvent>, XsError> {
         if !self.broken {
             self.flush()?;
             self.pump()?;
         }
-        let want = |ev: &Result<WatchEvent>| ev.as_ref().is_ok_and(|e| e.token == token);
+        let want = |ev: &Result<WatchEvent, XsError>| ev.as_ref().is_ok_and(|e| e.token == token);
         match self.events.iter().position(want) {
             Some(i) => self.events.remove(i).transpose(),
-            None if self.broken => Err(Error::XsConnection),
+            None if self.broken => Err(XsError::Connection),
             None => Ok(None),
         }
     }
@@ -599,9 +683,9 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] at the deadline; otherwise as for
+    /// [`XsError::Timeout`] at the deadline; otherwise as for
     /// [`poll_watch_event`](Self::poll_watch_event).
-    pub fn wait_watch_event(&mut self, deadline: u64) -> Result<WatchEvent> {
+    pub fn wait_watch_event(&mut self, deadline: u64) -> Result<WatchEvent, XsError> {
         self.wait_event_where(deadline, |_| true)
     }
 
@@ -612,15 +696,19 @@ impl<T: XsTransport> XenStore<T> {
     ///
     /// As for [`wait_watch_event`](Self::wait_watch_event) (malformed events
     /// are left queued for [`poll_watch_event`](Self::poll_watch_event)).
-    pub fn wait_watch_event_for(&mut self, token: &str, deadline: u64) -> Result<WatchEvent> {
+    pub fn wait_watch_event_for(
+        &mut self,
+        token: &str,
+        deadline: u64,
+    ) -> Result<WatchEvent, XsError> {
         self.wait_event_where(deadline, |ev| ev.as_ref().is_ok_and(|e| e.token == token))
     }
 
     fn wait_event_where(
         &mut self,
         deadline: u64,
-        mut want: impl FnMut(&Result<WatchEvent>) -> bool,
-    ) -> Result<WatchEvent> {
+        mut want: impl FnMut(&Result<WatchEvent, XsError>) -> bool,
+    ) -> Result<WatchEvent, XsError> {
         loop {
             if let Some(i) = self.events.iter().position(&mut want) {
                 if let Some(ev) = self.events.remove(i) {
@@ -628,17 +716,17 @@ impl<T: XsTransport> XenStore<T> {
                 }
             }
             if self.broken {
-                return Err(Error::XsConnection);
+                return Err(XsError::Connection);
             }
             let moved = self.flush()? | self.pump()?;
             if moved {
                 continue;
             }
             if self.transport.now_ns() >= deadline {
-                return Err(Error::Timeout);
+                return Err(XsError::Timeout);
             }
             match self.transport.wait(Some(deadline)) {
-                Ok(()) | Err(Error::Timeout) => {}
+                Ok(()) | Err(XsError::Timeout) => {}
                 Err(e) => return self.fail(e),
             }
         }

@@ -12,17 +12,18 @@
 //!
 //! The daemon's offsets are checked before use: an offset pair that claims
 //! more than 1024 bytes in a queue is a broken connection
-//! ([`Error::XsConnection`]), never an out-of-bounds access.
+//! ([`XsError::Connection`]), never an out-of-bounds access.
 
 use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use super::XsError;
 use crate::abi::xs_wire::{
     XenstoreDomainInterface, XENSTORE_CONNECTED, XENSTORE_ERROR_NONE, XENSTORE_RING_SIZE,
     XENSTORE_SERVER_FEATURE_ERROR, XENSTORE_SERVER_FEATURE_RECONNECTION,
 };
 use crate::hal::{Hal, Port, XsTransport};
-use crate::{Error, Result};
+use crate::Result;
 
 /// `MASK_XENSTORE_IDX` of `io/xs_wire.h`.
 #[inline]
@@ -98,9 +99,9 @@ impl<'h, H: Hal> RingTransport<'h, H> {
     /// Checks the connection and error fields (`xenstore-ring.txt`, "The
     /// connection error feature" and "The ring reconnection feature").
     /// Returns `Ok(false)` while a reconnection is in progress.
-    fn usable(&mut self) -> Result<bool> {
+    fn usable(&mut self) -> Result<bool, XsError> {
         if self.broken {
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         let i = self.idx();
         let features = i.server_features.load(Ordering::Acquire);
@@ -112,7 +113,7 @@ impl<'h, H: Hal> RingTransport<'h, H> {
                 i.error.load(Ordering::Relaxed)
             );
             self.broken = true;
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         if features & XENSTORE_SERVER_FEATURE_RECONNECTION != 0
             && i.connection.load(Ordering::Acquire) != XENSTORE_CONNECTED
@@ -122,15 +123,15 @@ impl<'h, H: Hal> RingTransport<'h, H> {
         Ok(true)
     }
 
-    fn fail(&mut self, what: &str, prod: u32, cons: u32) -> Error {
+    fn fail(&mut self, what: &str, prod: u32, cons: u32) -> XsError {
         log::error!("xenstore: {what} offsets out of range (prod {prod}, cons {cons})");
         self.broken = true;
-        Error::XsConnection
+        XsError::Connection
     }
 }
 
 impl<H: Hal> XsTransport for RingTransport<'_, H> {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
         if !self.usable()? || bytes.is_empty() {
             return Ok(0);
         }
@@ -169,7 +170,7 @@ impl<H: Hal> XsTransport for RingTransport<'_, H> {
         Ok(written)
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError> {
         if !self.usable()? || buf.is_empty() {
             return Ok(0);
         }
@@ -206,9 +207,9 @@ impl<H: Hal> XsTransport for RingTransport<'_, H> {
         Ok(read)
     }
 
-    fn wait(&mut self, deadline: Option<u64>) -> Result<()> {
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError> {
         if self.broken {
-            return Err(Error::XsConnection);
+            return Err(XsError::Connection);
         }
         self.hal.evtchn_wait(&[self.port], deadline)?;
         // Clear the flag; the caller re-checks both queues afterwards, and

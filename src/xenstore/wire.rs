@@ -5,15 +5,16 @@
 //! Every message is a 16-byte `struct xsd_sockmsg` header in native byte
 //! order followed by `len` payload bytes, `len <= XENSTORE_PAYLOAD_MAX` in
 //! both directions. Nothing here trusts the other side: an oversize header,
-//! a missing NUL or invalid UTF-8 becomes an [`Error::XsMalformed`], never a
+//! a missing NUL or invalid UTF-8 becomes an [`XsError::Malformed`], never a
 //! panic.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::XsError;
 use crate::abi::xs_wire::{msg_type, XsdSockmsg, XENSTORE_PAYLOAD_MAX, XSD_SOCKMSG_SIZE};
 use crate::error::{XsErrno, XsMalformed};
-use crate::{Error, Result};
+use crate::Result;
 
 /// One complete message: its header and payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,13 +61,13 @@ pub fn decode_header(b: &[u8; XSD_SOCKMSG_SIZE]) -> XsdSockmsg {
 ///
 /// # Errors
 ///
-/// [`Error::XsPayloadTooLarge`] if the parts add up to more than
+/// [`XsError::PayloadTooLarge`] if the parts add up to more than
 /// `XENSTORE_PAYLOAD_MAX` bytes (xenstored kills connections that send
 /// more, `xenstore.txt`).
-pub fn encode(ty: u32, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u8>> {
+pub fn encode(ty: u32, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u8>, XsError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len > XENSTORE_PAYLOAD_MAX {
-        return Err(Error::XsPayloadTooLarge);
+        return Err(XsError::PayloadTooLarge);
     }
     let header = XsdSockmsg {
         ty,
@@ -76,7 +77,7 @@ pub fn encode(ty: u32, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u
     };
     let mut out = Vec::new();
     out.try_reserve_exact(XSD_SOCKMSG_SIZE + len)
-        .map_err(|_| Error::OutOfMemory)?;
+        .map_err(|_| XsError::OutOfMemory)?;
     out.extend_from_slice(&encode_header(&header));
     for p in parts {
         out.extend_from_slice(p);
@@ -89,10 +90,10 @@ pub fn encode(ty: u32, req_id: u32, tx_id: u32, parts: &[&[u8]]) -> Result<Vec<u
 ///
 /// # Errors
 ///
-/// [`Error::XsInvalidPath`] if it contains a NUL byte or is empty.
-pub fn check_string(s: &str) -> Result<()> {
+/// [`XsError::InvalidPath`] if it contains a NUL byte or is empty.
+pub fn check_string(s: &str) -> Result<(), XsError> {
     if s.is_empty() || s.as_bytes().contains(&0) {
-        return Err(Error::XsInvalidPath);
+        return Err(XsError::InvalidPath);
     }
     Ok(())
 }
@@ -108,7 +109,7 @@ pub struct Decoder {
     header_len: usize,
     current: Option<XsdSockmsg>,
     payload: Vec<u8>,
-    failed: Option<Error>,
+    failed: Option<XsError>,
 }
 
 impl Decoder {
@@ -128,10 +129,10 @@ impl Decoder {
     ///
     /// # Errors
     ///
-    /// [`Error::XsMalformed`]`(`[`XsMalformed::Oversize`]`)` as soon as a
+    /// [`XsError::Malformed`]`(`[`XsMalformed::Oversize`]`)` as soon as a
     /// header announces more than `XENSTORE_PAYLOAD_MAX` bytes; the same
     /// error on every later call.
-    pub fn push(&mut self, input: &[u8]) -> Result<(usize, Option<Message>)> {
+    pub fn push(&mut self, input: &[u8]) -> Result<(usize, Option<Message>), XsError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -147,15 +148,15 @@ impl Decoder {
             }
             let h = decode_header(&self.header);
             if h.len as usize > XENSTORE_PAYLOAD_MAX {
-                let e = Error::XsMalformed(XsMalformed::Oversize);
+                let e = XsError::Malformed(XsMalformed::Oversize);
                 self.failed = Some(e);
                 return Err(e);
             }
             self.header_len = 0;
             self.payload = Vec::new();
             if self.payload.try_reserve_exact(h.len as usize).is_err() {
-                self.failed = Some(Error::OutOfMemory);
-                return Err(Error::OutOfMemory);
+                self.failed = Some(XsError::OutOfMemory);
+                return Err(XsError::OutOfMemory);
             }
             self.current = Some(h);
         }
@@ -176,8 +177,8 @@ impl Decoder {
     }
 }
 
-fn utf8(bytes: &[u8]) -> Result<&str> {
-    core::str::from_utf8(bytes).map_err(|_| Error::XsMalformed(XsMalformed::NotUtf8))
+fn utf8(bytes: &[u8]) -> Result<&str, XsError> {
+    core::str::from_utf8(bytes).map_err(|_| XsError::Malformed(XsMalformed::NotUtf8))
 }
 
 /// Splits a payload made of NUL-terminated strings (`<foo>|*`).
@@ -186,12 +187,12 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
 ///
 /// [`XsMalformed::MissingTerminator`] if the payload does not end in NUL,
 /// [`XsMalformed::NotUtf8`] for invalid UTF-8.
-pub fn split_strings(payload: &[u8]) -> Result<Vec<&str>> {
+pub fn split_strings(payload: &[u8]) -> Result<Vec<&str>, XsError> {
     if payload.is_empty() {
         return Ok(Vec::new());
     }
     let Some((&0, body)) = payload.split_last() else {
-        return Err(Error::XsMalformed(XsMalformed::MissingTerminator));
+        return Err(XsError::Malformed(XsMalformed::MissingTerminator));
     };
     body.split(|&b| b == 0).map(utf8).collect()
 }
@@ -203,12 +204,12 @@ pub fn split_strings(payload: &[u8]) -> Result<Vec<&str>> {
 /// [`XsMalformed::MissingTerminator`] without the final NUL,
 /// [`XsMalformed::BadPayload`] if there is a NUL before it,
 /// [`XsMalformed::NotUtf8`].
-pub fn parse_single_string(payload: &[u8]) -> Result<&str> {
+pub fn parse_single_string(payload: &[u8]) -> Result<&str, XsError> {
     let Some((&0, body)) = payload.split_last() else {
-        return Err(Error::XsMalformed(XsMalformed::MissingTerminator));
+        return Err(XsError::Malformed(XsMalformed::MissingTerminator));
     };
     if body.contains(&0) {
-        return Err(Error::XsMalformed(XsMalformed::BadPayload));
+        return Err(XsError::Malformed(XsMalformed::BadPayload));
     }
     utf8(body)
 }
@@ -219,12 +220,12 @@ pub fn parse_single_string(payload: &[u8]) -> Result<&str> {
 ///
 /// As for [`split_strings`], plus [`XsMalformed::BadPayload`] for an empty
 /// name or a name containing `/`.
-pub fn parse_directory(payload: &[u8]) -> Result<Vec<String>> {
+pub fn parse_directory(payload: &[u8]) -> Result<Vec<String>, XsError> {
     split_strings(payload)?
         .into_iter()
         .map(|s| {
             if s.is_empty() || s.contains('/') {
-                Err(Error::XsMalformed(XsMalformed::BadPayload))
+                Err(XsError::Malformed(XsMalformed::BadPayload))
             } else {
                 Ok(String::from(s))
             }
@@ -237,7 +238,7 @@ pub fn parse_directory(payload: &[u8]) -> Result<Vec<String>> {
 /// # Errors
 ///
 /// [`XsMalformed::NotUtf8`] if the value is not UTF-8.
-pub fn parse_value(payload: &[u8]) -> Result<String> {
+pub fn parse_value(payload: &[u8]) -> Result<String, XsError> {
     utf8(payload).map(String::from)
 }
 
@@ -246,11 +247,11 @@ pub fn parse_value(payload: &[u8]) -> Result<String> {
 /// # Errors
 ///
 /// [`XsMalformed::BadPayload`] for anything but exactly `"OK\0"`.
-pub fn parse_ok(payload: &[u8]) -> Result<()> {
+pub fn parse_ok(payload: &[u8]) -> Result<(), XsError> {
     if payload == b"OK\0" {
         Ok(())
     } else {
-        Err(Error::XsMalformed(XsMalformed::BadPayload))
+        Err(XsError::Malformed(XsMalformed::BadPayload))
     }
 }
 
@@ -260,9 +261,9 @@ pub fn parse_ok(payload: &[u8]) -> Result<()> {
 ///
 /// As for [`parse_single_string`], plus [`XsMalformed::BadPayload`] if it is
 /// not a decimal `u32` other than 0 (0 means "no transaction").
-pub fn parse_tx_id(payload: &[u8]) -> Result<u32> {
+pub fn parse_tx_id(payload: &[u8]) -> Result<u32, XsError> {
     let s = parse_single_string(payload)?;
-    let bad = Error::XsMalformed(XsMalformed::BadPayload);
+    let bad = XsError::Malformed(XsMalformed::BadPayload);
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad);
     }
@@ -277,7 +278,7 @@ pub fn parse_tx_id(payload: &[u8]) -> Result<u32> {
 /// # Errors
 ///
 /// As for [`parse_single_string`].
-pub fn parse_error(payload: &[u8]) -> Result<XsErrno> {
+pub fn parse_error(payload: &[u8]) -> Result<XsErrno, XsError> {
     parse_single_string(payload).map(XsErrno::from_name)
 }
 
@@ -288,14 +289,14 @@ pub fn parse_error(payload: &[u8]) -> Result<XsErrno> {
 /// [`XsMalformed::MissingTerminator`], [`XsMalformed::NotUtf8`], or
 /// [`XsMalformed::BadPayload`] when there are not exactly two strings or the
 /// path is empty.
-pub fn parse_watch_event(payload: &[u8]) -> Result<WatchEvent> {
+pub fn parse_watch_event(payload: &[u8]) -> Result<WatchEvent, XsError> {
     let parts = split_strings(payload)?;
     match parts.as_slice() {
         [path, token] if !path.is_empty() => Ok(WatchEvent {
             path: String::from(*path),
             token: String::from(*token),
         }),
-        _ => Err(Error::XsMalformed(XsMalformed::BadPayload)),
+        _ => Err(XsError::Malformed(XsMalformed::BadPayload)),
     }
 }
 
@@ -333,7 +334,7 @@ mod tests {
         );
         assert_eq!(
             encode(msg_type::XS_WRITE, 1, 0, &[&big, b"x"]),
-            Err(Error::XsPayloadTooLarge)
+            Err(XsError::PayloadTooLarge)
         );
     }
 
@@ -373,7 +374,7 @@ mod tests {
         let mut d = Decoder::new();
         let bytes = encode_header(&h);
         assert_eq!(d.push(&bytes[..15]).unwrap(), (15, None));
-        let oversize = Err(Error::XsMalformed(XsMalformed::Oversize));
+        let oversize = Err(XsError::Malformed(XsMalformed::Oversize));
         assert_eq!(d.push(&bytes[15..]), oversize);
         assert_eq!(d.push(&msg(2, 1, b"x")), oversize);
     }
@@ -384,20 +385,20 @@ mod tests {
         assert_eq!(split_strings(b"a\0bc\0").unwrap(), ["a", "bc"]);
         assert_eq!(
             split_strings(b"a\0bc"),
-            Err(Error::XsMalformed(XsMalformed::MissingTerminator))
+            Err(XsError::Malformed(XsMalformed::MissingTerminator))
         );
         assert_eq!(
             split_strings(b"\xff\0"),
-            Err(Error::XsMalformed(XsMalformed::NotUtf8))
+            Err(XsError::Malformed(XsMalformed::NotUtf8))
         );
         assert_eq!(parse_single_string(b"x\0").unwrap(), "x");
         assert_eq!(
             parse_single_string(b"x\0y\0"),
-            Err(Error::XsMalformed(XsMalformed::BadPayload))
+            Err(XsError::Malformed(XsMalformed::BadPayload))
         );
         assert_eq!(
             parse_single_string(b""),
-            Err(Error::XsMalformed(XsMalformed::MissingTerminator))
+            Err(XsError::Malformed(XsMalformed::MissingTerminator))
         );
     }
 
@@ -408,7 +409,7 @@ mod tests {
         for bad in [&b"a\0\0"[..], b"a/b\0", b"\0"] {
             assert_eq!(
                 parse_directory(bad),
-                Err(Error::XsMalformed(XsMalformed::BadPayload)),
+                Err(XsError::Malformed(XsMalformed::BadPayload)),
                 "{bad:?}"
             );
         }
@@ -430,7 +431,7 @@ mod tests {
         assert_eq!(parse_value(b"abc").unwrap(), "abc");
         assert_eq!(
             parse_value(b"\xc3"),
-            Err(Error::XsMalformed(XsMalformed::NotUtf8))
+            Err(XsError::Malformed(XsMalformed::NotUtf8))
         );
     }
 
@@ -450,7 +451,7 @@ mod tests {
     #[test]
     fn strings_to_send_are_checked() {
         assert_eq!(check_string("device/vbd"), Ok(()));
-        assert_eq!(check_string("a\0b"), Err(Error::XsInvalidPath));
-        assert_eq!(check_string(""), Err(Error::XsInvalidPath));
+        assert_eq!(check_string("a\0b"), Err(XsError::InvalidPath));
+        assert_eq!(check_string(""), Err(XsError::InvalidPath));
     }
 }

@@ -10,7 +10,8 @@ use std::vec::Vec;
 
 use crate::abi::blkif::{VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE};
 use crate::hal::{DomId, PAGE_SIZE};
-use crate::{Error, Result};
+use crate::xenbus::XenbusError;
+use crate::Result;
 
 /// Which real backend the simulator imitates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,30 +181,30 @@ impl BackendConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::MalformedKey`] naming the offending setting.
-    pub fn validate(&self) -> Result<()> {
+    /// [`XenbusError::MalformedKey`] naming the offending setting.
+    pub fn validate(&self) -> Result<(), XenbusError> {
         if self.sector_size != 512 && self.sector_size != 4096 {
-            return Err(Error::MalformedKey("sector-size"));
+            return Err(XenbusError::MalformedKey("sector-size"));
         }
         if self.disk_bytes % u64::from(self.sector_size) != 0 {
-            return Err(Error::MalformedKey("sectors"));
+            return Err(XenbusError::MalformedKey("sectors"));
         }
         if let Some(p) = self.physical_sector_size {
             if p == 0 || p % self.sector_size != 0 {
-                return Err(Error::MalformedKey("physical-sector-size"));
+                return Err(XenbusError::MalformedKey("physical-sector-size"));
             }
         }
         if self.max_ring_page_order.is_some_and(|o| o > MAX_RING_ORDER) {
-            return Err(Error::MalformedKey("max-ring-page-order"));
+            return Err(XenbusError::MalformedKey("max-ring-page-order"));
         }
         if self.max_queues == Some(0) {
-            return Err(Error::MalformedKey("multi-queue-max-queues"));
+            return Err(XenbusError::MalformedKey("multi-queue-max-queues"));
         }
         if self
             .max_indirect_segments
             .is_some_and(|n| n as usize > super::decode::MAX_INDIRECT_SEGMENTS || n == 0)
         {
-            return Err(Error::MalformedKey("feature-max-indirect-segments"));
+            return Err(XenbusError::MalformedKey("feature-max-indirect-segments"));
         }
         if self.personality == Personality::Qdisk
             && (self.barrier != Offer::No
@@ -211,7 +212,7 @@ impl BackendConfig {
                 || self.max_indirect_segments.is_some()
                 || self.max_queues.is_some())
         {
-            return Err(Error::MalformedKey(
+            return Err(XenbusError::MalformedKey(
                 "qdisk offers no barrier, persistent, indirect or queues",
             ));
         }

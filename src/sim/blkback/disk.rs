@@ -2,7 +2,9 @@
 
 use std::vec::Vec;
 
-use crate::{Error, Result};
+use crate::blkfront::IoError;
+use crate::hal::HalError;
+use crate::Result;
 
 /// The backing store of a simulated backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,11 +16,11 @@ pub(crate) struct Disk {
 
 impl Disk {
     /// A zeroed disk of `len` bytes, or a null disk of that size.
-    pub(crate) fn new(len: u64, null: bool) -> Result<Disk> {
+    pub(crate) fn new(len: u64, null: bool) -> Result<Disk, HalError> {
         let data = if null {
             None
         } else {
-            let n = usize::try_from(len).map_err(|_| Error::OutOfMemory)?;
+            let n = usize::try_from(len).map_err(|_| HalError::OutOfMemory)?;
             Some(vec![0u8; n])
         };
         Ok(Disk { data, len })
@@ -34,16 +36,16 @@ impl Disk {
         self.data.is_none()
     }
 
-    fn range(&self, off: u64, len: usize) -> Result<core::ops::Range<usize>> {
+    fn range(&self, off: u64, len: usize) -> Result<core::ops::Range<usize>, IoError> {
         let end = off
             .checked_add(len as u64)
             .filter(|&e| e <= self.len)
-            .ok_or(Error::OutOfRange)?;
+            .ok_or(IoError::OutOfRange)?;
         Ok(off as usize..end as usize)
     }
 
     /// Copies `buf.len()` bytes from byte offset `off` (zeroes on a null disk).
-    pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let r = self.range(off, buf.len())?;
         match &self.data {
             Some(d) => buf.copy_from_slice(&d[r]),
@@ -53,7 +55,7 @@ impl Disk {
     }
 
     /// Writes `data` at byte offset `off` (dropped on a null disk).
-    pub(crate) fn write(&mut self, off: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&mut self, off: u64, data: &[u8]) -> Result<(), IoError> {
         let r = self.range(off, data.len())?;
         if let Some(d) = &mut self.data {
             d[r].copy_from_slice(data);
@@ -72,9 +74,9 @@ impl Disk {
     }
 
     /// Grows (with zeroes) or shrinks the disk to `len` bytes.
-    pub(crate) fn resize(&mut self, len: u64) -> Result<()> {
+    pub(crate) fn resize(&mut self, len: u64) -> Result<(), HalError> {
         if let Some(d) = &mut self.data {
-            let n = usize::try_from(len).map_err(|_| Error::OutOfMemory)?;
+            let n = usize::try_from(len).map_err(|_| HalError::OutOfMemory)?;
             d.resize(n, 0);
         }
         self.len = len;
@@ -93,8 +95,8 @@ mod tests {
         let mut b = [0u8; 4];
         d.read(99, &mut b).unwrap();
         assert_eq!(b, [0, 1, 2, 3]);
-        assert_eq!(d.write(4094, &[0; 3]), Err(Error::OutOfRange));
-        assert_eq!(d.read(u64::MAX, &mut b), Err(Error::OutOfRange));
+        assert_eq!(d.write(4094, &[0; 3]), Err(IoError::OutOfRange));
+        assert_eq!(d.read(u64::MAX, &mut b), Err(IoError::OutOfRange));
         d.zero(101, 1);
         d.read(100, &mut b[..3]).unwrap();
         assert_eq!(&b[..3], &[1, 0, 3]);
@@ -112,6 +114,6 @@ mod tests {
         let mut b = [1u8; 8];
         d.read(0, &mut b).unwrap();
         assert_eq!(b, [0; 8]);
-        assert_eq!(d.read((1 << 40) - 4, &mut b), Err(Error::OutOfRange));
+        assert_eq!(d.read((1 << 40) - 4, &mut b), Err(IoError::OutOfRange));
     }
 }

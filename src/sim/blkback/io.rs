@@ -16,7 +16,7 @@ use crate::abi::blkif::{
     BlkifResponse, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use crate::hal::{DomId, GrantRef, Port};
+use crate::hal::{DomId, GrantRef, HalError, Port};
 use crate::ring::BackRing;
 use crate::sim::{GrantMapping, SimXen};
 use crate::xenbus::XenbusState;
@@ -129,7 +129,7 @@ struct DevGrants<'a> {
 impl Grants for DevGrants<'_> {
     type Frame = Frame;
 
-    fn map(&mut self, gref: u32, how: Use) -> Result<Frame> {
+    fn map(&mut self, gref: u32, how: Use) -> Result<Frame, HalError> {
         if self.copy {
             return Ok(Frame::Copy(gref));
         }
@@ -155,7 +155,7 @@ impl Grants for DevGrants<'_> {
         Ok(Frame::Mapped(m))
     }
 
-    fn read(&mut self, f: &Frame, off: usize, buf: &mut [u8]) -> Result<()> {
+    fn read(&mut self, f: &Frame, off: usize, buf: &mut [u8]) -> Result<(), HalError> {
         match f {
             Frame::Mapped(m) => m.read(off, buf),
             Frame::Copy(g) => {
@@ -165,7 +165,7 @@ impl Grants for DevGrants<'_> {
         }
     }
 
-    fn write(&mut self, f: &Frame, off: usize, data: &[u8]) -> Result<()> {
+    fn write(&mut self, f: &Frame, off: usize, data: &[u8]) -> Result<(), HalError> {
         match f {
             Frame::Mapped(m) => m.write(off, data),
             Frame::Copy(g) => self

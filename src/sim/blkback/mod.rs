@@ -55,10 +55,15 @@ use std::string::{String, ToString};
 use std::sync::Arc;
 use std::vec::Vec;
 
+use crate::blkfront::IoError;
 use crate::hal::DomId;
+#[cfg(doc)]
+use crate::hal::HalError;
 use crate::sim::{DeviceHandle, DeviceId, SimDevice, SimXen};
+#[cfg(doc)]
+use crate::xenbus::XenbusError;
 use crate::xenbus::XenbusState;
-use crate::{Error, Result};
+use crate::Result;
 
 pub mod config;
 mod decode;
@@ -129,8 +134,8 @@ impl SimBlkBack {
     ///
     /// # Errors
     ///
-    /// [`Error::MalformedKey`] for an inconsistent `cfg`,
-    /// [`Error::OutOfMemory`] when the disk cannot be allocated, and
+    /// [`XenbusError::MalformedKey`] for an inconsistent `cfg`,
+    /// [`HalError::OutOfMemory`] when the disk cannot be allocated, and
     /// xenstore errors from `store`.
     #[allow(clippy::new_ret_no_self)] // the device lives in the simulator
     pub fn new(
@@ -303,8 +308,8 @@ impl SimBlkBackHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] past the end of the disk.
-    pub fn disk_read(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+    /// [`IoError::OutOfRange`] past the end of the disk.
+    pub fn disk_read(&self, off: u64, len: usize) -> Result<Vec<u8>, IoError> {
         let mut buf = vec![0u8; len];
         self.dev.lock().disk.read(off, &mut buf)?;
         Ok(buf)
@@ -315,8 +320,8 @@ impl SimBlkBackHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] past the end of the disk.
-    pub fn disk_write(&self, off: u64, data: &[u8]) -> Result<()> {
+    /// [`IoError::OutOfRange`] past the end of the disk.
+    pub fn disk_write(&self, off: u64, data: &[u8]) -> Result<(), IoError> {
         self.dev.lock().disk.write(off, data)
     }
 
@@ -333,12 +338,12 @@ impl SimBlkBackHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::Misaligned`] for a size that is not a multiple of the sector
-    /// size, [`Error::OutOfMemory`] when the disk cannot grow.
+    /// [`IoError::Misaligned`] for a size that is not a multiple of the
+    /// sector size, [`HalError::OutOfMemory`] when the disk cannot grow.
     pub fn set_size_bytes(&self, bytes: u64) -> Result<()> {
         let mut d = self.dev.lock();
         if bytes % u64::from(d.cfg.sector_size) != 0 {
-            return Err(Error::Misaligned);
+            return Err(IoError::Misaligned.into());
         }
         d.disk.resize(bytes)?;
         let published = match d.cfg.personality {

@@ -45,7 +45,7 @@ use crate::abi::blkif::{
     BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
     BLKIF_RSP_OKAY,
 };
-use crate::hal::PAGE_SIZE;
+use crate::hal::{HalError, PAGE_SIZE};
 use crate::Result;
 
 /// What a granted frame is mapped for.
@@ -64,11 +64,11 @@ pub(crate) trait Grants {
     /// A mapped (or copy-addressable) frame; dropping it unmaps.
     type Frame;
     /// Maps grant `gref` for `how`.
-    fn map(&mut self, gref: u32, how: Use) -> Result<Self::Frame>;
+    fn map(&mut self, gref: u32, how: Use) -> Result<Self::Frame, HalError>;
     /// Copies bytes out of a frame.
-    fn read(&mut self, frame: &Self::Frame, offset: usize, buf: &mut [u8]) -> Result<()>;
+    fn read(&mut self, frame: &Self::Frame, offset: usize, buf: &mut [u8]) -> Result<(), HalError>;
     /// Copies bytes into a frame.
-    fn write(&mut self, frame: &Self::Frame, offset: usize, data: &[u8]) -> Result<()>;
+    fn write(&mut self, frame: &Self::Frame, offset: usize, data: &[u8]) -> Result<(), HalError>;
 }
 
 /// The kind of a request, for the counters.

@@ -6,7 +6,6 @@ use super::super::decode::{decode, RawSlot, SEGS_PER_INDIRECT_PAGE};
 use super::super::test_slots::{self as slots, Prng};
 use super::*;
 use crate::abi::blkif::BLKIF_DISCARD_SECURE;
-use crate::Error;
 
 /// Frames by grant reference; `true` = granted read-only.
 #[derive(Default)]
@@ -26,19 +25,19 @@ impl FakeGrants {
 
 impl Grants for FakeGrants {
     type Frame = u32;
-    fn map(&mut self, gref: u32, how: Use) -> Result<u32> {
-        let (_, ro) = self.frames.get(&gref).ok_or(Error::Hypercall(-1))?;
+    fn map(&mut self, gref: u32, how: Use) -> Result<u32, HalError> {
+        let (_, ro) = self.frames.get(&gref).ok_or(HalError::Hypercall(-1))?;
         if *ro && how == Use::ToGuest {
-            return Err(Error::Hypercall(-30));
+            return Err(HalError::Hypercall(-30));
         }
         self.maps.push((gref, how));
         Ok(gref)
     }
-    fn read(&mut self, f: &u32, off: usize, buf: &mut [u8]) -> Result<()> {
+    fn read(&mut self, f: &u32, off: usize, buf: &mut [u8]) -> Result<(), HalError> {
         buf.copy_from_slice(&self.frames[f].0[off..off + buf.len()]);
         Ok(())
     }
-    fn write(&mut self, f: &u32, off: usize, data: &[u8]) -> Result<()> {
+    fn write(&mut self, f: &u32, off: usize, data: &[u8]) -> Result<(), HalError> {
         self.frames.get_mut(f).unwrap().0[off..off + data.len()].copy_from_slice(data);
         Ok(())
     }

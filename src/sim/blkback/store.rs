@@ -13,7 +13,8 @@ use std::vec::Vec;
 
 use crate::error::XsErrno;
 use crate::hal::DomId;
-use crate::{Error, Result};
+use crate::xenstore::XsError;
+use crate::Result;
 
 /// Access given to a domain by a node's permissions (`XS_PERM_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,29 +43,29 @@ pub trait BackendStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`Error::XenStore`] with the daemon's errno.
-    fn write(&self, path: &str, value: &str) -> Result<()>;
+    /// [`XsError::Errno`] with the daemon's errno.
+    fn write(&self, path: &str, value: &str) -> Result<(), XsError>;
 
     /// Removes `path` and everything below it (missing is not an error).
     ///
     /// # Errors
     ///
-    /// [`Error::XenStore`] with the daemon's errno.
-    fn rm(&self, path: &str) -> Result<()>;
+    /// [`XsError::Errno`] with the daemon's errno.
+    fn rm(&self, path: &str) -> Result<(), XsError>;
 
     /// Sets the permissions of `path` (`XS_SET_PERMS`): `owner` has full
     /// access, every other domain gets `others`, except the listed ones.
     ///
     /// # Errors
     ///
-    /// [`Error::XenStore`] with `ENOENT` when `path` does not exist.
+    /// [`XsError::Errno`] with `ENOENT` when `path` does not exist.
     fn set_perms(
         &self,
         path: &str,
         owner: DomId,
         others: Perm,
         acl: &[(DomId, Perm)],
-    ) -> Result<()>;
+    ) -> Result<(), XsError>;
 }
 
 /// The permissions of a node, as [`BackendStore::set_perms`] set them.
@@ -135,9 +136,9 @@ impl BackendStore for MemStore {
         self.lock().get(path).map(|n| n.value.clone())
     }
 
-    fn write(&self, path: &str, value: &str) -> Result<()> {
+    fn write(&self, path: &str, value: &str) -> Result<(), XsError> {
         if !path.starts_with('/') || path.contains('\0') {
-            return Err(Error::XenStore(XsErrno::EINVAL));
+            return Err(XsError::Errno(XsErrno::EINVAL));
         }
         let mut nodes = self.lock();
         let mut parent = String::new();
@@ -168,7 +169,7 @@ impl BackendStore for MemStore {
         Ok(())
     }
 
-    fn rm(&self, path: &str) -> Result<()> {
+    fn rm(&self, path: &str) -> Result<(), XsError> {
         let prefix = format!("{path}/");
         self.lock()
             .retain(|k, _| k != path && !k.starts_with(&prefix));
@@ -181,11 +182,9 @@ impl BackendStore for MemStore {
         owner: DomId,
         others: Perm,
         acl: &[(DomId, Perm)],
-    ) -> Result<()> {
+    ) -> Result<(), XsError> {
         let mut nodes = self.lock();
-        let n = nodes
-            .get_mut(path)
-            .ok_or(Error::XenStore(XsErrno::ENOENT))?;
+        let n = nodes.get_mut(path).ok_or(XsError::Errno(XsErrno::ENOENT))?;
         n.owner = owner;
         n.others = others;
         n.acl = acl.to_vec();
@@ -200,13 +199,13 @@ impl BackendStore for crate::sim::xenstored::XenStored {
         self.read_opt(DomId::DOM0, path).ok().flatten()
     }
 
-    fn write(&self, path: &str, value: &str) -> Result<()> {
+    fn write(&self, path: &str, value: &str) -> Result<(), XsError> {
         crate::sim::xenstored::XenStored::write(self, DomId::DOM0, path, value)
     }
 
-    fn rm(&self, path: &str) -> Result<()> {
+    fn rm(&self, path: &str) -> Result<(), XsError> {
         match crate::sim::xenstored::XenStored::rm(self, DomId::DOM0, path) {
-            Err(crate::Error::XenStore(crate::error::XsErrno::ENOENT)) => Ok(()),
+            Err(XsError::Errno(XsErrno::ENOENT)) => Ok(()),
             r => r,
         }
     }
@@ -217,7 +216,7 @@ impl BackendStore for crate::sim::xenstored::XenStored {
         owner: DomId,
         others: Perm,
         acl: &[(DomId, Perm)],
-    ) -> Result<()> {
+    ) -> Result<(), XsError> {
         use crate::sim::xenstored::{Access, Perm as XsPerm};
         let access = |p: Perm| match p {
             Perm::None => Access::None,
@@ -261,7 +260,7 @@ mod tests {
         assert_eq!(s.read("/a/bb"), Some("3".into()));
         assert_eq!(
             s.set_perms("/x", DomId(0), Perm::None, &[]),
-            Err(Error::XenStore(XsErrno::ENOENT))
+            Err(XsError::Errno(XsErrno::ENOENT))
         );
         assert!(s.write("rel", "x").is_err());
     }

@@ -21,7 +21,8 @@ use crate::abi::xs_wire::{msg_type::XS_WATCH_EVENT, XsdSockmsg, XENSTORE_PAYLOAD
 use crate::error::XsErrno;
 use crate::hal::DomId;
 use crate::xenstore::wire::{self, Message, WatchEvent};
-use crate::{Error, Result};
+use crate::xenstore::XsError;
+use crate::Result;
 
 /// Identifies a connection to the store (a guest's ring, or an in-process
 /// client).
@@ -101,8 +102,8 @@ impl Default for Store {
     }
 }
 
-fn xs(e: XsErrno) -> Error {
-    Error::XenStore(e)
+fn xs(e: XsErrno) -> XsError {
+    XsError::Errno(e)
 }
 
 impl Store {
@@ -475,9 +476,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(errno)`: `EINVAL` for a bad path, `ENOENT`,
-    /// `EACCES`; [`Error::XsMalformed`] if the value is not UTF-8.
-    pub fn read(&mut self, dom: DomId, path: &str) -> Result<String> {
+    /// `XsError::Errno(errno)`: `EINVAL` for a bad path, `ENOENT`,
+    /// `EACCES`; [`XsError::Malformed`] if the value is not UTF-8.
+    pub fn read(&mut self, dom: DomId, path: &str) -> Result<String, XsError> {
         let v = self
             .run(None, 0, |t, _, fx| op_read(t, dom, path, fx))
             .map_err(xs)?;
@@ -489,9 +490,9 @@ impl Store {
     /// # Errors
     ///
     /// As for [`read`](Self::read), except `ENOENT`.
-    pub fn read_opt(&mut self, dom: DomId, path: &str) -> Result<Option<String>> {
+    pub fn read_opt(&mut self, dom: DomId, path: &str) -> Result<Option<String>, XsError> {
         match self.read(dom, path) {
-            Err(Error::XenStore(XsErrno::ENOENT)) => Ok(None),
+            Err(XsError::Errno(XsErrno::ENOENT)) => Ok(None),
             r => r.map(Some),
         }
     }
@@ -500,8 +501,8 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(errno)`: `EINVAL`, `EACCES`.
-    pub fn write(&mut self, dom: DomId, path: &str, value: &str) -> Result<()> {
+    /// `XsError::Errno(errno)`: `EINVAL`, `EACCES`.
+    pub fn write(&mut self, dom: DomId, path: &str, value: &str) -> Result<(), XsError> {
         self.run(None, 0, |t, g, fx| {
             op_write(t, dom, path, value.as_bytes(), g, fx)
         })
@@ -513,7 +514,7 @@ impl Store {
     /// # Errors
     ///
     /// As for [`write`](Self::write).
-    pub fn mkdir(&mut self, dom: DomId, path: &str) -> Result<()> {
+    pub fn mkdir(&mut self, dom: DomId, path: &str) -> Result<(), XsError> {
         self.run(None, 0, |t, g, fx| op_mkdir(t, dom, path, g, fx))
             .map_err(xs)
     }
@@ -522,9 +523,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(errno)`: `EINVAL`, `EACCES`, `ENOENT` when even the
+    /// `XsError::Errno(errno)`: `EINVAL`, `EACCES`, `ENOENT` when even the
     /// parent is missing.
-    pub fn rm(&mut self, dom: DomId, path: &str) -> Result<()> {
+    pub fn rm(&mut self, dom: DomId, path: &str) -> Result<(), XsError> {
         self.run(None, 0, |t, g, fx| op_rm(t, dom, path, g, fx))
             .map_err(xs)
     }
@@ -534,7 +535,7 @@ impl Store {
     /// # Errors
     ///
     /// As for [`read`](Self::read).
-    pub fn directory(&mut self, dom: DomId, path: &str) -> Result<Vec<String>> {
+    pub fn directory(&mut self, dom: DomId, path: &str) -> Result<Vec<String>, XsError> {
         self.run(None, 0, |t, _, fx| op_directory(t, dom, path, fx))
             .map_err(xs)
     }
@@ -544,7 +545,7 @@ impl Store {
     /// # Errors
     ///
     /// As for [`read`](Self::read).
-    pub fn get_perms(&mut self, dom: DomId, path: &str) -> Result<Vec<Perm>> {
+    pub fn get_perms(&mut self, dom: DomId, path: &str) -> Result<Vec<Perm>, XsError> {
         self.run(None, 0, |t, _, fx| op_get_perms(t, dom, path, fx))
             .map_err(xs)
     }
@@ -553,9 +554,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(errno)`: `EINVAL` for an empty list, `ENOENT`,
+    /// `XsError::Errno(errno)`: `EINVAL` for an empty list, `ENOENT`,
     /// `EACCES`.
-    pub fn set_perms(&mut self, dom: DomId, path: &str, perms: &[Perm]) -> Result<()> {
+    pub fn set_perms(&mut self, dom: DomId, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         self.run(None, 0, |t, g, fx| op_set_perms(t, dom, path, perms, g, fx))
             .map_err(xs)
     }
@@ -565,9 +566,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(errno)`: `EINVAL` for a bad path or unknown
+    /// `XsError::Errno(errno)`: `EINVAL` for a bad path or unknown
     /// connection, `EEXIST` for a duplicate.
-    pub fn watch(&mut self, conn: ConnId, path: &str, token: &str) -> Result<()> {
+    pub fn watch(&mut self, conn: ConnId, path: &str, token: &str) -> Result<(), XsError> {
         self.add_watch(conn, path, token).map_err(xs)?;
         self.initial_event(conn, path, token);
         Ok(())
@@ -577,8 +578,8 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// `Error::XenStore(ENOENT)` for an unknown watch.
-    pub fn unwatch(&mut self, conn: ConnId, path: &str, token: &str) -> Result<()> {
+    /// `XsError::Errno(ENOENT)` for an unknown watch.
+    pub fn unwatch(&mut self, conn: ConnId, path: &str, token: &str) -> Result<(), XsError> {
         self.remove_watch(conn, path, token).map_err(xs)
     }
 }

@@ -49,9 +49,9 @@ pub use perms::{Access, Perm};
 
 use super::{DeviceId, SimDevice, SimHal, SimXen};
 use crate::abi::xs_wire::XenstoreDomainInterface;
-use crate::hal::{DomId, Hal, Pages, Port, XsTransport};
+use crate::hal::{DomId, Hal, HalError, Pages, Port, XsTransport};
 use crate::xenstore::wire::{Decoder, WatchEvent};
-use crate::xenstore::RingTransport;
+use crate::xenstore::{RingTransport, XsError};
 use crate::Result;
 use ring::DaemonRing;
 
@@ -103,13 +103,13 @@ impl SimXsTransport<'_> {
 }
 
 impl XsTransport for SimXsTransport<'_> {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize> {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
         self.ring.send(bytes)
     }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, XsError> {
         self.ring.recv(buf)
     }
-    fn wait(&mut self, deadline: Option<u64>) -> Result<()> {
+    fn wait(&mut self, deadline: Option<u64>) -> Result<(), XsError> {
         self.ring.wait(deadline)
     }
     fn now_ns(&self) -> u64 {
@@ -218,9 +218,8 @@ impl XenStored {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) or a simulated
-    /// hypercall error.
-    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<SimXsTransport<'h>> {
+    /// [`HalError::OutOfMemory`] or a simulated hypercall error.
+    pub fn connect<'h>(&self, hal: &'h SimHal) -> Result<SimXsTransport<'h>, HalError> {
         let dom = hal.domid();
         let page = hal.alloc_pages(1)?;
         let gfn = page.gfn();
@@ -295,7 +294,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::read`].
-    pub fn read(&self, dom: DomId, path: &str) -> Result<String> {
+    pub fn read(&self, dom: DomId, path: &str) -> Result<String, XsError> {
         self.store().read(dom, path)
     }
 
@@ -304,7 +303,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::read_opt`].
-    pub fn read_opt(&self, dom: DomId, path: &str) -> Result<Option<String>> {
+    pub fn read_opt(&self, dom: DomId, path: &str) -> Result<Option<String>, XsError> {
         self.store().read_opt(dom, path)
     }
 
@@ -313,7 +312,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::write`].
-    pub fn write(&self, dom: DomId, path: &str, value: &str) -> Result<()> {
+    pub fn write(&self, dom: DomId, path: &str, value: &str) -> Result<(), XsError> {
         self.with_store(|s| s.write(dom, path, value))
     }
 
@@ -322,7 +321,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::mkdir`].
-    pub fn mkdir(&self, dom: DomId, path: &str) -> Result<()> {
+    pub fn mkdir(&self, dom: DomId, path: &str) -> Result<(), XsError> {
         self.with_store(|s| s.mkdir(dom, path))
     }
 
@@ -331,7 +330,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::rm`].
-    pub fn rm(&self, dom: DomId, path: &str) -> Result<()> {
+    pub fn rm(&self, dom: DomId, path: &str) -> Result<(), XsError> {
         self.with_store(|s| s.rm(dom, path))
     }
 
@@ -340,7 +339,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::directory`].
-    pub fn directory(&self, dom: DomId, path: &str) -> Result<Vec<String>> {
+    pub fn directory(&self, dom: DomId, path: &str) -> Result<Vec<String>, XsError> {
         self.store().directory(dom, path)
     }
 
@@ -349,7 +348,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::set_perms`].
-    pub fn set_perms(&self, dom: DomId, path: &str, perms: &[Perm]) -> Result<()> {
+    pub fn set_perms(&self, dom: DomId, path: &str, perms: &[Perm]) -> Result<(), XsError> {
         self.with_store(|s| s.set_perms(dom, path, perms))
     }
 
@@ -363,7 +362,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::watch`].
-    pub fn watch(&self, conn: ConnId, path: &str, token: &str) -> Result<()> {
+    pub fn watch(&self, conn: ConnId, path: &str, token: &str) -> Result<(), XsError> {
         self.store().watch(conn, path, token)
     }
 
@@ -372,7 +371,7 @@ impl XenStored {
     /// # Errors
     ///
     /// As for [`Store::unwatch`].
-    pub fn unwatch(&self, conn: ConnId, path: &str, token: &str) -> Result<()> {
+    pub fn unwatch(&self, conn: ConnId, path: &str, token: &str) -> Result<(), XsError> {
         self.store().unwatch(conn, path, token)
     }
 

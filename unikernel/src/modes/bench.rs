@@ -54,10 +54,10 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xenblk::blkfront::BackendKind;
+use xenblk::blkfront::{BackendKind, IoError};
 use xenblk::hal::Hal;
 use xenblk::pvh::Xen;
-use xenblk::Error;
+use xenblk::xenstore::XsError;
 
 use super::info::{self, Disk, Platform};
 use super::{Context, Outcome};
@@ -361,7 +361,7 @@ fn serve(p: &Platform, attached: &mut [info::Attached<'_>], opts: Opts, outcome:
                 .lock()
                 .wait_watch_event_for(WATCH_TOKEN, now.saturating_add(SERVE_SLICE_NS))
             {
-                Ok(_) | Err(Error::Timeout) => {}
+                Ok(_) | Err(XsError::Timeout) => {}
                 Err(e) => {
                     outcome.report("bench/serve", false, &format!("watch: {e}"));
                     break;
@@ -424,7 +424,7 @@ struct Measured {
     /// Requests that completed with an error (counted or not).
     errors: u64,
     /// The first error seen (a completion's, or a refused submission's).
-    first_error: Option<Error>,
+    first_error: Option<IoError>,
     /// Whether the job ended because the I/O timeout passed with requests
     /// still in flight.
     timed_out: bool,
@@ -482,7 +482,7 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, job: Job, o: Opts) -> Measured {
     let ss = u64::from(d.sector_size());
     let mut m = Measured::default();
     if job.bs as u64 % ss != 0 || (job.bs as u64 / ss) > d.sectors() {
-        m.first_error = Some(Error::OutOfRange);
+        m.first_error = Some(IoError::OutOfRange);
         return m;
     }
     let mut offsets = Offsets::new(job, ss, d.sectors());
@@ -557,7 +557,7 @@ fn run_job(xen: &Xen, d: &mut Disk<'_>, job: Job, o: Opts) -> Measured {
             if o.wait == Wait::Event {
                 // Early wake-ups and timeouts are both fine: the loop looks again.
                 m.waits += 1;
-                if d.wait(now.saturating_add(WAIT_SLICE_NS)) == Err(Error::Timeout) {
+                if d.wait(now.saturating_add(WAIT_SLICE_NS)) == Err(IoError::Timeout) {
                     m.slept_out += 1;
                 }
             } else {

@@ -15,9 +15,9 @@ use core::sync::atomic::Ordering;
 
 use xenblk::abi::grant::{GTF_permit_access, GTF_type_mask, GNTTAB_RESERVED_XENSTORE};
 use xenblk::gnttab::GrantTable;
-use xenblk::hal::{DomId, Hal, PAGE_SIZE};
+use xenblk::hal::{DomId, Hal, HalError, PAGE_SIZE};
 use xenblk::pvh::Xen;
-use xenblk::Error;
+use xenblk::xenstore::XsError;
 
 use super::{Context, Outcome};
 
@@ -194,7 +194,7 @@ fn evtchn_wait_deadline(xen: &'static Xen) -> Result<String, String> {
         "result={result:?} after {} ns in {rounds} poll(s)",
         end - t0
     );
-    ensure(result == Err(Error::Timeout) && end >= deadline, || {
+    ensure(result == Err(HalError::Timeout) && end >= deadline, || {
         detail.clone()
     })?;
     Ok(detail)
@@ -219,7 +219,7 @@ fn xenstore_taken_once(xen: &'static Xen) -> Result<String, String> {
         .map_err(|e| format!("first take: {e}"))?;
     let name = xs.read("name").map_err(|e| format!("read name: {e}"))?;
     let second = xen.take_xenstore().map(drop);
-    ensure(second == Err(Error::XsConnection), || {
+    ensure(second == Err(XsError::Connection), || {
         format!("second take: {second:?}")
     })?;
     Ok(format!("name={name}"))

@@ -38,10 +38,9 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xenblk::blkfront::Completion;
+use xenblk::blkfront::{Completion, IoError};
 use xenblk::hal::{Hal, PAGE_SIZE};
 use xenblk::pvh::Xen;
-use xenblk::Error;
 
 use super::info::{self, Disk, Platform};
 use super::{Context, Outcome};
@@ -123,13 +122,13 @@ impl Dev<'_> {
         let r = d.write(0, &vec![0u8; ss]);
         self.check(
             "ro-write-refused",
-            r == Err(Error::ReadOnly),
+            r == Err(IoError::ReadOnly),
             &format!("write to a read-only disk: {r:?}"),
         );
         let r = d.discard(0, n.min(8), false);
         self.check(
             "ro-discard-refused",
-            matches!(r, Err(Error::ReadOnly) | Err(Error::Unsupported(_))),
+            matches!(r, Err(IoError::ReadOnly) | Err(IoError::Unsupported(_))),
             &format!("discard on a read-only disk: {r:?}"),
         );
         let spans = [(0, n.min(1)), (n / 2, n.min(16)), (n.saturating_sub(1), 1)];
@@ -180,7 +179,7 @@ impl Dev<'_> {
         let r = d.flush();
         let ms = self.ms_since(t0);
         match r {
-            Err(Error::Unsupported(f)) => {
+            Err(IoError::Unsupported(f)) => {
                 crate::out!("xenblk-unikernel: {}: flush not offered ({f:?})", self.vdev)
             }
             r => {
@@ -217,20 +216,20 @@ impl Dev<'_> {
         let r = d.write(n, &one);
         self.check(
             "refuse-past-end",
-            r == Err(Error::OutOfRange),
+            r == Err(IoError::OutOfRange),
             &format!("write at sector {n} of {n}: {r:?}"),
         );
         let mut two = vec![0u8; 2 * ss as usize];
         let r = d.read(n.saturating_sub(1), &mut two);
         self.check(
             "refuse-over-end",
-            r == Err(Error::OutOfRange),
+            r == Err(IoError::OutOfRange),
             &format!("2-sector read at the last sector: {r:?}"),
         );
         let r = d.write(0, &one[..ss as usize / 2]);
         self.check(
             "refuse-misaligned",
-            r == Err(Error::Misaligned),
+            r == Err(IoError::Misaligned),
             &format!("write of half a sector: {r:?}"),
         );
     }
@@ -377,7 +376,7 @@ impl Dev<'_> {
         let deadline = t0.saturating_add(self.io_timeout_ns);
         let mut back: Vec<Option<Vec<u8>>> = pieces.iter().map(|_| None).collect();
         let mut done = 0;
-        let mut failed: Option<(usize, Error)> = None;
+        let mut failed: Option<(usize, IoError)> = None;
         let mut polls = 0u64;
         while done < tokens.len() {
             match d.poll() {
