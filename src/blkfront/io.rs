@@ -415,7 +415,8 @@ impl<'a, H: Hal> Io<'a, H> {
         let mut purged = false;
         loop {
             match self.push_one(id) {
-                Ok(Some(())) => {}
+                Ok(Some(true)) => return Ok(true),
+                Ok(Some(false)) => {}
                 Ok(None) => return Ok(false),
                 Err(IoError::Grant(GrantError::Exhausted)) if !purged => {
                     purged = true;
@@ -426,14 +427,12 @@ impl<'a, H: Hal> Io<'a, H> {
                 }
                 Err(e) => return Err(e),
             }
-            if self.pending.get_mut(id).is_none_or(|p| p.all_pushed()) {
-                return Ok(true);
-            }
         }
     }
 
-    /// Pushes the next part of request `id`; `None` when no slot is free.
-    fn push_one(&mut self, id: PendingId) -> Result<Option<()>, IoError> {
+    /// Pushes the next part of request `id`: `Some(true)` when that was its
+    /// last part, `None` when no slot is free.
+    fn push_one(&mut self, id: PendingId) -> Result<Option<bool>, IoError> {
         let Some(qi) = self.pick_queue() else {
             return Ok(None);
         };
@@ -444,7 +443,7 @@ impl<'a, H: Hal> Io<'a, H> {
             ..
         } = self.limits;
         let Some(p) = self.pending.get_mut(id) else {
-            return Ok(Some(()));
+            return Ok(Some(true));
         };
         let q = &mut self.queues[qi];
         match p.op {
@@ -487,7 +486,7 @@ impl<'a, H: Hal> Io<'a, H> {
             }
         }
         p.in_flight += 1;
-        Ok(Some(()))
+        Ok(Some(p.all_pushed()))
     }
 
     /// Pushes waiting requests while the rings have room.
@@ -549,10 +548,15 @@ impl<'a, H: Hal> Io<'a, H> {
     /// a wait afterwards blocks until something new happens.
     fn harvest(&mut self) {
         for qi in 0..self.queues.len() {
-            let event = self.queues[qi].consume_event();
-            if !event && self.queues[qi].in_flight() == 0 {
+            // A queue with nothing in flight has nothing to answer; what a
+            // backend puts on an idle ring is read, and validated like any
+            // response, once the queue is busy again. Its event is consumed
+            // by `consume_idle_events` before a wait instead, so that it
+            // cannot keep a waiter awake.
+            if self.queues[qi].in_flight() == 0 {
                 continue;
             }
+            self.queues[qi].consume_event();
             loop {
                 match self.queues[qi].next_response() {
                     Ok(Some(rsp)) => match self.queues[qi].complete(&rsp) {
@@ -584,6 +588,7 @@ impl<'a, H: Hal> Io<'a, H> {
             ..
         } = self;
         let q = &mut queues[qi];
+        let mut finished = false;
         if let Some(p) = pending.get_mut(id) {
             p.in_flight = p.in_flight.saturating_sub(1);
             match d.status {
@@ -612,27 +617,43 @@ impl<'a, H: Hal> Io<'a, H> {
                     p.fail(e);
                 }
             }
+            finished = p.finished();
         }
         q.release(d.slot);
-        self.complete_if_finished(id);
+        if finished {
+            self.complete(id);
+        }
     }
 
     fn complete_if_finished(&mut self, id: PendingId) {
-        if !self.pending.get_mut(id).is_some_and(|p| p.finished()) {
-            return;
+        if self.pending.get_mut(id).is_some_and(|p| p.finished()) {
+            self.complete(id);
         }
-        let Some(mut p) = self.pending.remove(id) else {
+    }
+
+    /// Moves finished request `id` to the completions.
+    fn complete(&mut self, id: PendingId) {
+        if !self.staging.is_empty() {
+            self.unstage(id);
+        }
+        if let Some(c) = self.pending.take_completion(id) {
+            self.done.push_back(c);
+        }
+    }
+
+    /// Copies a multi-part read's staged data into its buffer if every part
+    /// succeeded, and drops the staging buffer either way.
+    #[cold]
+    fn unstage(&mut self, id: PendingId) {
+        let Some(i) = self.staging.iter().position(|(s, _)| *s == id) else {
             return;
         };
-        if !p.direct {
-            if let Some(i) = self.staging.iter().position(|(s, _)| *s == id) {
-                let (_, st) = self.staging.swap_remove(i);
-                if let (None, Some(buf)) = (p.error, p.buf.as_mut()) {
-                    buf.copy_from_slice(&st);
-                }
+        let (_, st) = self.staging.swap_remove(i);
+        if let Some(p) = self.pending.get_mut(id) {
+            if let (None, Some(buf)) = (p.error, p.buf.as_mut()) {
+                buf.copy_from_slice(&st);
             }
         }
-        self.done.push_back(p.into_completion());
     }
 
     /// Fails every request not yet completed with `err`; grants are ended,
@@ -661,6 +682,16 @@ impl<'a, H: Hal> Io<'a, H> {
             Broken::Timeout => IoError::Timeout,
             cause @ Broken::Protocol(_) => IoError::Broken(cause),
         });
+    }
+
+    /// Consumes the events of queues with nothing in flight (which
+    /// [`harvest`](Self::harvest) leaves alone), so that a wait blocks
+    /// until something new happens. Nothing can legitimately arrive on such
+    /// a queue, so nothing is lost.
+    pub(super) fn consume_idle_events(&self) {
+        for q in self.queues.iter().filter(|q| q.in_flight() == 0) {
+            q.consume_event();
+        }
     }
 
     /// Removes and returns the completion of `token`, if it is done.

@@ -269,6 +269,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         if self.io.queue_count() == 0 {
             return self.io.check_usable();
         }
+        self.io.consume_idle_events();
         self.wait_events(deadline).map_err(|e| match e {
             HalError::Timeout => IoError::Timeout,
             e => IoError::Hal(e),
@@ -423,6 +424,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                 continue;
             }
             let slice = now.saturating_add(WAIT_SLICE_NS).min(deadline);
+            self.io.consume_idle_events();
             if self.wait_events(slice).is_err() && self.conn.backend_moved() {
                 // Quiet for a while and the backend's state changed: look.
                 let _ = self.check_backend();

@@ -127,100 +127,25 @@ struct Persistent {
 /// Idle private pages kept for reuse beyond what is in flight.
 const IDLE_PRIVATE_PAGES: usize = 64;
 
-/// One ring and everything that belongs to it.
-pub(super) struct Queue<'a, H: Hal> {
-    ring: BlkRing<'a, H>,
-    channel: EventChannel<'a, H>,
+/// The data pages of one queue that are not in flight, and how new ones
+/// are shared.
+struct Pool<'a, H: Hal> {
     table: &'a GrantTable<'a, H>,
     backend: DomId,
-    slots: Vec<Slot<'a, H>>,
-    free: Vec<SlotId>,
-    /// LIFO pool of idle data pages.
-    pool: Vec<DataPage<'a, H>>,
-    persistent: Option<Persistent>,
-    /// Requests pushed but not yet published to the backend.
-    unpublished: bool,
     /// The device number, tagging this queue's pages in the quarantine.
     owner: u32,
+    /// Idle pages, used LIFO.
+    idle: Vec<DataPage<'a, H>>,
+    persistent: Option<Persistent>,
+    /// Most idle private (per-request) pages kept for reuse.
+    keep_private: usize,
 }
 
-impl<'a, H: Hal> Queue<'a, H> {
-    /// A ring of `1 << order` pages granted to `backend`, and an unbound
-    /// event channel for it.
-    ///
-    /// # Errors
-    ///
-    /// Memory, grant and event-channel errors; nothing is held on error.
-    pub(super) fn new(
-        hal: &'a H,
-        table: &'a GrantTable<'a, H>,
-        backend: DomId,
-        order: u32,
-        owner: u32,
-    ) -> Result<Self> {
-        let mem = SharedPages::alloc_granted(table, 1 << order, backend, false, owner)?;
-        let ring = BlkRing::init(mem, order).map_err(|(e, _mem)| e)?;
-        let channel = EventChannel::alloc_unbound(hal, backend)?;
-        let n = ring.size() as usize;
-        let mut slots = Vec::new();
-        slots
-            .try_reserve_exact(n)
-            .map_err(|_| HalError::OutOfMemory)?;
-        slots.resize_with(n, || Slot {
-            state: State::Free,
-            pages: Vec::new(),
-            indirect: Vec::new(),
-        });
-        Ok(Queue {
-            ring,
-            channel,
-            table,
-            backend,
-            slots,
-            // Popped from the end: low ids go out first.
-            free: (0..n as u32).rev().map(SlotId).collect(),
-            pool: Vec::new(),
-            persistent: None,
-            unpublished: false,
-            owner,
-        })
-    }
-
-    /// The grant references of the ring pages, in order.
-    pub(super) fn ring_grefs(&self) -> &[GrantRef] {
-        self.ring.memory().grefs()
-    }
-
-    /// The event channel's port.
-    pub(super) fn port(&self) -> Port {
-        self.channel.port()
-    }
-
-    /// Request slots of the ring.
-    pub(super) fn size(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Free request slots.
-    pub(super) fn free_slots(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Requests in flight.
-    pub(super) fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    /// From now on keep up to `cap` data pages granted persistently. Called
-    /// at Connected, before any data page exists.
-    pub(super) fn use_persistent_grants(&mut self, cap: usize) {
-        self.persistent = Some(Persistent { cap, granted: 0 });
-    }
-
+impl<'a, H: Hal> Pool<'a, H> {
     /// A page from the pool, or a new one: granted persistently while the
     /// budget allows, else private (granted per request).
-    fn take_page(&mut self) -> Result<DataPage<'a, H>, GrantError> {
-        if let Some(p) = self.pool.pop() {
+    fn take(&mut self) -> Result<DataPage<'a, H>, GrantError> {
+        if let Some(p) = self.idle.pop() {
             return Ok(p);
         }
         let mut mem = SharedPage::alloc(self.table, self.owner)?;
@@ -265,8 +190,8 @@ impl<'a, H: Hal> Queue<'a, H> {
             self.quarantine(p);
             return;
         }
-        if p.lease == Lease::Persistent || self.pool.len() < self.slots.len() + IDLE_PRIVATE_PAGES {
-            self.pool.push(p);
+        if p.lease == Lease::Persistent || self.idle.len() < self.keep_private {
+            self.idle.push(p);
         }
         // Otherwise `p` drops here: private, so freed.
     }
@@ -280,21 +205,114 @@ impl<'a, H: Hal> Queue<'a, H> {
         p.mem.release();
     }
 
+    /// Keeps `p`, whose per-request grant the backend still maps, granted
+    /// persistently from now on.
+    fn adopt(&mut self, p: &mut DataPage<'a, H>) {
+        p.lease = Lease::Persistent;
+        if let Some(b) = &mut self.persistent {
+            b.granted += 1;
+        }
+    }
+}
+
+/// One ring and everything that belongs to it.
+pub(super) struct Queue<'a, H: Hal> {
+    ring: BlkRing<'a, H>,
+    channel: EventChannel<'a, H>,
+    slots: Vec<Slot<'a, H>>,
+    free: Vec<SlotId>,
+    pool: Pool<'a, H>,
+    /// Requests pushed but not yet published to the backend.
+    unpublished: bool,
+}
+
+impl<'a, H: Hal> Queue<'a, H> {
+    /// A ring of `1 << order` pages granted to `backend`, and an unbound
+    /// event channel for it.
+    ///
+    /// # Errors
+    ///
+    /// Memory, grant and event-channel errors; nothing is held on error.
+    pub(super) fn new(
+        hal: &'a H,
+        table: &'a GrantTable<'a, H>,
+        backend: DomId,
+        order: u32,
+        owner: u32,
+    ) -> Result<Self> {
+        let mem = SharedPages::alloc_granted(table, 1 << order, backend, false, owner)?;
+        let ring = BlkRing::init(mem, order).map_err(|(e, _mem)| e)?;
+        let channel = EventChannel::alloc_unbound(hal, backend)?;
+        let n = ring.size() as usize;
+        let mut slots = Vec::new();
+        slots
+            .try_reserve_exact(n)
+            .map_err(|_| HalError::OutOfMemory)?;
+        slots.resize_with(n, || Slot {
+            state: State::Free,
+            pages: Vec::new(),
+            indirect: Vec::new(),
+        });
+        Ok(Queue {
+            ring,
+            channel,
+            slots,
+            // Popped from the end: low ids go out first.
+            free: (0..n as u32).rev().map(SlotId).collect(),
+            pool: Pool {
+                table,
+                backend,
+                owner,
+                idle: Vec::new(),
+                persistent: None,
+                keep_private: n + IDLE_PRIVATE_PAGES,
+            },
+            unpublished: false,
+        })
+    }
+
+    /// The grant references of the ring pages, in order.
+    pub(super) fn ring_grefs(&self) -> &[GrantRef] {
+        self.ring.memory().grefs()
+    }
+
+    /// The event channel's port.
+    pub(super) fn port(&self) -> Port {
+        self.channel.port()
+    }
+
+    /// Request slots of the ring.
+    pub(super) fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Free request slots.
+    pub(super) fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Requests in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// From now on keep up to `cap` data pages granted persistently. Called
+    /// at Connected, before any data page exists.
+    pub(super) fn use_persistent_grants(&mut self, cap: usize) {
+        self.pool.persistent = Some(Persistent { cap, granted: 0 });
+    }
+
     /// Ends the grants of idle persistent pages the backend no longer maps
     /// and frees those pages; returns how many. Called when grant
     /// references run out, so that exhaustion clears.
     pub(super) fn purge_idle(&mut self) -> usize {
-        let mut freed = 0;
-        let mut keep = Vec::new();
-        for mut p in self.pool.drain(..) {
-            if p.lease == Lease::Persistent && p.mem.revoke().is_ok() {
-                freed += 1;
-                continue;
-            }
-            keep.push(p);
-        }
-        self.pool = keep;
-        if let Some(b) = &mut self.persistent {
+        let pool = &mut self.pool;
+        let before = pool.idle.len();
+        pool.idle
+            .retain_mut(|p| !(p.lease == Lease::Persistent && p.mem.revoke().is_ok()));
+        // The pages whose grant ended drop with `retain_mut`: private, freed.
+        let freed = before - pool.idle.len();
+        if let Some(b) = &mut pool.persistent {
             b.granted = b.granted.saturating_sub(freed);
         }
         freed
@@ -328,86 +346,30 @@ impl<'a, H: Hal> Queue<'a, H> {
             return Ok(false);
         };
         let write = part.data.is_some();
-        // The free slot's own (empty) vectors, with their capacity.
         let slot = &mut self.slots[id.index()];
-        let mut pages = core::mem::take(&mut slot.pages);
-        let mut indirect = core::mem::take(&mut slot.indirect);
-        let r = self.prepare(part, nsegs, &mut pages, &mut indirect);
+        let r = prepare(&mut self.pool, part, nsegs, slot);
         let r = r.and_then(|()| {
             let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
-            let req = encode(op, handle, id, part, &pages, &indirect)?;
+            let req = encode(op, handle, id, part, &slot.pages, &slot.indirect)?;
             Ok(push_slot(&mut self.ring, &req)?.then_some(op))
         });
         match r {
             Ok(Some(op)) => {
                 self.free.pop();
-                let slot = &mut self.slots[id.index()];
                 slot.state = State::InFlight(Busy {
                     op,
                     pending: part.pending,
                     offset: part.offset,
                     len: part.len,
                 });
-                slot.pages = pages;
-                slot.indirect = indirect;
                 self.unpublished = true;
                 Ok(true)
             }
             r => {
-                for p in pages.drain(..).chain(indirect.drain(..)) {
-                    self.recycle(p);
-                }
-                let slot = &mut self.slots[id.index()];
-                slot.pages = pages;
-                slot.indirect = indirect;
+                give_back(&mut self.pool, slot);
                 r.map(|_| false)
             }
         }
-    }
-
-    /// Takes, fills and grants the data pages (and indirect pages) of one
-    /// part. Pages taken so far are in `pages` / `indirect` on error.
-    fn prepare(
-        &mut self,
-        part: &RwPart<'_>,
-        nsegs: usize,
-        pages: &mut Vec<DataPage<'a, H>>,
-        indirect: &mut Vec<DataPage<'a, H>>,
-    ) -> Result<(), IoError> {
-        for i in 0..nsegs {
-            let mut p = self.take_page()?;
-            let r = match part.data {
-                // The backend does not look at the page while no request
-                // using it is in flight (a persistent grant is only used by
-                // the requests we send).
-                Some(d) => p
-                    .mem
-                    .write(0, &d[i * PAGE_SIZE..part.len.min((i + 1) * PAGE_SIZE)])
-                    .and_then(|()| self.grant_for(&mut p, true)),
-                None => self.grant_for(&mut p, false),
-            };
-            pages.push(p);
-            r?;
-        }
-        if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
-            return Ok(());
-        }
-        for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
-            let mut p = self.take_page()?;
-            let first = k * SEGS_PER_INDIRECT_PAGE;
-            let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
-            let mut r = Ok(());
-            for (j, dp) in pages[first..last].iter().enumerate() {
-                r = r.and_then(|()| {
-                    let bytes = encode_segment(&segment(first + j, dp, part.len)?);
-                    p.mem.write(j * bytes.len(), &bytes)
-                });
-            }
-            let r = r.and_then(|()| self.grant_for(&mut p, true));
-            indirect.push(p);
-            r?;
-        }
-        Ok(())
     }
 
     /// Pushes a request without data (flush, barrier, discard) built by
@@ -518,17 +480,14 @@ impl<'a, H: Hal> Queue<'a, H> {
             other => return Err(Violation::UnknownStatus(other)),
         };
         slot.state = State::Answered;
-        let persistent = self.persistent.is_some();
+        let persistent = self.pool.persistent.is_some();
         let mut still_mapped = false;
         for p in slot.pages.iter_mut().chain(slot.indirect.iter_mut()) {
             if p.lease == Lease::PerRequest && p.mem.revoke().is_err() {
                 if persistent {
                     // The backend chose to keep it (as blkback does up to its
                     // persistent limit): keep it granted, as Linux does.
-                    p.lease = Lease::Persistent;
-                    if let Some(b) = &mut self.persistent {
-                        b.granted += 1;
-                    }
+                    self.pool.adopt(p);
                 } else {
                     still_mapped = true;
                 }
@@ -572,14 +531,7 @@ impl<'a, H: Hal> Queue<'a, H> {
             return;
         }
         s.state = State::Free;
-        let mut pages = core::mem::take(&mut s.pages);
-        let mut indirect = core::mem::take(&mut s.indirect);
-        for p in pages.drain(..).chain(indirect.drain(..)) {
-            self.recycle(p);
-        }
-        let s = &mut self.slots[slot.index()];
-        s.pages = pages;
-        s.indirect = indirect;
+        give_back(&mut self.pool, s);
         self.free.push(slot);
     }
 
@@ -625,6 +577,60 @@ fn push_slot<H: Hal>(ring: &mut BlkRing<'_, H>, req: &RequestSlot) -> Result<boo
         Err(RingError::Protocol(v)) => Err(IoError::Broken(Broken::Protocol(v))),
         // Pushing never fails with `InvalidOrder` (only setting up does).
         Err(RingError::Full | RingError::InvalidOrder(_)) => Ok(false),
+    }
+}
+
+/// Takes, fills and grants the data pages (and indirect pages) of one part
+/// into the free slot `slot`. Pages taken so far stay in the slot on error.
+fn prepare<'a, H: Hal>(
+    pool: &mut Pool<'a, H>,
+    part: &RwPart<'_>,
+    nsegs: usize,
+    slot: &mut Slot<'a, H>,
+) -> Result<(), IoError> {
+    for i in 0..nsegs {
+        let mut p = pool.take()?;
+        let r = match part.data {
+            // The backend does not look at the page while no request using
+            // it is in flight (a persistent grant is only used by the
+            // requests we send).
+            Some(d) => p
+                .mem
+                .write(0, &d[i * PAGE_SIZE..part.len.min((i + 1) * PAGE_SIZE)])
+                .and_then(|()| pool.grant_for(&mut p, true)),
+            None => pool.grant_for(&mut p, false),
+        };
+        slot.pages.push(p);
+        r?;
+    }
+    if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        return Ok(());
+    }
+    for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
+        let mut p = pool.take()?;
+        let first = k * SEGS_PER_INDIRECT_PAGE;
+        let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
+        let mut r = Ok(());
+        for (j, dp) in slot.pages[first..last].iter().enumerate() {
+            r = r.and_then(|()| {
+                let bytes = encode_segment(&segment(first + j, dp, part.len)?);
+                p.mem.write(j * bytes.len(), &bytes)
+            });
+        }
+        let r = r.and_then(|()| pool.grant_for(&mut p, true));
+        slot.indirect.push(p);
+        r?;
+    }
+    Ok(())
+}
+
+/// Returns every page of `slot` to the pool (or the quarantine).
+fn give_back<'a, H: Hal>(pool: &mut Pool<'a, H>, slot: &mut Slot<'a, H>) {
+    while let Some(p) = slot.pages.pop() {
+        pool.recycle(p);
+    }
+    while let Some(p) = slot.indirect.pop() {
+        pool.recycle(p);
     }
 }
 
