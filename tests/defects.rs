@@ -7,20 +7,16 @@
 //! below, so that the coming per-layer error types need one change each.
 #![cfg(feature = "sim")]
 
-use std::sync::Arc;
-
 use xenblk::abi::blkif::BLKIF_RSP_EOPNOTSUPP;
 use xenblk::blkfront::{
-    BackendEvent, BlockFront, Broken, Completion, Config, DeviceState, IoError, RequestToken,
+    BackendEvent, Broken, Completion, Config, DeviceState, IoError, RequestToken,
 };
 use xenblk::error::{Error, Violation};
-use xenblk::gnttab::{GrantError, GrantTable};
+use xenblk::gnttab::GrantError;
 use xenblk::hal::{DomId, GrantRef};
-use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
-use xenblk::sim::xenstored::{SimXsTransport, XenStored};
-use xenblk::sim::{Accounting, SimConfig, SimHal, SimXen};
+use xenblk::sim::blkback::{BackendConfig, SimBlkBackHandle};
+use xenblk::sim::{Guest, SimConfig, SimDisk, SimXen, Testbed};
 use xenblk::xenbus::{XenbusError, XenbusState};
-use xenblk::xenstore::XenStore;
 
 // ----- what each test expects (change here when the error API changes) -----
 
@@ -66,9 +62,8 @@ fn d11d_acceptable(e: IoError) -> bool {
 
 // ----- the world: one guest, simulated backends, step mode ------------------
 
+/// The guest's domain id (what a `Testbed` gives it unless told otherwise).
 const GUEST: DomId = DomId(1);
-const VDEV: u32 = 51712;
-const VDEV_B: u32 = 51728;
 /// What one queue with a one-page ring and no indirect descriptors holds:
 /// 32 slots of 11 segments of 4 KiB (1408 KiB).
 const RING_SLOTS: u64 = 32;
@@ -83,118 +78,66 @@ const D01_HUGE: Error = Error::Xenbus(XenbusError::MalformedKey("sectors"));
 const SENTINEL: u8 = 0xa5;
 const CONNECT_TIMEOUT_NS: u64 = 2_000_000_000;
 
-type Store<'h> = spin::Mutex<XenStore<SimXsTransport<'h>>>;
-type Disk<'a> = BlockFront<'a, SimHal, SimXsTransport<'a>>;
-
-/// Minimal setup (moves onto the shared `sim::Testbed` later).
-struct Bed {
-    xen: SimXen,
-    xsd: XenStored,
-    hal: SimHal,
+/// dom0 reads a key.
+fn dom0_read(tb: &Testbed, path: &str) -> Option<String> {
+    tb.xenstored().read_opt(DomId::DOM0, path).unwrap()
 }
 
-impl Bed {
-    fn new() -> Bed {
-        Bed::with(SimConfig::default())
-    }
-
-    fn with(cfg: SimConfig) -> Bed {
-        let xen = SimXen::with_config(cfg, false);
-        let xsd = XenStored::new(&xen);
-        xsd.with_store(|s| s.introduce_domain(GUEST));
-        let hal = xen.hal(GUEST);
-        Bed { xen, xsd, hal }
-    }
-
-    fn backend(&self, vdev: u32, cfg: BackendConfig) -> SimBlkBackHandle {
-        let store: Arc<dyn BackendStore> = Arc::new(self.xsd.clone());
-        SimBlkBack::new(&self.xen, store, GUEST, vdev, cfg).expect("backend")
-    }
-
-    /// The guest's xenstore client, and what the guest holds with it.
-    fn store(&self) -> (Store<'_>, Accounting) {
-        let s = spin::Mutex::new(XenStore::new(self.xsd.connect(&self.hal).unwrap()));
-        (s, self.xen.accounting(GUEST))
-    }
-
-    /// Grants, ports and pages the guest holds beyond `base`.
-    fn held(&self, base: Accounting) -> (usize, usize, usize) {
-        let a = self.xen.accounting(GUEST);
-        assert_eq!(a.bad_frees, 0, "{a:?}");
-        (
-            a.grants_active - base.grants_active,
-            a.ports_open - base.ports_open,
-            a.pages - base.pages,
-        )
-    }
-
-    /// dom0 reads a key.
-    fn read(&self, path: &str) -> Option<String> {
-        self.xsd.read_opt(DomId::DOM0, path).unwrap()
-    }
-
-    /// dom0 writes a key (a hostile or buggy backend, or the toolstack).
-    fn write(&self, path: &str, value: &str) {
-        self.xsd.write(DomId::DOM0, path, value).unwrap();
-    }
-
-    /// The ring keys (`ring-ref*`, and those of `queue-*`) under `fe`, with
-    /// their values.
-    fn ring_refs(&self, fe: &str) -> Vec<(String, u32)> {
-        let mut dirs = vec![fe.to_string()];
-        for n in self.xsd.directory(DomId::DOM0, fe).unwrap_or_default() {
-            if n.starts_with("queue-") {
-                dirs.push(format!("{fe}/{n}"));
-            }
-        }
-        let mut out = Vec::new();
-        for d in dirs {
-            for n in self.xsd.directory(DomId::DOM0, &d).unwrap_or_default() {
-                if n.starts_with("ring-ref") {
-                    let v = self.read(&format!("{d}/{n}")).unwrap_or_default();
-                    out.push((format!("{d}/{n}"), v.trim().parse().unwrap_or(0)));
-                }
-            }
-        }
-        out
-    }
-
-    /// After a failed probe: the frontend is Closed, advertises no ring, and
-    /// holds nothing it held not before (but pages the backend still maps).
-    fn torn_down(&self, be: &SimBlkBackHandle, base: Accounting) {
-        let fe = be.frontend_path();
-        let state = self.read(&format!("{fe}/state"));
-        assert_eq!(
-            state.as_deref(),
-            Some("6"),
-            "frontend state after the failed probe"
-        );
-        let keys = self.xsd.directory(DomId::DOM0, &fe).unwrap_or_default();
-        let stale: Vec<_> = keys
-            .iter()
-            .filter(|k| {
-                k.starts_with("ring-ref") || k.starts_with("queue-") || *k == "event-channel"
-            })
-            .collect();
-        assert!(stale.is_empty(), "frontend still advertises {stale:?}");
-        let a = self.xen.accounting(GUEST);
-        let mapped = a.grants_mapped_by_others - base.grants_mapped_by_others;
-        let (grants, ports, pages) = self.held(base);
-        assert_eq!(ports, 0, "event channels left open");
-        assert!(
-            grants <= mapped && pages <= mapped,
-            "{grants} grants, {pages} pages held, {mapped} mapped"
-        );
-    }
+/// dom0 writes a key (a hostile or buggy backend, or the toolstack).
+fn dom0_write(tb: &Testbed, path: &str, value: &str) {
+    tb.xenstored().write(DomId::DOM0, path, value).unwrap();
 }
 
-/// Binds a grant table and a xenstore client for `$bed`, and the accounting
-/// before any disk exists.
-macro_rules! world {
-    ($bed:ident, $gt:ident, $store:ident, $base:ident) => {
-        let $gt = GrantTable::new(&$bed.hal).unwrap();
-        let ($store, $base) = $bed.store();
-    };
+/// The ring keys (`ring-ref*`, and those of `queue-*`) under `fe`, with
+/// their values.
+fn ring_refs(tb: &Testbed, fe: &str) -> Vec<(String, u32)> {
+    let xsd = tb.xenstored();
+    let mut dirs = vec![fe.to_string()];
+    for n in xsd.directory(DomId::DOM0, fe).unwrap_or_default() {
+        if n.starts_with("queue-") {
+            dirs.push(format!("{fe}/{n}"));
+        }
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        for n in xsd.directory(DomId::DOM0, &d).unwrap_or_default() {
+            if n.starts_with("ring-ref") {
+                let v = dom0_read(tb, &format!("{d}/{n}")).unwrap_or_default();
+                out.push((format!("{d}/{n}"), v.trim().parse().unwrap_or(0)));
+            }
+        }
+    }
+    out
+}
+
+/// After a failed probe: the frontend is Closed, advertises no ring, and
+/// holds nothing it held not before (but pages the backend still maps).
+fn torn_down(guest: &Guest<'_>, be: &SimBlkBackHandle) {
+    let tb = guest.testbed();
+    let fe = be.frontend_path();
+    let state = dom0_read(tb, &format!("{fe}/state"));
+    assert_eq!(
+        state.as_deref(),
+        Some("6"),
+        "frontend state after the failed probe"
+    );
+    let keys = tb
+        .xenstored()
+        .directory(DomId::DOM0, &fe)
+        .unwrap_or_default();
+    let stale: Vec<_> = keys
+        .iter()
+        .filter(|k| k.starts_with("ring-ref") || k.starts_with("queue-") || *k == "event-channel")
+        .collect();
+    assert!(stale.is_empty(), "frontend still advertises {stale:?}");
+    let a = tb.accounting();
+    let mapped = a.grants_mapped_by_others - guest.base().grants_mapped_by_others;
+    let (grants, ports, pages) = guest.held();
+    assert_eq!(ports, 0, "event channels left open");
+    assert!(
+        grants <= mapped && pages <= mapped,
+        "{grants} grants, {pages} pages held, {mapped} mapped"
+    );
 }
 
 fn blkback() -> BackendConfig {
@@ -238,19 +181,23 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// order 1 but (configured with `max_ring_page_order = Some(0)`) fails the
 /// connection on it (`xenbus_dev_fatal`, backend Closing) without mapping
 /// anything. Call after the backend published its InitWait keys.
-fn refuse_ring(bed: &Bed, be: &SimBlkBackHandle) {
+fn refuse_ring(tb: &Testbed, be: &SimBlkBackHandle) {
     assert_eq!(be.config().max_ring_page_order, Some(0));
-    bed.write(&format!("{}/max-ring-page-order", be.backend_path()), "1");
+    dom0_write(
+        tb,
+        &format!("{}/max-ring-page-order", be.backend_path()),
+        "1",
+    );
 }
 
 /// Polls (and waits) until `t` completes.
-fn complete(bed: &Bed, disk: &mut Disk<'_>, t: RequestToken) -> Completion {
+fn complete(xen: &SimXen, disk: &mut SimDisk<'_>, t: RequestToken) -> Completion {
     for _ in 0..10_000 {
         match disk.poll() {
             Some(c) if c.token == t => return c,
             Some(c) => panic!("a stranger completed: {:?}", c.token),
             None => {
-                let _ = disk.wait(bed.xen.now_ns() + 10_000_000);
+                let _ = disk.wait(xen.now_ns() + 10_000_000);
             }
         }
     }
@@ -258,7 +205,7 @@ fn complete(bed: &Bed, disk: &mut Disk<'_>, t: RequestToken) -> Completion {
 }
 
 /// A write and a read through `disk`, checked against the backend's disk.
-fn roundtrip(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
+fn roundtrip(disk: &mut SimDisk<'_>, be: &SimBlkBackHandle) {
     let data = pattern(77, 8192);
     disk.write(8, &data).expect("write");
     assert_eq!(be.disk_read(8 * 512, data.len()).unwrap(), data);
@@ -269,7 +216,7 @@ fn roundtrip(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
 
 /// Discards the last `n` sectors; the backend must see no range outside
 /// them. Returns whether a discard reached the backend.
-fn discard_tail_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle, n: u64) -> bool {
+fn discard_tail_stays_in_range(disk: &mut SimDisk<'_>, be: &SimBlkBackHandle, n: u64) -> bool {
     let first = disk.sectors() - n;
     let before = be.stats().discards;
     // A typed error is acceptable; a panic or a wider range is not.
@@ -286,7 +233,7 @@ fn discard_tail_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle, n: u6
 }
 
 /// Discards the last sector; the backend must see no range outside it.
-fn discard_last_sector_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle) {
+fn discard_last_sector_stays_in_range(disk: &mut SimDisk<'_>, be: &SimBlkBackHandle) {
     discard_tail_stays_in_range(disk, be, 1);
 }
 
@@ -298,18 +245,18 @@ fn discard_last_sector_stays_in_range(disk: &mut Disk<'_>, be: &SimBlkBackHandle
 /// largest accepted size a discard of the last sector stays inside it.
 #[test]
 fn d01a_discard_at_the_end_of_a_huge_disk_stays_in_range() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.null_disk = true;
     cfg.disk_bytes = HUGE_SECTORS * 512;
-    let _huge = bed.backend(VDEV, cfg.clone());
-    world!(bed, gt, store, base);
-    let r = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue());
+    let tb = Testbed::new([cfg.clone()]);
+    let guest = tb.guest();
+    let r = guest.probe(0, one_queue());
     assert_eq!(r.err().map(|e| e.error), Some(D01_HUGE));
-    assert_eq!(bed.held(base), (0, 0, 0), "the refused probe took nothing");
+    assert_eq!(guest.held(), (0, 0, 0), "the refused probe took nothing");
     cfg.disk_bytes = MAX_SECTORS * 512;
-    let be = bed.backend(VDEV_B, cfg);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV_B, one_queue()).expect("probe");
+    let i = tb.add_disk(cfg).expect("backend");
+    let be = tb.backend(i);
+    let mut disk = guest.probe(i, one_queue()).expect("probe");
     assert_eq!(disk.sectors(), MAX_SECTORS);
     discard_last_sector_stays_in_range(&mut disk, &be);
     assert!(
@@ -317,7 +264,7 @@ fn d01a_discard_at_the_end_of_a_huge_disk_stays_in_range() {
         "a whole unit was sent"
     );
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: panics, "attempt to multiply with overflow" (submit_discard);
@@ -326,12 +273,12 @@ fn d01a_discard_at_the_end_of_a_huge_disk_stays_in_range() {
 /// the bound is taken, and the discard at its end stays inside.
 #[test]
 fn d01b_discard_at_the_end_after_a_resize_to_a_huge_disk_stays_in_range() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.null_disk = true;
-    let be = bed.backend(VDEV, cfg);
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     let small = disk.sectors();
     be.set_size_bytes(HUGE_SECTORS * 512).unwrap();
     assert_eq!(disk.check_backend(), Err(D01_HUGE));
@@ -347,16 +294,16 @@ fn d01b_discard_at_the_end_after_a_resize_to_a_huge_disk_stays_in_range() {
         "a whole unit was sent"
     );
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "the failed read changed the caller's buffer from byte 0".
 #[test]
 fn d02_a_failed_blocking_read_leaves_the_buffer_unchanged() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     let len = 2 << 20;
     be.disk_write(0, &pattern(2, len)).unwrap();
     // The first chunk (the ring's 32 requests) completes; the backend goes
@@ -370,16 +317,16 @@ fn d02_a_failed_blocking_read_leaves_the_buffer_unchanged() {
         "the failed read changed the caller's buffer from byte"
     );
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "an out-of-range write sent 32 of them" (its first chunk).
 #[test]
 fn d03_out_of_range_blocking_io_sends_nothing() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     let old = pattern(3, 4 << 20);
     be.disk_write(0, &old).unwrap();
     let len = 2 << 20; // more than one blocking chunk
@@ -395,85 +342,88 @@ fn d03_out_of_range_blocking_io_sends_nothing() {
     assert_eq!(sent, 0, "an out-of-range read sent {sent} of them");
     assert!(buf.iter().all(|&b| b == SENTINEL), "the buffer changed");
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: frontend state after the failed probe is "3" (Initialised).
 #[test]
 fn d04a_a_probe_failing_on_a_hostile_sector_size_tears_down() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, qdisk());
-    bed.xen.run_until_idle(); // qdisk publishes its geometry at InitWait
+    let tb = Testbed::new([qdisk()]);
+    let be = tb.backend(0);
+    tb.xen().run_until_idle(); // qdisk publishes its geometry at InitWait
     let key = format!("{}/sector-size", be.backend_path());
-    bed.write(&key, "1000");
-    world!(bed, gt, store, base);
-    let err = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue())
+    dom0_write(&tb, &key, "1000");
+    let guest = tb.guest();
+    let err = guest
+        .probe(0, one_queue())
         .err()
         .expect("sector-size 1000 must fail the probe");
     assert_eq!(err.error, D04A_PROBE);
-    bed.torn_down(&be, base);
+    torn_down(&guest, &be);
     // Once the key is sane again, probing again connects.
-    bed.write(&key, "512");
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("retry");
+    dom0_write(&tb, &key, "512");
+    let mut disk = guest.probe(0, one_queue()).expect("retry");
     roundtrip(&mut disk, &be);
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: frontend state after the failed probe is "3" (Initialised).
 #[test]
 fn d04b_a_probe_timing_out_on_a_slow_hotplug_script_tears_down() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.hotplug_delay_ns = CONNECT_TIMEOUT_NS * 3 / 2;
-    let be = bed.backend(VDEV, cfg);
-    world!(bed, gt, store, base);
-    let err = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue())
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let err = guest
+        .probe(0, one_queue())
         .err()
         .expect("the hotplug script outlasts the connect bound");
     assert_eq!(err.error, D04B_PROBE);
-    bed.torn_down(&be, base);
+    torn_down(&guest, &be);
     // The script finishes; probing again connects.
-    bed.xen.advance_clock(CONNECT_TIMEOUT_NS);
-    bed.xen.run_until_idle();
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("retry");
+    tb.xen().advance_clock(CONNECT_TIMEOUT_NS);
+    tb.xen().run_until_idle();
+    let mut disk = guest.probe(0, one_queue()).expect("retry");
     roundtrip(&mut disk, &be);
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "through disk A's stale .../ring-ref1, dom0 maps disk B's
 /// live ring".
 #[test]
 fn d05_a_failed_probe_leaves_no_ring_ref_naming_another_disks_ring() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.max_ring_page_order = Some(0);
-    let be_a = bed.backend(VDEV, cfg);
-    let be_b = bed.backend(VDEV_B, blkback());
-    bed.xen.run_until_idle();
-    refuse_ring(&bed, &be_a);
-    world!(bed, gt, store, base);
+    let tb = Testbed::new([cfg, blkback()]);
+    let (be_a, be_b) = (tb.backend(0), tb.backend(1));
+    tb.xen().run_until_idle();
+    refuse_ring(&tb, &be_a);
+    let guest = tb.guest();
     let cfg_a = Config {
         max_ring_page_order: 1,
         ..one_queue()
     };
-    assert!(BlockFront::probe(&bed.hal, &gt, &store, VDEV, cfg_a).is_err());
-    let mut disk_b = BlockFront::probe(&bed.hal, &gt, &store, VDEV_B, one_queue()).expect("B");
-    let b_ring: Vec<u64> = bed
-        .ring_refs(&be_b.frontend_path())
+    assert!(guest.probe(0, cfg_a).is_err());
+    let mut disk_b = guest.probe(1, one_queue()).expect("B");
+    let b_ring: Vec<u64> = ring_refs(&tb, &be_b.frontend_path())
         .iter()
         .map(|(_, r)| {
-            bed.xen
-                .map_grant(DomId::DOM0, GUEST, GrantRef(*r), true)
+            tb.xen()
+                .map_grant(DomId::DOM0, tb.domid(), GrantRef(*r), true)
                 .unwrap()
                 .gfn()
                 .0
         })
         .collect();
-    let stale = bed.ring_refs(&be_a.frontend_path());
+    let stale = ring_refs(&tb, &be_a.frontend_path());
     for (key, r) in &stale {
-        if let Ok(m) = bed.xen.map_grant(DomId::DOM0, GUEST, GrantRef(*r), true) {
+        if let Ok(m) = tb
+            .xen()
+            .map_grant(DomId::DOM0, tb.domid(), GrantRef(*r), true)
+        {
             let gfn = m.gfn().0;
             assert!(
                 !b_ring.contains(&gfn),
@@ -484,50 +434,49 @@ fn d05_a_failed_probe_leaves_no_ring_ref_naming_another_disks_ring() {
     assert!(stale.is_empty(), "disk A still advertises {stale:?}");
     roundtrip(&mut disk_b, &be_b);
     assert_eq!(disk_b.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "round 0: wait returned Ok(()) at once".
 #[test]
 fn d06_one_event_on_an_idle_queue_does_not_make_wait_spin() {
-    let bed = Bed::new();
-    let _be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
+    let tb = Testbed::new([blkback()]);
+    let guest = tb.guest();
     let cfg = Config {
         max_queues: 2,
         ..one_queue()
     };
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, cfg).expect("probe");
+    let mut disk = guest.probe(0, cfg).expect("probe");
     let ports = disk.ports();
     assert_eq!(ports.len(), 2);
-    let deadline = bed.xen.now_ns() + 1_000_000;
+    let deadline = tb.xen().now_ns() + 1_000_000;
     assert_eq!(
         disk.wait(deadline),
         Err(D06_IDLE_WAIT),
         "baseline: an idle wait times out"
     );
-    bed.xen.inject_event(GUEST, ports[1]).unwrap();
+    tb.xen().inject_event(tb.domid(), ports[1]).unwrap();
     for round in 0..3 {
         while disk.poll().is_some() {}
-        let deadline = bed.xen.now_ns() + 1_000_000;
+        let deadline = tb.xen().now_ns() + 1_000_000;
         let r = disk.wait(deadline);
-        let now = bed.xen.now_ns();
+        let now = tb.xen().now_ns();
         assert!(
             r == Err(D06_IDLE_WAIT) && now >= deadline,
             "round {round}: wait returned {r:?} at {now}, deadline {deadline}"
         );
     }
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "an idle device refuses a 2097152-byte read with RingFull".
 #[test]
 fn d07a_a_request_larger_than_every_ring_is_not_ring_full() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     assert_eq!(disk.info().negotiated.ring_slots as u64, RING_SLOTS);
     let len = 2 << 20;
     assert!(len > RING_BYTES);
@@ -535,7 +484,7 @@ fn d07a_a_request_larger_than_every_ring_is_not_ring_full() {
     be.disk_write(0, &data).unwrap();
     match disk.submit_read(0, vec![0; len]) {
         Ok(t) => {
-            let c = complete(&bed, &mut disk, t);
+            let c = complete(tb.xen(), &mut disk, t);
             assert_eq!(c.result, Ok(()));
             assert!(c.buf.as_deref() == Some(&data[..]), "wrong data");
         }
@@ -546,16 +495,16 @@ fn d07a_a_request_larger_than_every_ring_is_not_ring_full() {
         ),
     }
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: the blocking read returns Err(RingFull).
 #[test]
 fn d07b_a_blocking_read_of_ring_capacity_succeeds_beside_an_outstanding_request() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     let data = pattern(8, 4 << 20);
     be.disk_write(0, &data).unwrap();
     let t = disk
@@ -568,26 +517,26 @@ fn d07b_a_blocking_read_of_ring_capacity_succeeds_beside_an_outstanding_request(
         "blocking read beside one outstanding request"
     );
     assert!(buf == data[16 * 512..16 * 512 + RING_BYTES], "wrong data");
-    let c = complete(&bed, &mut disk, t);
+    let c = complete(tb.xen(), &mut disk, t);
     assert_eq!(c.result, Ok(()));
     assert!(c.buf.as_deref() == Some(&data[..4096]), "wrong data");
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: the read completes with Err(Unsupported(Indirect)).
 #[test]
 fn d08_eopnotsupp_on_a_plain_read_is_an_io_error() {
-    let bed = Bed::new();
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     assert_eq!(disk.info().negotiated.indirect_segments, 0);
     be.update_faults(|f| f.hold_responses = true);
     let t = disk.submit_read(0, vec![SENTINEL; 512]).unwrap();
     disk.kick();
-    bed.xen.run_until_idle();
-    assert!(be.release_held(&bed.xen, 0, |r| r.status = BLKIF_RSP_EOPNOTSUPP));
+    tb.xen().run_until_idle();
+    assert!(be.release_held(tb.xen(), 0, |r| r.status = BLKIF_RSP_EOPNOTSUPP));
     let c = disk.poll().expect("the read completes");
     assert_eq!(
         (c.token, c.result),
@@ -603,7 +552,7 @@ fn d08_eopnotsupp_on_a_plain_read_is_an_io_error() {
     be.update_faults(|f| f.hold_responses = false);
     roundtrip(&mut disk, &be);
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "read 1 of 1 MiB on an idle device: Err(GrantRefsExhausted)".
@@ -614,18 +563,21 @@ fn d09_grant_exhaustion_clears_on_an_idle_device() {
     // blkback maps every grant of a persistent connection persistently (up
     // to 1056 per ring), so the frontend cannot revoke pool pages to make
     // room: the fix has to bound what each queue grants (here below ~250).
-    let bed = Bed::with(SimConfig {
-        grant_frames: 1,
-        ..SimConfig::default()
-    });
-    let be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
+    let tb = Testbed::builder()
+        .sim_config(SimConfig {
+            grant_frames: 1,
+            ..SimConfig::default()
+        })
+        .disk(blkback())
+        .build();
+    let be = tb.backend(0);
+    let guest = tb.guest();
     let cfg = Config {
         max_queues: 2,
         max_ring_page_order: 0,
         ..Config::default()
     };
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, cfg).expect("probe");
+    let mut disk = guest.probe(0, cfg).expect("probe");
     let n = &disk.info().negotiated;
     assert!(
         n.persistent && n.queues == 2 && n.indirect_segments == 256,
@@ -640,31 +592,31 @@ fn d09_grant_exhaustion_clears_on_an_idle_device() {
             r,
             Ok(()),
             "read {i} of 1 MiB on an idle device ({} refs)",
-            gt.capacity()
+            guest.grants().capacity()
         );
         assert!(buf == data, "read {i}: wrong data");
     }
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: "probe accepted sector-size 8192".
 #[test]
 fn d10_probe_refuses_a_sector_size_above_4096() {
     for ss in ["8192", "2147483648"] {
-        let bed = Bed::new();
-        let be = bed.backend(VDEV, qdisk());
-        bed.xen.run_until_idle(); // qdisk publishes its geometry at InitWait
-        bed.write(&format!("{}/sector-size", be.backend_path()), ss);
-        world!(bed, gt, store, base);
-        match BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()) {
+        let tb = Testbed::new([qdisk()]);
+        let be = tb.backend(0);
+        tb.xen().run_until_idle(); // qdisk publishes its geometry at InitWait
+        dom0_write(&tb, &format!("{}/sector-size", be.backend_path()), ss);
+        let guest = tb.guest();
+        match guest.probe(0, one_queue()) {
             Ok(d) => panic!(
                 "probe accepted sector-size {ss} (sector_size {})",
                 d.sector_size()
             ),
             Err(e) => assert_eq!(e.error, D10_PROBE, "sector-size {ss}"),
         }
-        bed.torn_down(&be, base);
+        torn_down(&guest, &be);
     }
 }
 
@@ -674,69 +626,68 @@ fn d10_probe_refuses_a_sector_size_above_4096() {
 #[test]
 fn d11a_probe_refuses_a_backend_id_that_names_no_backend() {
     for id in [0x7ff0u16, 0xffff, GUEST.0] {
-        let bed = Bed::new();
-        let be = bed.backend(VDEV, blkback());
-        let fe = be.frontend_path();
-        bed.write(&format!("{fe}/backend-id"), &id.to_string());
-        world!(bed, gt, store, base);
-        let err = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue())
+        let tb = Testbed::builder().guest(GUEST).disk(blkback()).build();
+        let fe = tb.backend(0).frontend_path();
+        dom0_write(&tb, &format!("{fe}/backend-id"), &id.to_string());
+        let guest = tb.guest();
+        let err = guest
+            .probe(0, one_queue())
             .err()
             .expect("a backend-id naming no backend must fail the probe");
         assert_eq!(err.error, D11A_PROBE, "backend-id {id}");
-        assert_eq!(bed.held(base), (0, 0, 0), "backend-id {id}");
-        assert_eq!(bed.ring_refs(&fe), vec![], "backend-id {id}");
+        assert_eq!(guest.held(), (0, 0, 0), "backend-id {id}");
+        assert_eq!(ring_refs(&tb, &fe), vec![], "backend-id {id}");
     }
 }
 
 /// At 8fed832: "probe gave up 10000000000 ns after the backend went Closing".
 #[test]
 fn d11b_probe_gives_up_soon_after_the_backend_goes_closing() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.max_ring_page_order = Some(0);
-    let be = bed.backend(VDEV, cfg);
-    bed.xen.run_until_idle();
-    refuse_ring(&bed, &be);
-    world!(bed, gt, store, base);
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    tb.xen().run_until_idle();
+    refuse_ring(&tb, &be);
+    let guest = tb.guest();
     let cfg = Config {
         max_ring_page_order: 1,
         connect_timeout_ns: 10_000_000_000,
         ..one_queue()
     };
-    let start = bed.xen.now_ns();
-    assert!(BlockFront::probe(&bed.hal, &gt, &store, VDEV, cfg).is_err());
-    let took = bed.xen.now_ns() - start;
+    let start = tb.xen().now_ns();
+    assert!(guest.probe(0, cfg).is_err());
+    let took = tb.xen().now_ns() - start;
     assert!(be.last_error().is_some(), "the backend refused the ring");
     assert!(
         took < cfg.connect_timeout_ns / 10,
         "probe gave up {took} ns after the backend went Closing"
     );
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: read of an empty buffer on a closed device returns Ok(()).
 #[test]
 fn d11c_empty_io_on_a_closed_device_is_refused() {
-    let bed = Bed::new();
-    let _be = bed.backend(VDEV, blkback());
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([blkback()]);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     assert_eq!(disk.close(), Ok(0));
     assert_eq!(disk.read(0, &mut []), Err(D11C_CLOSED), "empty read");
     assert_eq!(disk.write(0, &[]), Err(D11C_CLOSED), "empty write");
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
 
 /// At 8fed832: the read returns Ok(()) with data from a page the backend
 /// can still write.
 #[test]
 fn d11d_a_read_whose_grant_cannot_be_revoked_fails_and_breaks_the_device() {
-    let bed = Bed::new();
     let mut cfg = blkback();
     cfg.persistent = false;
-    let be = bed.backend(VDEV, cfg);
-    world!(bed, gt, store, base);
-    let mut disk = BlockFront::probe(&bed.hal, &gt, &store, VDEV, one_queue()).expect("probe");
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, one_queue()).expect("probe");
     assert!(!disk.info().negotiated.persistent);
     be.disk_write(0, &pattern(11, 4096)).unwrap();
     be.update_faults(|f| f.keep_grants_mapped = true);
@@ -758,5 +709,5 @@ fn d11d_a_read_whose_grant_cannot_be_revoked_fails_and_breaks_the_device() {
     );
     // Closed, the backend unmaps everything and nothing is left.
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(bed.held(base), (0, 0, 0));
+    assert_eq!(guest.held(), (0, 0, 0));
 }
