@@ -173,6 +173,56 @@ fn four_k_logical_sectors() {
     assert_eq!(r.unwrap_err().error, IoError::Misaligned);
 }
 
+/// The frontend's `feature-large-sector-size` key of disk 0, as dom0 sees it.
+fn large_sector_flag(tb: &Testbed) -> Option<String> {
+    let fe = format!("/local/domain/{}/device/vbd/{}", tb.domid().0, tb.vdev(0));
+    tb.xenstored()
+        .read(DomId::DOM0, &format!("{fe}/feature-large-sector-size"))
+        .ok()
+}
+
+#[test]
+fn four_k_qdisk_counts_in_logical_blocks_once_the_frontend_says_it_does() {
+    // QEMU's xen-block (4.1 through 10.x) counts `sectors` and every ring
+    // sector field in logical blocks, and connects with a block size above
+    // 512 only to a frontend that writes feature-large-sector-size=1.
+    let mut cfg = small(BackendConfig::qdisk());
+    cfg.sector_size = 4096;
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).expect("probe");
+    assert_eq!(large_sector_flag(&tb).as_deref(), Some("1"));
+    let i = disk.info();
+    assert_eq!(i.sectors_unit, SectorsUnit::LogicalBlocks);
+    assert_eq!(i.sectors_raw, Some((8 << 20) / 4096));
+    assert_eq!(disk.sectors(), (8 << 20) / 4096);
+    assert!(i.disk_line().contains(" sector-size=4096 sectors-unit=logical "));
+    assert!(format!("{i}").contains("feature-large-sector-size=1"));
+    // The backend turns ring sector numbers into byte offsets with the
+    // logical block size: the data lands where the caller put it only if
+    // the driver counted in the same unit.
+    roundtrip_sizes(&mut disk, &be);
+    let r = disk.submit_read(0, vec![0; 512]);
+    assert_eq!(r.unwrap_err().error, IoError::Misaligned);
+    assert_eq!(disk.close(), Ok(0));
+    assert_eq!(large_sector_flag(&tb), None, "the frontend's keys are removed");
+}
+
+#[test]
+fn blkback_gets_no_large_sector_flag_and_counts_in_512_byte_units() {
+    let mut cfg = small(BackendConfig::blkback());
+    cfg.sector_size = 4096;
+    cfg.physical_sector_size = Some(4096);
+    let tb = Testbed::new([cfg]);
+    let guest = tb.guest();
+    let disk = guest.probe(0, Config::default()).expect("probe");
+    assert_eq!(large_sector_flag(&tb), None);
+    assert_eq!(disk.info().sectors_unit, SectorsUnit::Bytes512);
+    assert_eq!(disk.info().sectors_raw, Some((8 << 20) / 512));
+    assert!(disk.info().disk_line().contains(" sectors-unit=512 "));
+}
+
 #[test]
 fn caps_from_config_limit_what_is_negotiated() {
     let tb = Testbed::new([small(BackendConfig::blkback())]);

@@ -20,12 +20,12 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::info::{BackendInfo, Endpoints, FlushMethod, Negotiated};
+use super::info::{BackendInfo, BackendKind, Endpoints, FlushMethod, Negotiated, SectorsUnit};
 use super::io::Limits;
 use super::keys::{self, KeyReader};
 use super::queue::Queue;
 use super::stall::StallReport;
-use super::units::SectorSize;
+use super::units::{SectorSize, WireUnit};
 use super::wire::MAX_INDIRECT_SEGMENTS;
 use super::{Config, ProbeError, SharedStore};
 use crate::abi::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
@@ -239,6 +239,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         self.wait_backend(XenbusState::InitWait)?;
         let raw = snapshot(self.store, &self.ends.backend)?;
         let offered = KeyReader::new(&raw).offered();
+        let kind = BackendKind::classify(&self.ends.backend, raw.get("type").map(String::as_str));
         let cfg = self.cfg;
         let order = offered
             .max_ring_page_order
@@ -256,7 +257,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
                 self.ends.vdev,
             )?);
         }
-        match self.publish_and_connect(&mut queues, order) {
+        match self.publish_and_connect(&mut queues, order, keys::wants_large_sector_flag(kind)) {
             Ok(limits) => Ok((queues, limits)),
             Err(e) => {
                 let _ = self.teardown(queues);
@@ -269,11 +270,12 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         &mut self,
         queues: &mut [Queue<'a, H>],
         order: u32,
+        large_sectors: bool,
     ) -> core::result::Result<Limits, ProbeError> {
         // Like Linux's blkfront: advertise persistent grants now, decide at
         // Connected (real blkback publishes `feature-persistent` only then).
         let advertise_persistent = self.cfg.persistent_grants && self.trusted;
-        self.publish(queues, order, advertise_persistent)?;
+        self.publish(queues, order, advertise_persistent, large_sectors)?;
         self.switch(XenbusState::Initialised)?;
         self.wait_backend(XenbusState::Connected)?;
         let raw = snapshot(self.store, &self.ends.backend)?;
@@ -329,8 +331,16 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             0 => BLKIF_MAX_SEGMENTS_PER_REQUEST,
             n => n,
         };
+        let wire_unit = match info.sectors_unit {
+            SectorsUnit::Bytes512 => WireUnit::BYTES_512,
+            SectorsUnit::LogicalBlocks => WireUnit::logical(sector_size),
+        };
+        for q in queues.iter_mut() {
+            q.set_wire_unit(wire_unit);
+        }
         let limits = Limits {
             handle: self.ends.vdev as u16,
+            wire_unit,
             sector_size,
             sectors: info.logical_sectors(),
             read_only: info.read_only(),
@@ -355,6 +365,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         queues: &[Queue<'a, H>],
         order: u32,
         persistent: bool,
+        large_sectors: bool,
     ) -> Result<(), XsError> {
         let fe = &self.ends.frontend;
         let mut kv: Vec<(String, String)> = Vec::new();
@@ -389,6 +400,9 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             format!("{fe}/feature-persistent"),
             if persistent { "1" } else { "0" }.into(),
         ));
+        if large_sectors {
+            kv.push((format!("{fe}/feature-large-sector-size"), "1".into()));
+        }
         // Remembered before writing: a failed transaction may have written
         // nothing, and removing a missing key is harmless.
         self.published = kv.iter().map(|(k, _)| k.clone()).collect();

@@ -53,17 +53,47 @@ impl BackendKind {
     }
 }
 
-/// The unit the backend used for the `sectors` key.
+/// The unit a backend counts sector quantities in: its `sectors` key and
+/// the ring's `sector_number`, `first_sect`, `last_sect` and `nr_sectors`.
 ///
-/// `blkif.h` says `sectors` counts units of `sector-size`. QEMU's qdisk does
-/// that; Linux blkback writes the size in 512-byte units whatever the logical
-/// sector size. The two agree when `sector-size` is 512.
+/// Since 2024 `io/blkif.h` says 512-byte units for every backend, as Linux
+/// blkback always did; QEMU's qdisk counts logical blocks of `sector-size`
+/// bytes (the rule of `blkif.h` before 2024), in every release so far, and
+/// connects with a logical block size above 512 only to a frontend that
+/// writes `feature-large-sector-size=1`. The two agree when `sector-size`
+/// is 512. docs/SECTORS.md has the sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SectorsUnit {
-    /// `sectors` counts 512-byte units (Linux blkback's convention).
+    /// 512-byte units (blkif.h since 2024; Linux blkback).
     Bytes512,
-    /// `sectors` counts logical blocks of `sector-size` bytes (blkif.h, qdisk).
+    /// Logical blocks of `sector-size` bytes (qdisk, with
+    /// `feature-large-sector-size=1` written by the frontend).
     LogicalBlocks,
+}
+
+impl SectorsUnit {
+    /// The token of the `xenblk-disk` line: `512` or `logical`.
+    pub fn token(self) -> &'static str {
+        match self {
+            SectorsUnit::Bytes512 => "512",
+            SectorsUnit::LogicalBlocks => "logical",
+        }
+    }
+
+    /// Why a backend of `kind` is read in this unit.
+    pub fn explain(self, kind: BackendKind) -> &'static str {
+        match (self, kind) {
+            (SectorsUnit::Bytes512, BackendKind::Blkback) => {
+                "512-byte units: Linux blkback's convention, and blkif.h's rule since 2024"
+            }
+            (SectorsUnit::Bytes512, _) => {
+                "512-byte units: blkif.h's rule since 2024 (the backend is not recognised)"
+            }
+            (SectorsUnit::LogicalBlocks, _) => {
+                "logical blocks: QEMU qdisk's convention, agreed with feature-large-sector-size=1"
+            }
+        }
+    }
 }
 
 /// The value of the `direct-io-safe` key that libxl writes into the backend
@@ -395,13 +425,14 @@ impl BackendInfo {
     /// direct-io-safe=… features=… connected=yes`.
     pub fn disk_line(&self) -> String {
         alloc::format!(
-            "xenblk-disk vdev={} backend={} type={} sectors={} sector-size={} mode={} \
-             direct-io-safe={} features={} connected=yes",
+            "xenblk-disk vdev={} backend={} type={} sectors={} sector-size={} sectors-unit={} \
+             mode={} direct-io-safe={} features={} connected=yes",
             self.vdev,
             self.backend_path,
             self.type_.as_deref().unwrap_or("-"),
             self.sectors_raw.unwrap_or(0),
             self.sector_size,
+            self.sectors_unit.token(),
             self.mode.as_deref().unwrap_or("-"),
             self.direct_io_safe.token(),
             self.features_token(),
@@ -448,10 +479,7 @@ impl fmt::Display for BackendInfo {
             self.sector_size,
             self.sectors_raw
                 .map_or_else(|| String::from("-"), |s| alloc::format!("{s}")),
-            match self.sectors_unit {
-                SectorsUnit::Bytes512 => "512-byte units, Linux blkback's convention",
-                SectorsUnit::LogicalBlocks => "logical blocks, blkif.h/qdisk convention",
-            }
+            self.sectors_unit.explain(self.kind)
         )?;
         writeln!(
             f,
@@ -755,7 +783,7 @@ mod tests {
         assert_eq!(
             i.disk_line(),
             "xenblk-disk vdev=51712 backend=/local/domain/0/backend/vbd/3/51712 type=phy \
-             sectors=131072 sector-size=512 mode=w direct-io-safe=absent \
+             sectors=131072 sector-size=512 sectors-unit=512 mode=w direct-io-safe=absent \
              features=flush-cache,barrier-offered,discard,persistent,indirect:256,ring-order:4,\
              queues:2 connected=yes"
         );

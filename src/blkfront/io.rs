@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use super::info::{DiscardInfo, FlushMethod};
 use super::queue::{Done, Queue, RwPart};
 use super::request::{Completion, Op, Pending, PendingId, PendingTable, Rejected, RequestToken};
-use super::units::{LogicalSector, Sector512, SectorSize};
+use super::units::{LogicalSector, SectorSize, WireSector, WireUnit};
 use super::wire::RequestSlot;
 use super::{Broken, DeviceState, IoError};
 use crate::abi::blkif::{
@@ -42,11 +42,13 @@ pub(super) struct Limits {
     pub(super) flush: Option<FlushMethod>,
     /// Discard in use, with the backend's parameters.
     pub(super) discard: Option<DiscardInfo>,
+    /// The unit of the ring's sector fields.
+    pub(super) wire_unit: WireUnit,
 }
 
 /// The part of a discard of `count` logical sectors from `start` made of
-/// whole units of `gran` bytes starting at `align + k * gran`, in 512-byte
-/// units; `None` when no whole unit lies inside. Discarding is advisory and
+/// whole units of `gran` bytes starting at `align + k * gran`, in the ring's
+/// `unit`; `None` when no whole unit lies inside. Discarding is advisory and
 /// a partial unit could not be discarded anyway, so the range only ever
 /// shrinks: the result lies inside the caller's range whatever the backend
 /// published. Computed in `u128`, so no value can overflow it.
@@ -56,7 +58,8 @@ pub(super) fn discard_range(
     ss: SectorSize,
     gran: u32,
     align: u32,
-) -> Option<(Sector512, Sector512)> {
+    unit: WireUnit,
+) -> Option<(WireSector, WireSector)> {
     let ssb = u128::from(ss.bytes());
     let gran = u128::from(gran).max(ssb).div_ceil(ssb) * ssb;
     let align = (u128::from(align).div_ceil(ssb) * ssb) % gran;
@@ -71,9 +74,11 @@ pub(super) fn discard_range(
     if last <= first || first < start_b || last > end_b {
         return None;
     }
-    let s = u64::try_from(first / 512).ok()?;
-    let n = u64::try_from((last - first) / 512).ok()?;
-    Some((Sector512(s), Sector512(n)))
+    // Both ends are whole logical sectors, so whole units of the ring.
+    let unit = u128::from(unit.bytes());
+    let s = u64::try_from(first / unit).ok()?;
+    let n = u64::try_from((last - first) / unit).ok()?;
+    Some((WireSector(s), WireSector(n)))
 }
 
 /// The data plane of one device.
@@ -179,7 +184,7 @@ impl<'a, H: Hal> Io<'a, H> {
     }
 
     /// Checks a whole read or write of `len` bytes at logical sector
-    /// `sector` and returns its start in 512-byte units.
+    /// `sector` and returns its start in the ring's unit.
     ///
     /// # Errors
     ///
@@ -190,7 +195,7 @@ impl<'a, H: Hal> Io<'a, H> {
         sector: u64,
         len: usize,
         write: bool,
-    ) -> Result<Sector512, IoError> {
+    ) -> Result<WireSector, IoError> {
         self.usable()?;
         let l = &self.limits;
         if write && l.read_only {
@@ -206,8 +211,8 @@ impl<'a, H: Hal> Io<'a, H> {
         if end > l.sectors {
             return Err(IoError::OutOfRange);
         }
-        l.sector_size
-            .to_512(LogicalSector(sector))
+        l.wire_unit
+            .from_logical(LogicalSector(sector), l.sector_size)
             .ok_or(IoError::OutOfRange)
     }
 
@@ -299,7 +304,15 @@ impl<'a, H: Hal> Io<'a, H> {
             Some(end) if end <= l.sectors => {}
             _ => return Err(IoError::OutOfRange),
         }
-        match discard_range(sector, count, l.sector_size, d.granularity, d.alignment) {
+        let unit = l.wire_unit;
+        match discard_range(
+            sector,
+            count,
+            l.sector_size,
+            d.granularity,
+            d.alignment,
+            unit,
+        ) {
             Some((sector, count)) => self.submit_control(Op::Discard {
                 sector,
                 count,
@@ -440,6 +453,7 @@ impl<'a, H: Hal> Io<'a, H> {
             handle,
             part_bytes,
             indirect_segments,
+            wire_unit,
             ..
         } = self.limits;
         let Some(p) = self.pending.get_mut(id) else {
@@ -454,7 +468,7 @@ impl<'a, H: Hal> Io<'a, H> {
                 let len = part_bytes.min(buf.len() - off);
                 let part = RwPart {
                     pending: id,
-                    sector: Sector512(sector.0 + (off / 512) as u64),
+                    sector: WireSector(sector.0 + (off / wire_unit.bytes() as usize) as u64),
                     offset: off,
                     len,
                     data: write.then(|| &buf[off..off + len]),
@@ -730,6 +744,8 @@ fn turn_off(l: &mut Limits, feat: Feature) -> bool {
 mod tests {
     use super::*;
 
+    const W512: WireUnit = WireUnit::BYTES_512;
+
     fn ss(b: u32) -> SectorSize {
         SectorSize::new(b).unwrap()
     }
@@ -739,20 +755,26 @@ mod tests {
         // 512-byte sectors, 4 KiB granularity, no alignment: [1, 17) holds
         // the unit [8, 16).
         assert_eq!(
-            discard_range(1, 16, ss(512), 4096, 0),
-            Some((Sector512(8), Sector512(8)))
+            discard_range(1, 16, ss(512), 4096, 0, W512),
+            Some((WireSector(8), WireSector(8)))
         );
         // No whole unit.
-        assert_eq!(discard_range(1, 6, ss(512), 4096, 0), None);
+        assert_eq!(discard_range(1, 6, ss(512), 4096, 0, W512), None);
         // Alignment 1024: units start at 2, 10, 18, ...
         assert_eq!(
-            discard_range(0, 20, ss(512), 4096, 1024),
-            Some((Sector512(2), Sector512(16)))
+            discard_range(0, 20, ss(512), 4096, 1024, W512),
+            Some((WireSector(2), WireSector(16)))
         );
         // A granularity below the sector size counts as the sector size.
         assert_eq!(
-            discard_range(3, 2, ss(4096), 512, 0),
-            Some((Sector512(24), Sector512(16)))
+            discard_range(3, 2, ss(4096), 512, 0, W512),
+            Some((WireSector(24), WireSector(16)))
+        );
+        // The same in a backend's logical blocks.
+        let w4k = WireUnit::logical(ss(4096));
+        assert_eq!(
+            discard_range(3, 2, ss(4096), 512, 0, w4k),
+            Some((WireSector(3), WireSector(2)))
         );
     }
 
@@ -762,7 +784,7 @@ mod tests {
         for gran in [0, 1, 512, 4096, 1 << 20, u32::MAX] {
             for align in [0, 1, 511, 4096, u32::MAX] {
                 for (start, count) in [(top - 1, 1), (0, top), (top / 2, top / 2), (7, 1)] {
-                    if let Some((s, n)) = discard_range(start, count, ss(512), gran, align) {
+                    if let Some((s, n)) = discard_range(start, count, ss(512), gran, align, W512) {
                         assert!(s.0 >= start, "{gran} {align} {start} {count}");
                         assert!(s.0 + n.0 <= start + count, "{gran} {align} {start} {count}");
                         assert!(n.0 > 0);

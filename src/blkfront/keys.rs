@@ -202,12 +202,33 @@ pub(super) fn parse_sectors(value: &str) -> Result<u64, XenbusError> {
     xenbus::parse_u64("sectors", value)
 }
 
-/// The unit `kind` uses for `sectors`.
+/// The unit `kind` counts in, for `sectors` and for the ring's sector
+/// fields alike. The rule, and why (the sources are in docs/SECTORS.md):
+///
+/// - Linux blkback counts 512-byte units whatever the logical sector size,
+///   in every version; `io/blkif.h` made that the rule for every backend in
+///   2024 (Xen 221f2748e8da, first in 4.20, backported to 4.18.4/4.19.1).
+///   An unrecognised backend is held to that rule too.
+/// - QEMU's qdisk (`hw/block/xen-block.c`, from QEMU 4.1 through at least
+///   10.2, so Debian 12's 7.2 and Debian 13's 10.0 alike) counts in logical
+///   blocks, and refuses to connect to a frontend with a logical block size
+///   other than 512 unless the frontend writes `feature-large-sector-size=1`
+///   (which this driver does for qdisk, see [`wants_large_sector_flag`]).
+///   With 512-byte sectors both rules agree.
 pub(super) fn sectors_unit(kind: BackendKind) -> SectorsUnit {
     match kind {
-        BackendKind::Blkback => SectorsUnit::Bytes512,
-        BackendKind::Qdisk | BackendKind::Other => SectorsUnit::LogicalBlocks,
+        BackendKind::Blkback | BackendKind::Other => SectorsUnit::Bytes512,
+        BackendKind::Qdisk => SectorsUnit::LogicalBlocks,
     }
+}
+
+/// Whether the frontend writes `feature-large-sector-size=1` for a backend
+/// of `kind`: only for qdisk, the one backend that reads it (blkif.h since
+/// 2024 tells frontends not to write it otherwise). It promises what the
+/// driver then does for qdisk: count every sector quantity in logical
+/// blocks.
+pub(super) fn wants_large_sector_flag(kind: BackendKind) -> bool {
+    kind == BackendKind::Qdisk
 }
 
 /// The capacity in bytes that `sectors` means in `unit` (the same at

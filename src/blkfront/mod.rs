@@ -183,6 +183,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         let conn = Connection::open(hal, gt, store, vdev, cfg)?;
         let limits = Limits {
             handle: vdev as u16,
+            wire_unit: units::WireUnit::BYTES_512,
             sector_size: SectorSize::DEFAULT,
             sectors: 0,
             read_only: true,

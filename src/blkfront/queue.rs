@@ -19,7 +19,7 @@
 use alloc::vec::Vec;
 
 use super::request::PendingId;
-use super::units::Sector512;
+use super::units::{WireSector, WireUnit};
 use super::wire::{encode_segment, RequestSlot, SEGS_PER_INDIRECT_PAGE};
 use super::{Broken, IoError};
 use crate::abi::blkif::{
@@ -96,12 +96,12 @@ struct Slot<'a, H: Hal> {
     indirect: Vec<DataPage<'a, H>>,
 }
 
-/// A read or write part to push: `len` bytes (a non-zero multiple of 512)
-/// at `sector`, `offset` bytes into request `pending`'s buffer. `data` holds
+/// A read or write part to push: `len` bytes (a non-zero multiple of the
+/// ring's unit) at `sector`, `offset` bytes into request `pending`'s buffer. `data` holds
 /// the bytes to write (`None` for a read).
 pub(super) struct RwPart<'b> {
     pub(super) pending: PendingId,
-    pub(super) sector: Sector512,
+    pub(super) sector: WireSector,
     pub(super) offset: usize,
     pub(super) len: usize,
     pub(super) data: Option<&'b [u8]>,
@@ -222,6 +222,8 @@ pub(super) struct Queue<'a, H: Hal> {
     slots: Vec<Slot<'a, H>>,
     free: Vec<SlotId>,
     pool: Pool<'a, H>,
+    /// The unit of the ring's sector fields.
+    unit: WireUnit,
     /// Requests pushed but not yet published to the backend.
     unpublished: bool,
 }
@@ -267,6 +269,7 @@ impl<'a, H: Hal> Queue<'a, H> {
                 persistent: None,
                 keep_private: n + IDLE_PRIVATE_PAGES,
             },
+            unit: WireUnit::BYTES_512,
             unpublished: false,
         })
     }
@@ -294,6 +297,12 @@ impl<'a, H: Hal> Queue<'a, H> {
     /// Requests in flight.
     pub(super) fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Sets the unit of the ring's sector fields (512 bytes until told
+    /// otherwise). Called at Connected, before any request.
+    pub(super) fn set_wire_unit(&mut self, unit: WireUnit) {
+        self.unit = unit;
     }
 
     /// From now on keep up to `cap` data pages granted persistently. Called
@@ -336,7 +345,7 @@ impl<'a, H: Hal> Queue<'a, H> {
     ) -> Result<bool, IoError> {
         let nsegs = part.len.div_ceil(PAGE_SIZE);
         if nsegs == 0
-            || part.len % 512 != 0
+            || part.len % self.unit.bytes() as usize != 0
             || part.data.is_some_and(|d| d.len() != part.len)
             || nsegs > BLKIF_MAX_SEGMENTS_PER_REQUEST.max(indirect_segs)
         {
@@ -347,10 +356,10 @@ impl<'a, H: Hal> Queue<'a, H> {
         };
         let write = part.data.is_some();
         let slot = &mut self.slots[id.index()];
-        let r = prepare(&mut self.pool, part, nsegs, slot);
+        let r = prepare(&mut self.pool, part, nsegs, self.unit, slot);
         let r = r.and_then(|()| {
             let op = if write { BLKIF_OP_WRITE } else { BLKIF_OP_READ };
-            let req = encode(op, handle, id, part, &slot.pages, &slot.indirect)?;
+            let req = encode(op, handle, id, part, self.unit, slot)?;
             Ok(push_slot(&mut self.ring, &req)?.then_some(op))
         });
         match r {
@@ -586,6 +595,7 @@ fn prepare<'a, H: Hal>(
     pool: &mut Pool<'a, H>,
     part: &RwPart<'_>,
     nsegs: usize,
+    unit: WireUnit,
     slot: &mut Slot<'a, H>,
 ) -> Result<(), IoError> {
     for i in 0..nsegs {
@@ -613,7 +623,7 @@ fn prepare<'a, H: Hal>(
         let mut r = Ok(());
         for (j, dp) in slot.pages[first..last].iter().enumerate() {
             r = r.and_then(|()| {
-                let bytes = encode_segment(&segment(first + j, dp, part.len)?);
+                let bytes = encode_segment(&segment(first + j, dp, part.len, unit)?);
                 p.mem.write(j * bytes.len(), &bytes)
             });
         }
@@ -634,9 +644,9 @@ fn give_back<'a, H: Hal>(pool: &mut Pool<'a, H>, slot: &mut Slot<'a, H>) {
     }
 }
 
-/// The segment descriptor of data page `i` of a part of `len` bytes: data
-/// always starts at offset 0 of our own pages, so only the last page may be
-/// partial.
+/// The segment descriptor of data page `i` of a part of `len` bytes, in
+/// the ring's `unit`: data always starts at offset 0 of our own pages, so
+/// only the last page may be partial.
 ///
 /// # Errors
 ///
@@ -645,12 +655,13 @@ fn segment<H: Hal>(
     i: usize,
     p: &DataPage<'_, H>,
     len: usize,
+    unit: WireUnit,
 ) -> Result<BlkifRequestSegment, GrantError> {
     let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
     Ok(BlkifRequestSegment {
         gref: p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0,
         first_sect: 0,
-        last_sect: (bytes / 512 - 1) as u8,
+        last_sect: (bytes / unit.bytes() as usize - 1) as u8,
     })
 }
 
@@ -665,14 +676,15 @@ fn encode<H: Hal>(
     handle: u16,
     id: SlotId,
     part: &RwPart<'_>,
-    pages: &[DataPage<'_, H>],
-    indirect: &[DataPage<'_, H>],
+    unit: WireUnit,
+    slot: &Slot<'_, H>,
 ) -> Result<RequestSlot, GrantError> {
+    let (pages, indirect) = (&slot.pages, &slot.indirect);
     let wire_id = u64::from(id.0);
     if pages.len() <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
         let mut segs = [BlkifRequestSegment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
         for (i, p) in pages.iter().enumerate() {
-            segs[i] = segment(i, p, part.len)?;
+            segs[i] = segment(i, p, part.len, unit)?;
         }
         Ok(RequestSlot::direct(
             op,
@@ -683,7 +695,7 @@ fn encode<H: Hal>(
         ))
     } else {
         let mut grefs = [0u32; 8];
-        for (g, p) in grefs.iter_mut().zip(indirect) {
+        for (g, p) in grefs.iter_mut().zip(indirect.iter()) {
             *g = p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0;
         }
         let n = indirect.len().min(grefs.len());

@@ -13,7 +13,7 @@
 
 use alloc::vec::Vec;
 
-use super::units::Sector512;
+use super::units::WireSector;
 use super::IoError;
 
 /// Identifies one submitted request until its [`Completion`] is returned.
@@ -56,17 +56,17 @@ pub(super) struct PendingId(u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Op {
     /// Read `buf.len()` bytes from `sector`.
-    Read { sector: Sector512 },
+    Read { sector: WireSector },
     /// Write the buffer at `sector`.
-    Write { sector: Sector512 },
+    Write { sector: WireSector },
     /// A cache flush: `BLKIF_OP_FLUSH_DISKCACHE`, or `BLKIF_OP_WRITE_BARRIER`
     /// with no data (the operation byte).
     Flush { op: u8 },
     /// Discard `count` units from `sector` (already shrunk to whole
     /// granularity units).
     Discard {
-        sector: Sector512,
-        count: Sector512,
+        sector: WireSector,
+        count: WireSector,
         secure: bool,
     },
 }
@@ -202,7 +202,7 @@ mod tests {
         Pending {
             token: RequestToken(token),
             op: Op::Read {
-                sector: Sector512(0),
+                sector: WireSector(0),
             },
             buf: Some(alloc::vec![0; len]),
             pushed: 0,

@@ -1,6 +1,9 @@
-//! Units in types: the ring and the backend count 512-byte sectors, the
-//! caller counts logical sectors of `sector-size` bytes. The two never mix
-//! without a conversion that checks for overflow.
+//! Units in types. The caller counts logical sectors of `sector-size` bytes
+//! ([`LogicalSector`]). A backend counts `sectors`, and the ring's sector
+//! fields, in 512-byte units ([`Sector512`]: the 2024 rule of `io/blkif.h`,
+//! and what Linux blkback always did) or in logical blocks (QEMU's qdisk);
+//! [`WireUnit`] says which, and [`WireSector`] is a ring field in that unit.
+//! They never mix without a conversion that checks for overflow.
 
 use core::fmt;
 
@@ -60,6 +63,38 @@ impl fmt::Display for SectorSize {
     }
 }
 
+/// The unit of the ring's sector fields (`sector_number`, `first_sect`,
+/// `last_sect`, a discard's `nr_sectors`) for one connection: 512 bytes,
+/// or the logical sector size for a backend that counts in logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WireUnit(SectorSize);
+
+impl WireUnit {
+    /// 512-byte units.
+    pub const BYTES_512: WireUnit = WireUnit(SectorSize::DEFAULT);
+
+    /// Units of the logical sector size `ss`.
+    pub fn logical(ss: SectorSize) -> WireUnit {
+        WireUnit(ss)
+    }
+
+    /// Bytes per unit.
+    pub fn bytes(self) -> u32 {
+        self.0.bytes()
+    }
+
+    /// Logical sector `s` (of size `ss`) in this unit, `None` on overflow.
+    /// `ss` is never smaller than the unit.
+    pub fn from_logical(self, s: LogicalSector, ss: SectorSize) -> Option<WireSector> {
+        s.0.checked_mul(u64::from(ss.bytes() / self.bytes()))
+            .map(WireSector)
+    }
+}
+
+/// A sector field as the ring carries it, in the connection's [`WireUnit`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WireSector(pub u64);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +116,22 @@ mod tests {
         assert_eq!(ss.to_512(LogicalSector(3)), Some(Sector512(24)));
         assert_eq!(ss.to_512(LogicalSector(u64::MAX / 8 + 1)), None);
         assert!(ss.divides(8192) && !ss.divides(512));
+    }
+
+    #[test]
+    fn ring_fields_count_in_the_connection_unit() {
+        let ss = SectorSize::new(4096).unwrap();
+        let s = LogicalSector(5);
+        assert_eq!(
+            WireUnit::BYTES_512.from_logical(s, ss),
+            Some(WireSector(40))
+        );
+        assert_eq!(
+            WireUnit::logical(ss).from_logical(s, ss),
+            Some(WireSector(5))
+        );
+        assert_eq!(WireUnit::logical(ss).bytes(), 4096);
+        let big = LogicalSector(u64::MAX / 4);
+        assert_eq!(WireUnit::BYTES_512.from_logical(big, ss), None);
     }
 }
