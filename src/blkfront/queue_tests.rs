@@ -1334,3 +1334,27 @@ fn dropping_the_queue_quarantines_what_the_backend_still_maps() {
     assert_eq!(xen.accounting(FRONT), Accounting::default());
     assert_eq!(xen.accounting(BACK), Accounting::default());
 }
+
+#[test]
+#[ignore = "bug (latent): abort_all leaves requests pushed but not yet published in the \
+            ring's private producer index, and the next kick publishes them under wire ids \
+            the shadow has freed and handed out again; Io never pushes to a queue after \
+            aborting it, so the driver does not reach this today"]
+fn after_abort_all_a_kick_publishes_only_what_was_pushed_since() {
+    let xen = SimXen::new();
+    let hal = xen.hal(FRONT);
+    let gt = GrantTable::new(&hal).unwrap();
+    let mut q = Q::new(&hal, &gt, BACK, 0, VDEV).unwrap();
+    let mut peer = attach(&xen, &q);
+    let [a, b] = pending_ids(2)[..] else { panic!() };
+
+    assert!(q.push_rw(&read_part(a, 1, 512), HANDLE, 0).unwrap());
+    let mut reported = Vec::new();
+    q.abort_all(|p| reported.push(p));
+    assert_eq!(reported, [a]);
+    assert!(q.push_rw(&read_part(b, 2, 512), HANDLE, 0).unwrap());
+    q.kick();
+    let reqs = take(&mut peer);
+    let ids: Vec<(u64, u64)> = reqs.iter().map(|r| (r.id(), direct(r).sector)).collect();
+    assert_eq!(ids, [(0, 2)], "only b, not the aborted a under b's id");
+}
