@@ -709,3 +709,7 @@ fn encode<H: Hal>(
         ))
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+#[path = "queue_tests.rs"]
+mod tests;

@@ -377,6 +377,16 @@ impl SimXen {
         })
     }
 
+    /// How many mappings (and copies in progress) pin grant `gref` of
+    /// `granter` now, whoever holds them.
+    pub(crate) fn grant_pins(&self, granter: DomId, gref: GrantRef) -> u32 {
+        self.state()
+            .domains
+            .get(&granter)
+            .and_then(|d| d.active.get(&gref.0))
+            .map_or(0, |a| a.readers + a.writers)
+    }
+
     /// `GNTTABOP_copy` with the granted frame as source: `caller` copies
     /// `buf.len()` bytes from `offset` of grant `gref` of `granter` into its
     /// own `buf`, without a lasting mapping (a qdisk-style backend).

@@ -40,7 +40,10 @@
 //! ```
 //!
 //! The rest of this page is the machinery underneath, for tests that need
-//! its pieces one by one.
+//! its pieces one by one. A test that wants to be the backend itself, one
+//! request and one response at a time (or to break the ring protocol on
+//! purpose), attaches a [`RingPeer`] to the frontend's ring instead of
+//! adding a simulated backend.
 //!
 //! # Step mode and threaded mode
 //!
@@ -121,6 +124,7 @@ mod device;
 mod event;
 mod grant;
 mod hal;
+mod peer;
 mod testbed;
 mod xen;
 pub mod xenstored;
@@ -129,6 +133,7 @@ pub use device::{DeviceHandle, DeviceId, SimDevice};
 pub use event::PortInfo;
 pub use grant::GrantMapping;
 pub use hal::SimHal;
+pub use peer::RingPeer;
 pub use testbed::{vdev_of, Guest, SimDisk, Testbed, TestbedBuilder};
 pub use xen::{Accounting, SimConfig, SimXen};
 

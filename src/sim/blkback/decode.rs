@@ -144,6 +144,10 @@ pub(crate) struct RawSlot(pub(crate) [u8; SLOT_SIZE]);
 
 const _: () = assert!(size_of::<RawSlot>() == SLOT_SIZE);
 
+// SAFETY: a `repr(C)` array of bytes: every bit pattern is a valid value,
+// and there is no drop glue.
+unsafe impl crate::ring::RingEntry for RawSlot {}
+
 impl Default for RawSlot {
     fn default() -> Self {
         RawSlot([0; SLOT_SIZE])

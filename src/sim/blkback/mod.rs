@@ -66,7 +66,7 @@ use crate::xenbus::XenbusState;
 use crate::Result;
 
 pub mod config;
-mod decode;
+pub(crate) mod decode;
 mod disk;
 mod faults;
 mod io;
