@@ -197,7 +197,9 @@ fn four_k_qdisk_counts_in_logical_blocks_once_the_frontend_says_it_does() {
     assert_eq!(i.sectors_unit, SectorsUnit::LogicalBlocks);
     assert_eq!(i.sectors_raw, Some((8 << 20) / 4096));
     assert_eq!(disk.sectors(), (8 << 20) / 4096);
-    assert!(i.disk_line().contains(" sector-size=4096 sectors-unit=logical "));
+    assert!(i
+        .disk_line()
+        .contains(" sector-size=4096 sectors-unit=logical "));
     assert!(format!("{i}").contains("feature-large-sector-size=1"));
     // The backend turns ring sector numbers into byte offsets with the
     // logical block size: the data lands where the caller put it only if
@@ -206,7 +208,11 @@ fn four_k_qdisk_counts_in_logical_blocks_once_the_frontend_says_it_does() {
     let r = disk.submit_read(0, vec![0; 512]);
     assert_eq!(r.unwrap_err().error, IoError::Misaligned);
     assert_eq!(disk.close(), Ok(0));
-    assert_eq!(large_sector_flag(&tb), None, "the frontend's keys are removed");
+    assert_eq!(
+        large_sector_flag(&tb),
+        None,
+        "the frontend's keys are removed"
+    );
 }
 
 #[test]

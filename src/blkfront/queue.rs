@@ -226,6 +226,10 @@ pub(super) struct Queue<'a, H: Hal> {
     unit: WireUnit,
     /// Requests pushed but not yet published to the backend.
     unpublished: bool,
+    /// Set by [`abort_all`](Queue::abort_all): the backend may still answer
+    /// what it was sent, under ids that mean nothing now, so the ring takes
+    /// no more requests.
+    retired: bool,
 }
 
 impl<'a, H: Hal> Queue<'a, H> {
@@ -271,6 +275,7 @@ impl<'a, H: Hal> Queue<'a, H> {
             },
             unit: WireUnit::BYTES_512,
             unpublished: false,
+            retired: false,
         })
     }
 
@@ -289,9 +294,13 @@ impl<'a, H: Hal> Queue<'a, H> {
         self.slots.len()
     }
 
-    /// Free request slots.
+    /// Free request slots (none once retired).
     pub(super) fn free_slots(&self) -> usize {
-        self.free.len()
+        if self.retired {
+            0
+        } else {
+            self.free.len()
+        }
     }
 
     /// Requests in flight.
@@ -351,7 +360,7 @@ impl<'a, H: Hal> Queue<'a, H> {
         {
             return Err(IoError::Misaligned);
         }
-        let Some(&id) = self.free.last() else {
+        let Some(&id) = self.free.last().filter(|_| !self.retired) else {
             return Ok(false);
         };
         let write = part.data.is_some();
@@ -394,7 +403,7 @@ impl<'a, H: Hal> Queue<'a, H> {
         op: u8,
         slot_of: impl FnOnce(u64) -> RequestSlot,
     ) -> Result<bool, IoError> {
-        let Some(&id) = self.free.last() else {
+        let Some(&id) = self.free.last().filter(|_| !self.retired) else {
             return Ok(false);
         };
         if !push_slot(&mut self.ring, &slot_of(u64::from(id.0)))? {
@@ -547,8 +556,14 @@ impl<'a, H: Hal> Queue<'a, H> {
     /// Retires every slot in flight without a response (the backend went
     /// away or broke the protocol), calling `f` with each slot's request.
     /// Per-request grants are ended; pages the backend still maps go to the
-    /// quarantine.
+    /// quarantine. Requests pushed but not yet published never reach the
+    /// backend. The queue takes no requests afterwards: what was published
+    /// may still be answered, under ids that now mean nothing, so the ring
+    /// is only good for tearing down.
     pub(super) fn abort_all(&mut self, mut f: impl FnMut(PendingId)) {
+        self.ring.discard_unpublished();
+        self.unpublished = false;
+        self.retired = true;
         for i in 0..self.slots.len() {
             if let State::InFlight(busy) = self.slots[i].state {
                 self.slots[i].state = State::Answered;
@@ -556,7 +571,6 @@ impl<'a, H: Hal> Queue<'a, H> {
                 f(busy.pending);
             }
         }
-        self.unpublished = false;
     }
 
     /// Ends the ring's grants (the teardown step before the frontend keys

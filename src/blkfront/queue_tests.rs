@@ -62,7 +62,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 fn read_part(pending: PendingId, sector: u64, len: usize) -> RwPart<'static> {
     RwPart {
         pending,
-        sector: Sector512(sector),
+        sector: WireSector(sector),
         offset: 0,
         len,
         data: None,
@@ -72,7 +72,7 @@ fn read_part(pending: PendingId, sector: u64, len: usize) -> RwPart<'static> {
 fn write_part(pending: PendingId, sector: u64, data: &[u8]) -> RwPart<'_> {
     RwPart {
         pending,
-        sector: Sector512(sector),
+        sector: WireSector(sector),
         offset: 0,
         len: data.len(),
         data: Some(data),
@@ -1223,7 +1223,8 @@ fn abort_all_retires_every_slot_in_flight_and_reports_each_once() {
     assert_eq!(violation(q.complete(&late)), Violation::NotInFlight(0));
 
     q.release(answered.slot);
-    assert_eq!(q.free_slots(), q.size());
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(q.free_slots(), 0, "a retired queue takes no requests");
     q.abort_all(|p| reported.push(p));
     assert_eq!(reported.len(), 4, "nothing left to abort");
     drop(keep);
@@ -1336,11 +1337,10 @@ fn dropping_the_queue_quarantines_what_the_backend_still_maps() {
 }
 
 #[test]
-#[ignore = "bug (latent): abort_all leaves requests pushed but not yet published in the \
-            ring's private producer index, and the next kick publishes them under wire ids \
-            the shadow has freed and handed out again; Io never pushes to a queue after \
-            aborting it, so the driver does not reach this today"]
-fn after_abort_all_a_kick_publishes_only_what_was_pushed_since() {
+fn after_abort_all_nothing_aborted_is_published_and_the_ring_takes_no_more() {
+    // Found by these tests: abort_all used to leave a request pushed but
+    // not yet published in the ring's private producer index, so the next
+    // kick published it under a wire id the shadow had handed out again.
     let xen = SimXen::new();
     let hal = xen.hal(FRONT);
     let gt = GrantTable::new(&hal).unwrap();
@@ -1352,9 +1352,14 @@ fn after_abort_all_a_kick_publishes_only_what_was_pushed_since() {
     let mut reported = Vec::new();
     q.abort_all(|p| reported.push(p));
     assert_eq!(reported, [a]);
-    assert!(q.push_rw(&read_part(b, 2, 512), HANDLE, 0).unwrap());
+    assert_eq!((q.free_slots(), q.in_flight()), (0, 0));
+    assert!(
+        !q.push_rw(&read_part(b, 2, 512), HANDLE, 0).unwrap(),
+        "retired"
+    );
     q.kick();
-    let reqs = take(&mut peer);
-    let ids: Vec<(u64, u64)> = reqs.iter().map(|r| (r.id(), direct(r).sector)).collect();
-    assert_eq!(ids, [(0, 2)], "only b, not the aborted a under b's id");
+    assert!(
+        take(&mut peer).is_empty(),
+        "the aborted request never went out"
+    );
 }

@@ -170,6 +170,13 @@ impl<Req: Copy, Rsp: Copy> FrontRing<Req, Rsp> {
         self.req_prod_pvt.wrapping_sub(self.req_prod_pub)
     }
 
+    /// Forgets the requests pushed since the last publish: the backend never
+    /// saw them, and their slots are written again by the next pushes.
+    #[inline]
+    pub fn discard_unpublished(&mut self) {
+        self.req_prod_pvt = self.req_prod_pub;
+    }
+
     /// `req_prod_pvt`: the index the next request will take.
     #[inline]
     pub fn req_prod_pvt(&self) -> u32 {
