@@ -164,9 +164,10 @@ def guest_lines(cfg):
     return [ln for ln in lines], src
 
 
-def check_features(c, p, xs, be, fe, listed):
+def check_features(c, p, xs, be, fe, listed, fe_keys=True):
     """features= is what is in use (README, "The `xenblk-disk` line"),
-    checked against the backend's offers and the frontend's own keys."""
+    checked against the backend's offers and, while the frontend's keys are
+    still there (fe_keys), against what the frontend published."""
     got = got_features(listed)
     offered = lambda key: xs.get(f"{be}/{key}") == "1"  # noqa: E731
     known = {"flush-cache", "barrier", "barrier-offered", "discard", "discard-secure",
@@ -186,7 +187,10 @@ def check_features(c, p, xs, be, fe, listed):
     c.check(("discard-secure" in got) == (offered("feature-discard") and offered("discard-secure")),
             f"{p} discard-secure: line {show(got, 'discard-secure')}, backend discard-secure="
             f"{xs.get(f'{be}/discard-secure', 'absent')}")
-    fe_p = xs.get(f"{fe}/feature-persistent") == "1"
+    # After a clean close the frontend's feature-persistent is gone: what it
+    # advertised is then unknown, and only the backend's offer bounds it.
+    fe_p = xs.get(f"{fe}/feature-persistent") == "1" or (
+        not fe_keys and "persistent" in got)
     c.check(("persistent" in got) == (offered("feature-persistent") and fe_p),
             f"{p} persistent: line {show(got, 'persistent')}, backend "
             f"{xs.get(f'{be}/feature-persistent', 'absent')}, frontend {int(fe_p)}")
@@ -197,9 +201,13 @@ def check_features(c, p, xs, be, fe, listed):
     c.check(ok, f"{p} indirect: line {show(got, 'indirect')}, backend offers {offer or 'absent'}")
     for tok, fkey, bkey, dflt in (("ring-order", "ring-page-order", "max-ring-page-order", 0),
                                   ("queues", "multi-queue-num-queues", "multi-queue-max-queues", 1)):
-        used = int(xs.get(f"{fe}/{fkey}", dflt))
-        cap = int(xs.get(f"{be}/{bkey}", dflt))
         line = got.get(tok)
+        if fe_keys:
+            used = int(xs.get(f"{fe}/{fkey}", dflt))
+        else:
+            # Removed at close: the line's own value, bounded by the offer.
+            used = int(line) if line is not None and line.isdigit() else dflt
+        cap = int(xs.get(f"{be}/{bkey}", dflt))
         ok = (line is not None and line.isdigit() and int(line) == used) or (
             tok not in got and used == dflt)
         c.check(ok and used <= cap,
@@ -327,15 +335,20 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
         return
     # The dump is taken after the guest finished, when a frontend that closed
     # its devices left the backend Closing/Closed: Connected (4) was reached if
-    # the state is 4..6, the frontend published its ring, and nothing was
-    # written under an error/ node.
+    # the state is 4..6, and nothing was written under an error/ node. The
+    # frontend's ring keys are either still published (a guest that did not
+    # close) or, after a clean close, removed with the frontend Closed (6):
+    # the driver's teardown takes back every key it wrote.
     ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs)
+    closed = not ring and xs.get(f"{fe}/state") == "6"
     errors = [k for k in xs if "/error/" in k and f"/{v}" in k]
-    if not c.check(connected == "yes" and state in ("4", "5", "6") and ring and not errors,
+    how = "ring published" if ring else "closed, ring keys removed" if closed else "ring MISSING"
+    if not c.check(connected == "yes" and state in ("4", "5", "6") and (ring or closed)
+                   and not errors,
                    f"{p} connected={connected}, backend reached Connected (state now {state}, "
-                   f"frontend ring {'published' if ring else 'MISSING'}, error nodes {errors or 'none'})"):
+                   f"frontend {how}, error nodes {errors or 'none'})"):
         return
-    check_features(c, p, xs, be, fe, d.get("features"))
+    check_features(c, p, xs, be, fe, d.get("features"), fe_keys=ring)
 
 
 def show(feats, tok):
