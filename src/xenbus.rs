@@ -109,6 +109,8 @@ pub enum XenbusError {
     },
     /// No such device (its directory is gone, or points nowhere).
     NoDevice,
+    /// The device is driven already, by another driver of this domain.
+    InUse,
 }
 
 impl fmt::Display for XenbusError {
@@ -128,6 +130,9 @@ impl fmt::Display for XenbusError {
                 "the other end did not reach state {wanted} in time; it was last seen in {seen}"
             ),
             XenbusError::NoDevice => f.write_str("no such device"),
+            XenbusError::InUse => {
+                f.write_str("the device is in use by another driver of this domain")
+            }
         }
     }
 }

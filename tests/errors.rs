@@ -201,6 +201,7 @@ fn all_xenbus() -> Vec<XenbusError> {
             seen: XenbusState::InitWait,
         },
         XenbusError::NoDevice,
+        XenbusError::InUse,
     ];
     all.extend(all_xs().into_iter().map(XenbusError::Store));
     for e in &all {
@@ -210,7 +211,8 @@ fn all_xenbus() -> Vec<XenbusError> {
             | XenbusError::MalformedKey(_)
             | XenbusError::UnexpectedState(_)
             | XenbusError::StateTimeout { .. }
-            | XenbusError::NoDevice => {}
+            | XenbusError::NoDevice
+            | XenbusError::InUse => {}
         }
     }
     all

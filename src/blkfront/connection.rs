@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use super::info::{BackendInfo, BackendKind, Endpoints, FlushMethod, Negotiated, SectorsUnit};
 use super::io::Limits;
 use super::keys::{self, KeyReader};
-use super::queue::Queue;
+use super::queue::{indirect_pages, Queue};
 use super::stall::StallReport;
 use super::units::{SectorSize, WireUnit};
 use super::wire::MAX_INDIRECT_SEGMENTS;
@@ -50,6 +50,10 @@ const PERSISTENT_MAX: usize = 1056;
 /// per-request grants and for other disks.
 const PERSISTENT_SHARE: usize = 4;
 
+/// The smallest budget worth persistent grants: a whole direct request
+/// (11 segments) a few times over. Below it, pages are granted per request.
+const PERSISTENT_MIN: usize = 4 * BLKIF_MAX_SEGMENTS_PER_REQUEST;
+
 /// Every key of directory `dir` with its value (one level: sub-directories
 /// such as `queue-0` are skipped when they hold no value). A missing
 /// directory is empty.
@@ -70,6 +74,27 @@ fn snapshot<T: XsTransport>(
         }
     }
     Ok(out)
+}
+
+/// Whether `name` is a key of the frontend directory that this protocol's
+/// frontend writes when it connects (`talk_to_blkback`'s keys).
+fn is_protocol_key(name: &str) -> bool {
+    let numbered = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(
+        name,
+        "ring-ref"
+            | "event-channel"
+            | "multi-queue-num-queues"
+            | "ring-page-order"
+            | "num-ring-pages"
+            | "protocol"
+            | "feature-persistent"
+            | "feature-large-sector-size"
+    ) || numbered("ring-ref")
+        || numbered("queue-")
 }
 
 /// What the backend did while connected, as [`Connection::check`] saw it.
@@ -137,6 +162,11 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         };
         let mut info = BackendInfo::from_keys(&ends, XenbusState::Unknown, BTreeMap::new(), false)?;
         info.negotiated.trusted = trusted;
+        // Last, so that nothing above has to give the claim back; the
+        // connection's drop does.
+        if !store.lock().claim(&ends.frontend) {
+            return Err(XenbusError::InUse.into());
+        }
         Ok(Connection {
             hal,
             gt,
@@ -230,12 +260,33 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     pub(super) fn connect(
         &mut self,
     ) -> core::result::Result<(Vec<Queue<'a, H>>, Limits), ProbeError> {
-        let fe_state = xenbus::read_state(&mut self.store.lock(), &self.ends.frontend)?;
-        if matches!(fe_state, XenbusState::Closing | XenbusState::Closed) {
-            // Left Closed by an earlier connection: ask the backend back
-            // (blkback answers a frontend Initialising with InitWait).
-            self.switch(XenbusState::Initialising)?;
+        let queues = match self.prepare() {
+            Ok(q) => q,
+            Err(e) => {
+                // Nothing was published: leave the frontend Closed, so that
+                // a backend that went Closing meanwhile can finish closing
+                // and a later probe starts from a known state.
+                let _ = self.switch(XenbusState::Closed);
+                self.unwatch();
+                return Err(e);
+            }
+        };
+        let (mut queues, order, large_sectors) = queues;
+        match self.publish_and_connect(&mut queues, order, large_sectors) {
+            Ok(limits) => Ok((queues, limits)),
+            Err(e) => {
+                let _ = self.teardown(queues);
+                Err(e)
+            }
         }
+    }
+
+    /// The part of connecting before anything is published: the frontend
+    /// back to Initialising, the backend's InitWait, the rings. Returns them
+    /// with their order, and whether the backend gets
+    /// `feature-large-sector-size`.
+    fn prepare(&mut self) -> core::result::Result<(Vec<Queue<'a, H>>, u32, bool), ProbeError> {
+        self.reset_frontend()?;
         self.wait_backend(XenbusState::InitWait)?;
         let raw = snapshot(self.store, &self.ends.backend)?;
         let offered = KeyReader::new(&raw).offered();
@@ -257,13 +308,30 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
                 self.ends.vdev,
             )?);
         }
-        match self.publish_and_connect(&mut queues, order, keys::wants_large_sector_flag(kind)) {
-            Ok(limits) => Ok((queues, limits)),
-            Err(e) => {
-                let _ = self.teardown(queues);
-                Err(e)
+        Ok((queues, order, keys::wants_large_sector_flag(kind)))
+    }
+
+    /// Brings a frontend that an earlier life left in another state (a
+    /// connection torn down, a driver dropped without closing, a rebooted
+    /// guest) back to Initialising the way Linux's `xenbus_reset_state`
+    /// does: Closing, then Closed, each waited for (bounded) so that the
+    /// backend lets go of old rings, then Initialising, which blkback and
+    /// qdisk answer with InitWait. Also removes ring keys such a life may
+    /// have left.
+    fn reset_frontend(&mut self) -> Result<()> {
+        let fe = xenbus::read_state(&mut self.store.lock(), &self.ends.frontend)?;
+        match fe {
+            XenbusState::Unknown | XenbusState::Initialising => return Ok(()),
+            XenbusState::Closed => {}
+            _ => {
+                self.switch(XenbusState::Closing)?;
+                self.wait_backend_until(|s| s >= XenbusState::Closing);
             }
         }
+        self.switch(XenbusState::Closed)?;
+        self.wait_backend_until(|s| matches!(s, XenbusState::Closed | XenbusState::InitWait));
+        self.remove_stale_keys()?;
+        Ok(self.switch(XenbusState::Initialising)?)
     }
 
     fn publish_and_connect(
@@ -282,12 +350,16 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         let mut info = BackendInfo::from_keys(&self.ends, XenbusState::Connected, raw, true)?;
         let sector_size =
             SectorSize::new(info.sector_size).ok_or(XenbusError::MalformedKey("sector-size"))?;
-        let persistent = advertise_persistent && info.offered.persistent;
+        // A queue using persistent grants keeps at most `budget` data pages
+        // granted, and its parts are cut to fit it: the backend keeps every
+        // grant it is given mapped, so the budget is all it ever holds.
+        let free = self.gt.capacity().saturating_sub(self.gt.in_use());
+        let budget = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
+        let persistent =
+            advertise_persistent && info.offered.persistent && budget >= PERSISTENT_MIN;
         if persistent {
-            let free = self.gt.capacity().saturating_sub(self.gt.in_use());
-            let cap = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
             for q in queues.iter_mut() {
-                q.use_persistent_grants(cap);
+                q.use_persistent_grants(budget);
             }
         }
         let indirect = info
@@ -327,10 +399,13 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             discard: discard.is_some(),
             trusted: self.trusted,
         };
-        let segs = match indirect as usize {
+        let mut segs = match indirect as usize {
             0 => BLKIF_MAX_SEGMENTS_PER_REQUEST,
             n => n,
         };
+        while persistent && segs + indirect_pages(segs) > budget {
+            segs -= 1;
+        }
         let wire_unit = match info.sectors_unit {
             SectorsUnit::Bytes512 => WireUnit::BYTES_512,
             SectorsUnit::LogicalBlocks => WireUnit::logical(sector_size),
@@ -438,6 +513,29 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
                 }
                 Ok(())
             })
+    }
+
+    /// Removes the keys a frontend of this protocol writes (ring references,
+    /// event channels, queues, the negotiated values) that an earlier life
+    /// left in the frontend directory, so that the backend never reads a
+    /// stale one beside the new ones.
+    fn remove_stale_keys(&mut self) -> Result<(), XsError> {
+        let fe = self.ends.frontend.clone();
+        let names = match self.store.lock().directory(&fe) {
+            Ok(n) => n,
+            Err(XsError::Errno(XsErrno::ENOENT)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let stale: Vec<String> = names
+            .into_iter()
+            .filter(|n| is_protocol_key(n))
+            .map(|n| format!("{fe}/{n}"))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.published = stale;
+        self.unpublish()
     }
 
     /// Moves the frontend to `s`; a directory the toolstack removed is not
@@ -577,5 +675,6 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
 impl<H: Hal, T: XsTransport> Drop for Connection<'_, H, T> {
     fn drop(&mut self) {
         self.unwatch();
+        self.store.lock().release(&self.ends.frontend);
     }
 }

@@ -144,8 +144,39 @@ impl<'a, H: Hal> Io<'a, H> {
     }
 
     /// Capacity changed (a resize).
+    /// Requests still waiting, none of whose parts was sent, that reach
+    /// past the new end fail with [`IoError::OutOfRange`] (nothing sent),
+    /// as they would have at submission.
     pub(super) fn set_sectors(&mut self, sectors: u64) {
         self.limits.sectors = sectors;
+        let l = self.limits;
+        let per = u64::from(l.sector_size.bytes() / l.wire_unit.bytes());
+        let end = u128::from(sectors) * u128::from(per);
+        let unit = u128::from(l.wire_unit.bytes());
+        let mut gone = Vec::new();
+        for &id in &self.waiting {
+            let Some(p) = self.pending.get_mut(id) else {
+                continue;
+            };
+            let reach = match p.op {
+                Op::Read { sector } | Op::Write { sector } => {
+                    let len = p.buf.as_ref().map_or(0, Vec::len) as u128;
+                    u128::from(sector.0) + len.div_ceil(unit)
+                }
+                Op::Discard { sector, count, .. } => u128::from(sector.0) + u128::from(count.0),
+                Op::Flush { .. } => 0,
+            };
+            if p.pushed == 0 && reach > end {
+                p.fail(IoError::OutOfRange);
+                gone.push(id);
+            }
+        }
+        if !gone.is_empty() {
+            self.waiting.retain(|id| !gone.contains(id));
+            for id in gone {
+                self.complete_if_finished(id);
+            }
+        }
     }
 
     /// Features refused since the last call.
@@ -378,43 +409,31 @@ impl<'a, H: Hal> Io<'a, H> {
                 self.waiting.push_back(id);
                 Ok(())
             }
-            Err(e) => {
+            Err(e @ IoError::Broken(cause)) => {
                 let sent = self.pending.get_mut(id).is_some_and(|p| p.pushed > 0);
                 if sent {
-                    // Parts are on the ring: the request completes, failed,
-                    // once they are answered (or at once, when the ring
-                    // broke: breaking fails everything in flight).
-                    if let Some(p) = self.pending.get_mut(id) {
-                        p.fail(e);
-                    }
-                    if let IoError::Broken(cause) = e {
-                        self.break_device(cause);
-                    }
+                    // Parts are on the ring: breaking fails them, and with
+                    // them the request.
+                    self.break_device(cause);
                     Ok(())
-                } else if matches!(e, IoError::Broken(_)) {
+                } else {
+                    // Taken back by the caller, who then breaks the device.
                     Err(e)
-                } else if self.in_flight() > 0 {
-                    // Resources come back as requests complete.
+                }
+            }
+            Err(e) => {
+                if self.in_flight() > 0 {
+                    // Memory or grants ran out, and come back as requests
+                    // complete (this one's own parts among them): the rest
+                    // waits, nothing is failed half-done.
                     self.waiting.push_back(id);
                     Ok(())
                 } else {
+                    // Nothing is in flight, so nothing of it was sent.
                     Err(e)
                 }
             }
         }
-    }
-
-    /// A queue with a free slot, round robin.
-    fn pick_queue(&mut self) -> Option<usize> {
-        let n = self.queues.len();
-        for k in 0..n {
-            let i = (self.next_queue + k) % n;
-            if self.queues[i].free_slots() > 0 {
-                self.next_queue = (i + 1) % n;
-                return Some(i);
-            }
-        }
-        None
     }
 
     /// Pushes as many parts of request `id` as the rings take. `Ok(true)`:
@@ -443,12 +462,35 @@ impl<'a, H: Hal> Io<'a, H> {
         }
     }
 
-    /// Pushes the next part of request `id`: `Some(true)` when that was its
-    /// last part, `None` when no slot is free.
+    /// Pushes the next part of request `id` on the first queue, round
+    /// robin, that takes it: `Some(true)` when that was its last part,
+    /// `None` when no queue has room.
     fn push_one(&mut self, id: PendingId) -> Result<Option<bool>, IoError> {
-        let Some(qi) = self.pick_queue() else {
-            return Ok(None);
-        };
+        let n = self.queues.len();
+        let mut short = None;
+        for k in 0..n {
+            let qi = (self.next_queue + k) % n;
+            if self.queues[qi].free_slots() == 0 {
+                continue;
+            }
+            match self.push_on(qi, id) {
+                Ok(Some(last)) => {
+                    self.next_queue = (qi + 1) % n;
+                    return Ok(Some(last));
+                }
+                Ok(None) => {}
+                // Out of grants or memory for this queue's new pages:
+                // another queue may have idle pages of its own.
+                Err(e @ (IoError::Grant(_) | IoError::Hal(_))) => short = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        short.map_or(Ok(None), Err)
+    }
+
+    /// Pushes the next part of request `id` on queue `qi`; `None` when it
+    /// has no room.
+    fn push_on(&mut self, qi: usize, id: PendingId) -> Result<Option<bool>, IoError> {
         let Limits {
             handle,
             part_bytes,

@@ -267,9 +267,9 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         if self.io.has_done() {
             return Ok(());
         }
-        if self.io.queue_count() == 0 {
-            return self.io.check_usable();
-        }
+        // Nothing will arrive on a device that is not connected (a broken
+        // one may still hold its rings): say why instead of sleeping.
+        self.io.check_usable()?;
         self.io.consume_idle_events();
         self.wait_events(deadline).map_err(|e| match e {
             HalError::Timeout => IoError::Timeout,
@@ -573,11 +573,22 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// # Errors
     ///
-    /// [`XenbusError::UnexpectedState`] unless the device is
-    /// [`DeviceState::Disconnected`]; otherwise as for [`probe`](Self::probe).
+    /// The device's state error unless it is [`DeviceState::Disconnected`]:
+    /// [`IoError::Broken`] with its cause, [`IoError::Closed`], or
+    /// [`XenbusError::UnexpectedState`] for a device that is still
+    /// connected; otherwise as for [`probe`](Self::probe).
     pub fn reconnect(&mut self) -> core::result::Result<(), ProbeError> {
-        if self.io.state() != DeviceState::Disconnected {
-            return Err(XenbusError::UnexpectedState(self.conn.info.state).into());
+        match self.io.state() {
+            DeviceState::Disconnected => {}
+            DeviceState::Connected => {
+                return Err(
+                    XenbusError::UnexpectedState(crate::xenbus::XenbusState::Connected).into(),
+                )
+            }
+            DeviceState::Broken(_) | DeviceState::Closed => {
+                let e = self.io.check_usable().err().unwrap_or(IoError::Closed);
+                return Err(crate::Error::from(e).into());
+            }
         }
         self.conn.request_reconnect()?;
         self.connect()

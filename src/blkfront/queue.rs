@@ -142,27 +142,41 @@ struct Pool<'a, H: Hal> {
 }
 
 impl<'a, H: Hal> Pool<'a, H> {
-    /// A page from the pool, or a new one: granted persistently while the
-    /// budget allows, else private (granted per request).
-    fn take(&mut self) -> Result<DataPage<'a, H>, GrantError> {
-        if let Some(p) = self.idle.pop() {
-            return Ok(p);
+    /// Whether `n` pages can be had now: always without persistent grants;
+    /// with them, only from the budget (idle pages, or room to grant more).
+    /// A part waits rather than go beyond the budget, so that a backend that
+    /// keeps every grant it sees mapped (blkback does, up to 1056 per ring)
+    /// never holds more than the budget.
+    fn can_supply(&self, n: usize) -> bool {
+        match &self.persistent {
+            None => true,
+            Some(b) => self.idle.len() + b.cap.saturating_sub(b.granted) >= n,
         }
-        let mut mem = SharedPage::alloc(self.table, self.owner)?;
+    }
+
+    /// A page from the pool, or a new one: granted persistently when
+    /// persistent grants are in use (`None` once the budget is spent),
+    /// private (granted per request) otherwise.
+    fn take(&mut self) -> Result<Option<DataPage<'a, H>>, GrantError> {
+        if let Some(p) = self.idle.pop() {
+            return Ok(Some(p));
+        }
         match &mut self.persistent {
-            Some(b) if b.granted < b.cap => {
+            Some(b) if b.granted >= b.cap => Ok(None),
+            Some(b) => {
+                let mut mem = SharedPage::alloc(self.table, self.owner)?;
                 // On error the page drops (never granted: freed).
                 mem.grant(self.backend, false)?;
                 b.granted += 1;
-                Ok(DataPage {
+                Ok(Some(DataPage {
                     mem,
                     lease: Lease::Persistent,
-                })
+                }))
             }
-            _ => Ok(DataPage {
-                mem,
+            None => Ok(Some(DataPage {
+                mem: SharedPage::alloc(self.table, self.owner)?,
                 lease: Lease::PerRequest,
-            }),
+            })),
         }
     }
 
@@ -203,15 +217,6 @@ impl<'a, H: Hal> Pool<'a, H> {
             }
         }
         p.mem.release();
-    }
-
-    /// Keeps `p`, whose per-request grant the backend still maps, granted
-    /// persistently from now on.
-    fn adopt(&mut self, p: &mut DataPage<'a, H>) {
-        p.lease = Lease::Persistent;
-        if let Some(b) = &mut self.persistent {
-            b.granted += 1;
-        }
     }
 }
 
@@ -337,7 +342,7 @@ impl<'a, H: Hal> Queue<'a, H> {
     }
 
     /// Pushes one read or write part. Nothing is published until
-    /// [`kick`](Self::kick). Returns `false` when no slot is free. When it
+    /// [`kick`](Self::kick). Returns `false` when no slot (or, with persistent grants, not enough of the page budget) is free. When it
     /// returns anything but `true`, nothing was pushed and every page taken
     /// here went back.
     ///
@@ -363,6 +368,11 @@ impl<'a, H: Hal> Queue<'a, H> {
         let Some(&id) = self.free.last().filter(|_| !self.retired) else {
             return Ok(false);
         };
+        let pages = nsegs + indirect_pages(nsegs);
+        if !self.pool.can_supply(pages) {
+            // Within the persistent budget only: wait for pages to come back.
+            return Ok(false);
+        }
         let write = part.data.is_some();
         let slot = &mut self.slots[id.index()];
         let r = prepare(&mut self.pool, part, nsegs, self.unit, slot);
@@ -498,17 +508,12 @@ impl<'a, H: Hal> Queue<'a, H> {
             other => return Err(Violation::UnknownStatus(other)),
         };
         slot.state = State::Answered;
-        let persistent = self.pool.persistent.is_some();
+        // Per-request pages exist only without persistent grants: one the
+        // backend still maps after answering could still change under us.
         let mut still_mapped = false;
         for p in slot.pages.iter_mut().chain(slot.indirect.iter_mut()) {
             if p.lease == Lease::PerRequest && p.mem.revoke().is_err() {
-                if persistent {
-                    // The backend chose to keep it (as blkback does up to its
-                    // persistent limit): keep it granted, as Linux does.
-                    self.pool.adopt(p);
-                } else {
-                    still_mapped = true;
-                }
+                still_mapped = true;
             }
         }
         if still_mapped {
@@ -603,6 +608,15 @@ fn push_slot<H: Hal>(ring: &mut BlkRing<'_, H>, req: &RequestSlot) -> Result<boo
     }
 }
 
+/// Indirect descriptor pages a part of `nsegs` segments needs.
+pub(super) fn indirect_pages(nsegs: usize) -> usize {
+    if nsegs <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        0
+    } else {
+        nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE)
+    }
+}
+
 /// Takes, fills and grants the data pages (and indirect pages) of one part
 /// into the free slot `slot`. Pages taken so far stay in the slot on error.
 fn prepare<'a, H: Hal>(
@@ -613,7 +627,7 @@ fn prepare<'a, H: Hal>(
     slot: &mut Slot<'a, H>,
 ) -> Result<(), IoError> {
     for i in 0..nsegs {
-        let mut p = pool.take()?;
+        let mut p = pool.take()?.ok_or(GrantError::Exhausted)?;
         let r = match part.data {
             // The backend does not look at the page while no request using
             // it is in flight (a persistent grant is only used by the
@@ -631,7 +645,7 @@ fn prepare<'a, H: Hal>(
         return Ok(());
     }
     for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
-        let mut p = pool.take()?;
+        let mut p = pool.take()?.ok_or(GrantError::Exhausted)?;
         let first = k * SEGS_PER_INDIRECT_PAGE;
         let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
         let mut r = Ok(());

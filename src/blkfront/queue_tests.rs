@@ -850,56 +850,10 @@ fn a_per_request_grant_still_mapped_after_the_response_is_a_violation() {
 }
 
 #[test]
-fn with_persistent_grants_a_grant_the_backend_keeps_is_adopted() {
-    let xen = SimXen::new();
-    let hal = xen.hal(FRONT);
-    let gt = GrantTable::new(&hal).unwrap();
-    let mut q = Q::new(&hal, &gt, BACK, 0, VDEV).unwrap();
-    // No budget: every page is granted per request.
-    q.use_persistent_grants(0);
-    let mut peer = attach(&xen, &q);
-    let ps = pending_ids(2);
-
-    let data = pattern(PAGE_SIZE, 5);
-    assert!(q.push_rw(&write_part(ps[0], 0, &data), HANDLE, 0).unwrap());
-    q.kick();
-    let [g] = grefs(direct(&take(&mut peer)[0]).segments())[..] else {
-        panic!()
-    };
-    // With persistent grants even a write's page is granted writable:
-    // blkback maps every grant writable, hoping to keep it.
-    let keep = peer.map_grant(GrantRef(g), true).unwrap();
-    let [r] = answer(&mut q, &mut peer, &[ok(0, BLKIF_OP_WRITE)])[..] else {
-        panic!()
-    };
-    let d = done(q.complete(&r));
-    assert_eq!(d.status, Ok(()));
-    q.release(d.slot);
-    assert_eq!(gt.quarantined_pages(), 0, "kept, not quarantined");
-    drop(keep);
-    assert!(granted(&peer, g), "still granted after the backend let go");
-
-    // The adopted page goes out again on the same grant.
-    let data2 = pattern(PAGE_SIZE, 6);
-    assert!(q.push_rw(&write_part(ps[1], 0, &data2), HANDLE, 0).unwrap());
-    q.kick();
-    assert_eq!(grefs(direct(&take(&mut peer)[0]).segments()), [g]);
-    assert_eq!(peer.read_grant(GrantRef(g)).unwrap(), data2);
-    let [r] = answer(&mut q, &mut peer, &[ok(0, BLKIF_OP_WRITE)])[..] else {
-        panic!()
-    };
-    let d = done(q.complete(&r));
-    q.release(d.slot);
-    assert!(granted(&peer, g), "a persistent grant outlives its request");
-
-    // It is persistent now: idle and unmapped, purge gives it back.
-    assert_eq!(q.purge_idle(), 1);
-    assert!(!granted(&peer, g));
-    assert_eq!(xen.accounting(FRONT).pages, 1);
-}
-
-#[test]
-fn the_persistent_budget_is_never_exceeded_and_pages_beyond_it_are_per_request() {
+fn the_persistent_budget_is_a_hard_cap_and_parts_wait_for_it() {
+    // blkback keeps every grant it is given mapped (up to 1056 per ring),
+    // so with persistent grants a queue only ever grants its budget: a part
+    // that needs more pages than are left waits instead.
     let xen = SimXen::new();
     let hal = xen.hal(FRONT);
     let gt = GrantTable::new(&hal).unwrap();
@@ -907,52 +861,65 @@ fn the_persistent_budget_is_never_exceeded_and_pages_beyond_it_are_per_request()
     const CAP: usize = 3;
     q.use_persistent_grants(CAP);
     let mut peer = attach(&xen, &q);
-    let ps = pending_ids(12);
-    let mut seen = Vec::new();
-    let mut persistent: Option<Vec<u32>> = None;
+    let ps = pending_ids(10);
 
+    let data = pattern(2 * PAGE_SIZE, 1);
+    assert!(q.push_rw(&write_part(ps[0], 0, &data), HANDLE, 0).unwrap());
+    let before = xen.accounting(FRONT);
+    assert!(
+        !q.push_rw(&read_part(ps[1], 0, 2 * PAGE_SIZE), HANDLE, 0)
+            .unwrap(),
+        "one page of the budget is left: the part waits"
+    );
+    assert_eq!(xen.accounting(FRONT), before, "and took nothing");
+    q.kick();
+    let g0 = grefs(direct(&take(&mut peer)[0]).segments());
+    for &gref in &g0 {
+        // A write's pages too are granted writable: blkback maps every
+        // grant writable, hoping to keep it.
+        drop(peer.map_grant(GrantRef(gref), true).unwrap());
+    }
+    let [r] = answer(&mut q, &mut peer, &[ok(0, BLKIF_OP_WRITE)])[..] else {
+        panic!()
+    };
+    let d = done(q.complete(&r));
+    q.release(d.slot);
+    assert!(
+        g0.iter().all(|&g| granted(&peer, g)),
+        "persistent: still granted"
+    );
+
+    let mut kept: Option<Vec<u32>> = None;
     for round in 0..4 {
-        let data = pattern(4 * PAGE_SIZE, round as u8);
-        let a = &ps[2 * round];
-        let b = &ps[2 * round + 1];
-        assert!(q.push_rw(&write_part(*a, 0, &data), HANDLE, 0).unwrap());
+        let id = ps[2 + round];
         assert!(q
-            .push_rw(&read_part(*b, 0, 5 * PAGE_SIZE - 512), HANDLE, 0)
+            .push_rw(&read_part(id, 0, CAP * PAGE_SIZE), HANDLE, 0)
             .unwrap());
         q.kick();
         let reqs = take(&mut peer);
         let mut g = grefs(direct(&reqs[0]).segments());
-        g.extend(grefs(direct(&reqs[1]).segments()));
-        assert_eq!(g.len(), 9);
-        assert_eq!(xen.accounting(FRONT).grants_active, 1 + 9);
-        for &gref in &g {
-            // Persistent or not, every data grant is writable.
-            drop(peer.map_grant(GrantRef(gref), true).unwrap());
-        }
-        let rsps: Vec<BlkifResponse> = reqs
-            .iter()
-            .map(|r| ok(r.id(), direct(r).operation))
-            .collect();
-        let got = answer(&mut q, &mut peer, &rsps);
-        for r in &got {
-            let d = done(q.complete(r));
-            q.release(d.slot);
-        }
-        seen.extend(&g);
-        seen.sort_unstable();
-        seen.dedup();
-        let kept: Vec<u32> = seen
-            .iter()
-            .copied()
-            .filter(|&gref| granted(&peer, gref))
-            .collect();
-        assert_eq!(kept.len(), CAP, "round {round}: exactly the budget stays");
+        assert!(
+            g0.iter().all(|x| g.contains(x)),
+            "round {round}: pooled pages reused"
+        );
         assert_eq!(xen.accounting(FRONT).grants_active, 1 + CAP);
-        match &persistent {
-            None => persistent = Some(kept),
-            Some(p) => assert_eq!(&kept, p, "round {round}: the same grants are reused"),
+        let [r] = answer(&mut q, &mut peer, &[ok(reqs[0].id(), BLKIF_OP_READ)])[..] else {
+            panic!()
+        };
+        let d = done(q.complete(&r));
+        q.release(d.slot);
+        g.sort_unstable();
+        match &kept {
+            None => kept = Some(g),
+            Some(k) => assert_eq!(&g, k, "round {round}: the same grants again"),
         }
+        assert_eq!(xen.accounting(FRONT).grants_active, 1 + CAP);
     }
+    assert!(
+        !q.push_rw(&read_part(ps[9], 0, (CAP + 1) * PAGE_SIZE), HANDLE, 0)
+            .unwrap(),
+        "a part larger than the budget never goes (the connection cuts parts to fit)"
+    );
 }
 
 #[test]
@@ -961,11 +928,11 @@ fn purge_idle_frees_only_idle_persistent_pages_the_backend_no_longer_maps() {
     let hal = xen.hal(FRONT);
     let gt = GrantTable::new(&hal).unwrap();
     let mut q = Q::new(&hal, &gt, BACK, 0, VDEV).unwrap();
-    q.use_persistent_grants(4);
+    q.use_persistent_grants(5);
     let mut peer = attach(&xen, &q);
     let ps = pending_ids(2);
 
-    // Four persistent pages and one private one, all idle afterwards.
+    // Five persistent pages, all idle afterwards.
     let data = pattern(5 * PAGE_SIZE, 0);
     assert!(q.push_rw(&write_part(ps[0], 0, &data), HANDLE, 0).unwrap());
     q.kick();
@@ -976,7 +943,7 @@ fn purge_idle_frees_only_idle_persistent_pages_the_backend_no_longer_maps() {
     let d = done(q.complete(&r));
     q.release(d.slot);
     let persistent: Vec<u32> = g.iter().copied().filter(|&x| granted(&peer, x)).collect();
-    assert_eq!(persistent.len(), 4);
+    assert_eq!(persistent.len(), 5);
     assert_eq!(xen.accounting(FRONT).pages, 1 + 5);
 
     // The backend keeps one persistent grant mapped (blkback's cache), and
@@ -1016,13 +983,9 @@ fn purge_idle_frees_only_idle_persistent_pages_the_backend_no_longer_maps() {
     q.release(d.slot);
     drop(kept);
     let freed = q.purge_idle();
-    assert_eq!(freed, 4 - unmapped_idle, "the rest of the persistent pages");
+    assert_eq!(freed, 5 - unmapped_idle, "the rest of the persistent pages");
     assert_eq!(xen.accounting(FRONT).grants_active, 1);
-    assert_eq!(
-        xen.accounting(FRONT).pages,
-        1 + 1,
-        "the private page stays pooled"
-    );
+    assert_eq!(xen.accounting(FRONT).pages, 1, "only the ring is left");
 }
 
 // ----- copying out and giving back --------------------------------------------------
@@ -1283,12 +1246,12 @@ fn dropping_the_queue_quarantines_what_the_backend_still_maps() {
     let hal = xen.hal(FRONT);
     let gt = GrantTable::new(&hal).unwrap();
     let mut q = Q::new(&hal, &gt, BACK, 0, VDEV).unwrap();
-    q.use_persistent_grants(2);
+    q.use_persistent_grants(3);
     let mut peer = attach(&xen, &q);
     let ps = pending_ids(2);
 
     // Two persistent pages, idle; then a read in flight on both of them and
-    // one private page.
+    // a third, persistent too.
     let data = pattern(2 * PAGE_SIZE, 4);
     assert!(q.push_rw(&write_part(ps[0], 0, &data), HANDLE, 0).unwrap());
     q.kick();
@@ -1303,7 +1266,7 @@ fn dropping_the_queue_quarantines_what_the_backend_still_maps() {
         .unwrap());
     q.kick();
     let g = grefs(direct(&take(&mut peer)[0]).segments());
-    // The backend maps two of them (one persistent, one private) and the
+    // The backend maps two of them (the new one and an old one) and the
     // ring, and never lets go before the queue is dropped.
     let persistent = *g.iter().find(|&&x| x != g[2]).unwrap();
     let keep = [

@@ -157,6 +157,8 @@ pub struct XenStore<T: XsTransport> {
     dropped_events: u64,
     broken: bool,
     timeout_ns: u64,
+    /// Device directories a driver of this domain has claimed.
+    claimed: Vec<String>,
 }
 
 impl<T: XsTransport> XenStore<T> {
@@ -174,7 +176,25 @@ impl<T: XsTransport> XenStore<T> {
             dropped_events: 0,
             broken: false,
             timeout_ns: DEFAULT_TIMEOUT_NS,
+            claimed: Vec::new(),
         }
+    }
+
+    /// Claims device directory `dir` for one driver: `false` when another
+    /// driver of this domain (over this client) holds it already. A device
+    /// has one driver at a time; the claim keeps a second one from taking
+    /// over a live connection. Bookkeeping only: nothing is sent.
+    pub fn claim(&mut self, dir: &str) -> bool {
+        if self.claimed.iter().any(|d| d == dir) {
+            return false;
+        }
+        self.claimed.push(dir.into());
+        true
+    }
+
+    /// Gives up a claim of [`claim`](Self::claim).
+    pub fn release(&mut self, dir: &str) {
+        self.claimed.retain(|d| d != dir);
     }
 
     /// Sets the deadline (relative, in nanoseconds) of every later blocking
