@@ -739,5 +739,5 @@ fn encode<H: Hal>(
 }
 
 #[cfg(all(test, feature = "sim"))]
-#[path = "queue_tests.rs"]
+#[path = "queue_tests/mod.rs"]
 mod tests;
