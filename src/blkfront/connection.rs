@@ -24,7 +24,7 @@ use super::info::{BackendInfo, BackendKind, Endpoints, FlushMethod, Negotiated, 
 use super::io::Limits;
 use super::keys::{self, KeyReader};
 use super::queue::{indirect_pages, Queue};
-use super::stall::StallReport;
+use super::stall::{StallCause, StallReport};
 use super::units::{SectorSize, WireUnit};
 use super::wire::MAX_INDIRECT_SEGMENTS;
 use super::{Config, ProbeError, SharedStore};
@@ -345,9 +345,42 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         let advertise_persistent = self.cfg.persistent_grants && self.trusted;
         self.publish(queues, order, advertise_persistent, large_sectors)?;
         self.switch(XenbusState::Initialised)?;
-        self.wait_backend(XenbusState::Connected)?;
+        let mut counts_512 = false;
+        match self.wait_backend(XenbusState::Connected) {
+            Ok(()) => {}
+            Err(e)
+                if large_sectors
+                    && e.stall.as_ref().map(|r| r.cause) == Some(StallCause::QdiskSectorSize) =>
+            {
+                // A qdisk that follows blkif.h's 2024 rule counts in 512-byte
+                // units and refuses the flag: once more without it (QEMU
+                // tries to connect again on any write of the frontend's
+                // state), and if that works, count in 512-byte units.
+                log::warn!(
+                    "xenblk {}: qdisk did not connect with feature-large-sector-size; trying \
+                     without it",
+                    self.ends.vdev
+                );
+                let key = format!("{}/feature-large-sector-size", self.ends.frontend);
+                match self.store.lock().rm(&key) {
+                    Ok(()) | Err(XsError::Errno(XsErrno::ENOENT)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.switch(XenbusState::Initialised)?;
+                self.wait_backend(XenbusState::Connected)?;
+                counts_512 = true;
+            }
+            Err(e) => return Err(e),
+        }
         let raw = snapshot(self.store, &self.ends.backend)?;
         let mut info = BackendInfo::from_keys(&self.ends, XenbusState::Connected, raw, true)?;
+        if counts_512 {
+            let ss = SectorSize::new(info.sector_size)
+                .ok_or(XenbusError::MalformedKey("sector-size"))?;
+            let sectors = info.sectors_raw.ok_or(XenbusError::MissingKey("sectors"))?;
+            info.capacity_bytes = keys::capacity_bytes(sectors, SectorsUnit::Bytes512, ss)?;
+            info.sectors_unit = SectorsUnit::Bytes512;
+        }
         let sector_size =
             SectorSize::new(info.sector_size).ok_or(XenbusError::MalformedKey("sector-size"))?;
         // A queue using persistent grants keeps at most `budget` data pages

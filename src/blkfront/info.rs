@@ -86,7 +86,11 @@ impl SectorsUnit {
             (SectorsUnit::Bytes512, BackendKind::Blkback) => {
                 "512-byte units: Linux blkback's convention, and blkif.h's rule since 2024"
             }
-            (SectorsUnit::Bytes512, _) => {
+            (SectorsUnit::Bytes512, BackendKind::Qdisk) => {
+                "512-byte units: this qdisk refused feature-large-sector-size, so it follows \
+                 blkif.h's rule since 2024"
+            }
+            (SectorsUnit::Bytes512, BackendKind::Other) => {
                 "512-byte units: blkif.h's rule since 2024 (the backend is not recognised)"
             }
             (SectorsUnit::LogicalBlocks, _) => {

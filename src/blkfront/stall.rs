@@ -22,6 +22,12 @@ pub enum StallCause {
     /// A blkback backend waits in InitWait without `physical-device`: its
     /// hotplug script did not run or failed.
     HotplugScript,
+    /// A qdisk backend with a logical block size above 512 stayed in
+    /// InitWait after the frontend published its rings: QEMU's xen-block
+    /// refuses such a disk to a frontend that does not write
+    /// `feature-large-sector-size=1`, and a QEMU that follows blkif.h's
+    /// 2024 rule refuses one that does.
+    QdiskSectorSize,
     /// The backend reached InitWait but never Connected after the frontend
     /// published its rings.
     NeverConnected,
@@ -36,6 +42,7 @@ impl StallCause {
     pub fn token(self) -> &'static str {
         match self {
             StallCause::QdiskDirectIoSafe => "qdisk-direct-io-safe",
+            StallCause::QdiskSectorSize => "qdisk-sector-size",
             StallCause::NoBackendDirectory => "no-backend-directory",
             StallCause::HotplugScript => "hotplug-script",
             StallCause::NeverConnected => "never-connected",
@@ -61,6 +68,14 @@ impl StallCause {
             StallCause::HotplugScript => {
                 "blkback waits in InitWait without physical-device: the block hotplug script did \
                  not run or failed (see /var/log/xen/xl-<domain>.log in the backend domain)"
+            }
+            StallCause::QdiskSectorSize => {
+                "the qdisk backend has a logical block size above 512 and never connected: \
+                 QEMU's xen-block refuses that to a frontend without \
+                 feature-large-sector-size=1 ('logical_block_size != 512 not supported by \
+                 frontend'), and a QEMU following blkif.h's 2024 rule refuses a frontend with it; \
+                 /var/log/xen/qemu-dm-<domain>.log says which (xenblk writes the flag, and tries \
+                 once more without it)"
             }
             StallCause::NeverConnected => {
                 "the backend saw the frontend's rings but never connected; check the backend \
@@ -90,6 +105,14 @@ impl StallCause {
                 if kind == BackendKind::Blkback && !raw.contains_key("physical-device") =>
             {
                 StallCause::HotplugScript
+            }
+            Some(XenbusState::InitWait)
+                if kind == BackendKind::Qdisk
+                    && raw.get("sector-size").is_some_and(|v| {
+                        crate::xenbus::parse_u32("sector-size", v).is_ok_and(|n| n != 512)
+                    }) =>
+            {
+                StallCause::QdiskSectorSize
             }
             Some(XenbusState::InitWait) | Some(XenbusState::Initialised) => {
                 StallCause::NeverConnected
