@@ -320,9 +320,15 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     /// have left.
     fn reset_frontend(&mut self) -> Result<()> {
         let fe = xenbus::read_state(&mut self.store.lock(), &self.ends.frontend)?;
+        // A backend already closing or closed waits for the frontend to be
+        // Closed before it answers Initialising with InitWait.
+        let be_closed = matches!(
+            self.backend_state()?,
+            Some(XenbusState::Closing | XenbusState::Closed)
+        );
         match fe {
-            XenbusState::Unknown | XenbusState::Initialising => return Ok(()),
-            XenbusState::Closed => {}
+            XenbusState::Unknown | XenbusState::Initialising if !be_closed => return Ok(()),
+            XenbusState::Unknown | XenbusState::Initialising | XenbusState::Closed => {}
             _ => {
                 self.switch(XenbusState::Closing)?;
                 self.wait_backend_until(|s| s >= XenbusState::Closing);
@@ -705,9 +711,17 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     }
 }
 
-impl<H: Hal, T: XsTransport> Drop for Connection<'_, H, T> {
-    fn drop(&mut self) {
+impl<H: Hal, T: XsTransport> Connection<'_, H, T> {
+    /// Gives up this driver's claim on the device (at close; dropping the
+    /// connection does it too).
+    pub(super) fn release(&mut self) {
         self.unwatch();
         self.store.lock().release(&self.ends.frontend);
+    }
+}
+
+impl<H: Hal, T: XsTransport> Drop for Connection<'_, H, T> {
+    fn drop(&mut self) {
+        self.release();
     }
 }

@@ -551,6 +551,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     ///
     /// xenstore errors while switching state or removing keys (resources are
     /// released anyway). A frontend directory that vanished is no error.
+    /// Afterwards the device may be probed again.
     pub fn close(&mut self) -> Result<usize> {
         if self.io.state() == DeviceState::Closed {
             return Ok(self.quarantined());
@@ -563,6 +564,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         };
         self.io.set_state(DeviceState::Closed);
         self.gt.retry_quarantine();
+        // Closed: another driver (a new probe) may take the device now.
+        self.conn.release();
         r.map(|()| self.quarantined())
     }
 
