@@ -10,8 +10,10 @@
 use xenblk::abi::blkif::{BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
 use xenblk::blkfront::{BackendEvent, Broken, Config, DeviceState, IoError};
 use xenblk::error::{Error, Violation};
+use xenblk::hal::DomId;
 use xenblk::sim::blkback::BackendConfig;
 use xenblk::sim::{SimDisk, Testbed};
+use xenblk::xenbus::XenbusError;
 use xenblk::xenstore::XsError;
 
 /// The disk of every scenario.
@@ -209,6 +211,72 @@ fn eagain_storms_on_transactions_are_retried_then_reported() {
     let err = guest.probe(0, cfg).err().expect("must fail");
     assert_eq!(err.error, Error::XenStore(XsError::RetriesExhausted));
     assert_eq!(guest.held(), (0, 0, 0));
+}
+
+#[test]
+fn a_commit_storm_at_teardown_leaves_no_key_naming_a_freed_grant() {
+    // Found by the fuzzer: a probe fails after publishing its rings (a
+    // hotplug script slower than the connect bound), and xenstore then
+    // refuses more commits than the retry budget. The ring keys must still
+    // go (removed outside a transaction), or, if a key stays, the grant
+    // reference it names must never be handed out again.
+    let mut cfg = backend(true);
+    cfg.hotplug_delay_ns = 30_000_000;
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let probe_cfg = Config {
+        connect_timeout_ns: 20_000_000,
+        transaction_retries: 4,
+        ..one_queue()
+    };
+    // The publish commits; the storm hits the commits after it.
+    let fe = be.frontend_path();
+    let xsd = tb.xenstored().clone();
+    let storm = tb.xen().add_device(StormWhen {
+        xsd: xsd.clone(),
+        key: format!("{fe}/ring-ref"),
+        fired: false,
+    });
+    let err = guest.probe(0, probe_cfg).err().expect("the probe fails");
+    assert!(
+        matches!(
+            err.error,
+            Error::XenStore(XsError::RetriesExhausted)
+                | Error::Xenbus(XenbusError::StateTimeout { .. })
+        ),
+        "{err}"
+    );
+    tb.xen().remove_device(storm.id());
+    let left: Vec<String> = xsd
+        .directory(DomId::DOM0, &fe)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| k.starts_with("ring-ref") || k == "event-channel")
+        .collect();
+    assert!(left.is_empty(), "ring keys left behind: {left:?}");
+    assert_eq!(guest.held(), (0, 0, 0));
+}
+
+/// Makes xenstored refuse the next 200 commits once `key` exists.
+struct StormWhen {
+    xsd: xenblk::sim::xenstored::XenStored,
+    key: String,
+    fired: bool,
+}
+
+impl xenblk::sim::SimDevice for StormWhen {
+    fn step(&mut self, _xen: &xenblk::sim::SimXen) -> bool {
+        if self.fired || self.xsd.read(DomId::DOM0, &self.key).is_err() {
+            return false;
+        }
+        self.fired = true;
+        self.xsd.fail_next_commits(200);
+        true
+    }
+    fn name(&self) -> &str {
+        "commit-storm"
+    }
 }
 
 #[test]

@@ -34,7 +34,7 @@ use crate::gnttab::GrantTable;
 use crate::hal::{Hal, XsTransport, PAGE_SIZE};
 use crate::ring::MAX_RING_ORDER;
 use crate::xenbus::{self, XenbusError, XenbusState};
-use crate::xenstore::XsError;
+use crate::xenstore::{TxId, XenStore, XsError};
 use crate::{Error, Result};
 
 /// The ABI name written to the frontend's `protocol` key.
@@ -535,23 +535,46 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             })
     }
 
-    /// Removes the keys [`publish`](Self::publish) wrote.
+    /// Removes the keys [`publish`](Self::publish) wrote: in one
+    /// transaction, or, when xenstore keeps refusing to commit it, one key
+    /// at a time outside any transaction (which `EAGAIN` cannot refuse).
+    ///
+    /// # Errors
+    ///
+    /// The error of the last removal that failed: some key may still be
+    /// there.
     fn unpublish(&mut self) -> Result<(), XsError> {
         let keys = core::mem::take(&mut self.published);
         if keys.is_empty() {
             return Ok(());
         }
-        self.store
-            .lock()
-            .transaction(self.cfg.transaction_retries, |xs, tx| {
-                for k in &keys {
-                    match xs.rm_tx(tx, k) {
-                        Ok(()) | Err(XsError::Errno(XsErrno::ENOENT)) => {}
-                        Err(e) => return Err(e),
-                    }
+        let rm_all = |xs: &mut XenStore<T>, tx: Option<TxId>| {
+            let mut r = Ok(());
+            for k in &keys {
+                let one = match tx {
+                    Some(tx) => xs.rm_tx(tx, k),
+                    None => xs.rm(k),
+                };
+                match one {
+                    Ok(()) | Err(XsError::Errno(XsErrno::ENOENT)) => {}
+                    Err(e) if tx.is_some() => return Err(e),
+                    Err(e) => r = Err(e),
                 }
-                Ok(())
-            })
+            }
+            r
+        };
+        let mut xs = self.store.lock();
+        match xs.transaction(self.cfg.transaction_retries, |xs, tx| rm_all(xs, Some(tx))) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::warn!(
+                    "xenblk {}: removing the ring keys in a transaction failed ({e}); \
+                     removing them one by one",
+                    self.ends.vdev
+                );
+                rm_all(&mut xs, None)
+            }
+        }
     }
 
     /// Removes the keys a frontend of this protocol writes (ring references,
@@ -627,6 +650,13 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             }
         }
         let r3 = self.unpublish();
+        if r3.is_err() {
+            // A key may still name the ring's grant references: they are
+            // never handed out again (to another disk's ring, say).
+            for q in &mut queues {
+                q.keep_ring_refs();
+            }
+        }
         drop(queues);
         self.unwatch();
         self.gt.retry_quarantine();

@@ -578,6 +578,13 @@ impl<'a, H: Hal> Queue<'a, H> {
         }
     }
 
+    /// Keeps the ring's grant references allocated for good (see
+    /// [`SharedPages::keep_references`]): a frontend key may still name
+    /// them.
+    pub(super) fn keep_ring_refs(&mut self) {
+        self.ring.memory_mut().keep_references();
+    }
+
     /// Ends the ring's grants (the teardown step before the frontend keys
     /// that name them are removed). The references stay allocated until the
     /// queue is dropped.

@@ -623,6 +623,23 @@ mod tests {
     }
 
     #[test]
+    fn kept_references_are_never_handed_out_again() {
+        let (xen, hal) = setup();
+        let gt = GrantTable::new(&hal).unwrap();
+        let mut run = SharedPages::alloc_granted(&gt, 2, BACK, false, 7).unwrap();
+        let kept: Vec<GrantRef> = run.grefs().to_vec();
+        run.keep_references();
+        drop(run);
+        let acct = xen.accounting(FRONT);
+        assert_eq!((acct.pages, acct.grants_active), (0, 0), "ended and freed");
+        assert_eq!(gt.in_use(), 2, "but the references stay allocated");
+        let mut next = Vec::new();
+        gt.alloc_batch(gt.capacity() - 2, &mut next).unwrap();
+        assert!(next.iter().all(|g| !kept.contains(g)), "never reused");
+        assert_eq!(gt.alloc(), Err(GrantError::Exhausted));
+    }
+
+    #[test]
     fn a_shared_page_frees_itself_and_checks_bounds() {
         let (xen, hal) = setup();
         let gt = GrantTable::new(&hal).unwrap();

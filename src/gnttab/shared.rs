@@ -182,6 +182,9 @@ pub struct SharedPages<'a, H: Hal> {
     /// so that a reference another party may still name is not handed out
     /// again before it has been told the memory is gone.
     grefs: Vec<GrantRef>,
+    /// Set by [`keep_references`](Self::keep_references): on drop the
+    /// grants end and the pages go, but the references are never freed.
+    keep_refs: bool,
 }
 
 impl<H: Hal> fmt::Debug for SharedPages<'_, H> {
@@ -215,6 +218,7 @@ impl<'a, H: Hal> SharedPages<'a, H> {
             owner,
             pages: Some(pages),
             grefs: Vec::new(),
+            keep_refs: false,
         };
         run.grefs
             .try_reserve_exact(count)
@@ -269,15 +273,35 @@ impl<'a, H: Hal> SharedPages<'a, H> {
     }
 }
 
+impl<H: Hal> SharedPages<'_, H> {
+    /// From now on the references are never freed, not even when the value
+    /// drops (the grants still end, the pages are still freed or
+    /// quarantined): for references that some key may still name after a
+    /// removal of it failed, so that no other memory is ever granted under
+    /// them. A reference costs one grant-table entry.
+    pub fn keep_references(&mut self) {
+        self.keep_refs = true;
+    }
+}
+
 impl<H: Hal> Drop for SharedPages<'_, H> {
     fn drop(&mut self) {
-        if let Some(pages) = self.pages.take() {
-            // SAFETY: the pages came from the table's `Hal`; the only
-            // pointers into them are those of a ring built on this value
-            // through `RingMemory`, which `ring::OwnedFrontRing` drops before
-            // its memory; `grefs` lists every grant of them.
-            unsafe { self.table.release_pages(&self.grefs, pages, self.owner) };
+        let Some(pages) = self.pages.take() else {
+            return;
+        };
+        if self.keep_refs && self.revoke().is_ok() {
+            // Every grant ended: the references stay allocated, unused.
+            // SAFETY: the pages came from the table's `Hal`, no pointer into
+            // them outlives this value (the ring built on it is dropped
+            // first), and no grant of them is active any more.
+            unsafe { self.table.hal().free_pages(pages) };
+            return;
         }
+        // SAFETY: the pages came from the table's `Hal`; the only pointers
+        // into them are those of a ring built on this value through
+        // `RingMemory`, which `ring::OwnedFrontRing` drops before its
+        // memory; `grefs` lists every grant of them.
+        unsafe { self.table.release_pages(&self.grefs, pages, self.owner) };
     }
 }
 
