@@ -78,6 +78,7 @@ mod test_slots;
 mod xenbus;
 
 pub use config::{BackendConfig, Offer, Personality};
+pub use disk::DiskImage;
 pub use faults::{BadId, Faults, Stats};
 pub use store::{BackendStore, MemStore, NodePerms, Perm};
 
@@ -152,7 +153,10 @@ impl SimBlkBack {
             cfg.backend_kind(),
             frontend.0
         );
-        let disk = Disk::new(cfg.disk_bytes, cfg.null_disk)?;
+        let disk = match &cfg.image {
+            Some(img) if !cfg.null_disk => Disk::with_image(cfg.disk_bytes, img)?,
+            _ => Disk::new(cfg.disk_bytes, cfg.null_disk)?,
+        };
         store.write(&fe_path, "")?;
         store.set_perms(&fe_path, frontend, Perm::None, &[(DomId::DOM0, Perm::Read)])?;
         store.write(&be_path, "")?;
