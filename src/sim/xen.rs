@@ -638,7 +638,11 @@ impl SimXen {
     pub(super) fn wake(&self) {
         let mut g = lock(&self.inner.wake);
         *g = g.wrapping_add(1);
-        self.inner.cv.notify_all();
+        // Only threaded mode sleeps on the condition variable; in step mode
+        // a notification would be a system call for nobody.
+        if self.is_threaded() {
+            self.inner.cv.notify_all();
+        }
     }
 
     /// Waits until `ready()` holds or `deadline` (on [`now_ns`](Self::now_ns))
