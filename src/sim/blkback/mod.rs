@@ -109,6 +109,9 @@ pub struct SimBlkBack {
     hotplug_at: Option<u64>,
     hotplug_done: bool,
     last_fe_state: Option<XenbusState>,
+    /// The frontend's state as last read, with the store's
+    /// [`mutations`](BackendStore::mutations) count at the time.
+    fe_state_read: Option<(u64, XenbusState)>,
     conn: Option<Conn>,
     online: bool,
     removed: bool,
@@ -182,6 +185,7 @@ impl SimBlkBack {
             hotplug_at: None,
             hotplug_done: false,
             last_fe_state: None,
+            fe_state_read: None,
             conn: None,
             online: true,
             removed: false,

@@ -298,6 +298,11 @@ impl XenStored {
         r
     }
 
+    /// [`Store::mutations`].
+    pub fn mutations(&self) -> u64 {
+        self.store().mutations()
+    }
+
     /// [`Store::read`].
     ///
     /// # Errors
