@@ -100,6 +100,7 @@ fn hostile_backend_runs_on_a_reset_machine_as_on_a_new_one() {
     for (i, data) in all.iter().enumerate() {
         let fresh = hostile::run_fresh(data);
         let reused = hostile::run_reused(data);
+        eprintln!("input {i}: digest {fresh:016x}");
         assert_eq!(
             fresh, reused,
             "input {i} ran differently on a reused machine"

@@ -336,6 +336,8 @@ struct Saboteur {
     fe_path: String,
     plan: Vec<(When, Act)>,
     closing_since: Option<u64>,
+    /// Both states as last read, and the store's mutation count then.
+    seen: Option<(u64, Option<XenbusState>, Option<XenbusState>)>,
 }
 
 impl Saboteur {
@@ -371,7 +373,16 @@ impl Saboteur {
 impl SimDevice for Saboteur {
     fn step(&mut self, xen: &SimXen) -> bool {
         let now = xen.now_ns();
-        let be = self.state(&self.be_path);
+        // Read again only when the store changed since the last look.
+        let m = self.xsd.mutations();
+        let (be, fe) = match self.seen {
+            Some((at, be, fe)) if at == m => (be, fe),
+            _ => {
+                let (be, fe) = (self.state(&self.be_path), self.state(&self.fe_path));
+                self.seen = Some((m, be, fe));
+                (be, fe)
+            }
+        };
         if matches!(be, Some(XenbusState::Closing | XenbusState::Closed)) {
             self.closing_since.get_or_insert(now);
         } else {
@@ -380,7 +391,6 @@ impl SimDevice for Saboteur {
         if self.plan.is_empty() {
             return false;
         }
-        let fe = self.state(&self.fe_path);
         let due = |w: &When| match *w {
             When::Before => true,
             When::Frontend(s) => fe == Some(s),
@@ -429,6 +439,10 @@ struct Rig<'a> {
     refused: Vec<Feature>,
     /// The toolstack detached the disk: no probe can succeed again.
     detached: bool,
+    /// What is left of the input's allowance for costly steps (a probe
+    /// costs as much as a hundred small steps, a MiB of I/O nearly as much).
+    probes_left: u32,
+    big_bytes_left: usize,
     trace: Trace,
 }
 
@@ -1079,6 +1093,8 @@ impl Rig<'_> {
             _ => usize::from(inp.u16()) % 5121 * 512,
         };
         let sector = self.sector(inp, (len / ss) as u64);
+        let len = len.min(self.big_bytes_left);
+        self.big_bytes_left -= len;
         match how >> 2 & 3 {
             0 | 1 => {
                 let sentinel = inp.u8();
@@ -1327,6 +1343,7 @@ fn connect<'g>(
         fe_path: fe_path.clone(),
         plan: s.plan.clone(),
         closing_since: None,
+        seen: None,
     });
     let _ = xen.run_until_idle(); // what comes before the probe
     let t0 = xen.now_ns();
@@ -1444,6 +1461,8 @@ fn run_on(tb: &Testbed, data: &[u8], s: &Setup, inp: &mut Input<'_>, trace: bool
         strict: true,
         refused: Vec::new(),
         detached,
+        probes_left: 2,
+        big_bytes_left: 8 << 20,
         trace: tr,
     };
     rig.check_always();
@@ -1536,7 +1555,8 @@ fn run_on(tb: &Testbed, data: &[u8], s: &Setup, inp: &mut Input<'_>, trace: bool
             }
             21 => rig.empty_io(),
             22 => {
-                if !rig.detached {
+                if !rig.detached && rig.probes_left > 0 {
+                    rig.probes_left -= 1;
                     rig.reprobe();
                 }
             }
