@@ -898,6 +898,48 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_frees_what_was_given_back_and_waits_for_mappings() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let kept = hal.alloc_pages(1).unwrap();
+        let e = &hal.grant_table()[9];
+        e.domid.store(BACK.0, Ordering::Relaxed);
+        e.frame.store(kept.gfn().0 as u32, Ordering::Relaxed);
+        e.flags.store(grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        let map = xen.map_grant(BACK, FRONT, GrantRef(9), false).unwrap();
+        e.flags
+            .fetch_and(!grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        // SAFETY: refused (the page is mapped), so the memory stays valid
+        // for the mapping; it is given back, for the reset to free.
+        unsafe { hal.free_pages(kept) };
+        let (hal2, front, _) = pair(&xen);
+        xen.advance_clock(5);
+        assert_eq!(xen.accounting(FRONT).bad_frees, 1);
+        assert_eq!(xen.reset(), Err(ResetError::StillMapped(BACK, 1)));
+        assert_eq!(xen.accounting(FRONT).bad_frees, 1, "nothing wiped");
+        map.write(0, b"still mapped").unwrap();
+        drop(map);
+        assert_eq!(xen.reset(), Ok(0), "the leaked page is freed, none retired");
+        assert_eq!(xen.now_ns(), 0);
+        assert_eq!(xen.accounting(FRONT), Accounting::default());
+        assert_eq!(xen.accounting(BACK), Accounting::default());
+        // A port from before names nothing now; numbering starts again.
+        assert_eq!(
+            hal2.evtchn_notify(front),
+            Err(HalError::InvalidPort(front.0))
+        );
+        let hal = xen.hal(FRONT);
+        let p = hal.alloc_pages(1).unwrap();
+        assert_eq!(p.gfn(), Gfn(FIRST_GFN), "gfns start again");
+        assert_eq!(hal.evtchn_alloc_unbound(BACK), Ok(Port(1)));
+        // SAFETY: no grants, no further use.
+        unsafe { hal.free_pages(p) };
+        let threaded = SimXen::new_threaded();
+        assert_eq!(threaded.reset(), Err(ResetError::Threaded));
+        threaded.stop_threads();
+    }
+
+    #[test]
     fn step_mode_runs_devices_and_moves_virtual_time() {
         let xen = SimXen::new();
         let (hal, front, back) = pair(&xen);
