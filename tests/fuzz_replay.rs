@@ -2,7 +2,13 @@
 //! (`fuzz/corpus/<target>/seed-*`, `fuzz/regressions/<target>/*`) through the
 //! same harnesses `cargo fuzz` runs, plus a few hundred inputs from a fixed
 //! pseudo-random stream, so `cargo test` keeps every one of them fixed
-//! without nightly.
+//! without nightly; and checks that a `hostile_backend` input runs the same
+//! on the reused machine the fuzzer keeps as on a new one. Open findings
+//! (`fuzz/findings/`) are not replayed: see its README.
+//!
+//! `XENBLK_FUZZ_DIR=<dir>` also replays and times every file of
+//! `<dir>/<target>`; `XENBLK_FUZZ_ONE=<file>` runs one `hostile_backend`
+//! input (with `XENBLK_FUZZ_TRACE=1`, step by step, `-- --nocapture`).
 #![cfg(feature = "sim")]
 
 #[allow(dead_code)]
