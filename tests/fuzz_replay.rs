@@ -2,7 +2,13 @@
 //! (`fuzz/corpus/<target>/seed-*`, `fuzz/regressions/<target>/*`) through the
 //! same harnesses `cargo fuzz` runs, plus a few hundred inputs from a fixed
 //! pseudo-random stream, so `cargo test` keeps every one of them fixed
-//! without nightly.
+//! without nightly; and checks that a `hostile_backend` input runs the same
+//! on the reused machine the fuzzer keeps as on a new one. Open findings
+//! (`fuzz/findings/`) are not replayed: see its README.
+//!
+//! `XENBLK_FUZZ_DIR=<dir>` also replays and times every file of
+//! `<dir>/<target>`; `XENBLK_FUZZ_ONE=<file>` runs one `hostile_backend`
+//! input (with `XENBLK_FUZZ_TRACE=1`, step by step, `-- --nocapture`).
 #![cfg(feature = "sim")]
 
 #[allow(dead_code)]
@@ -83,6 +89,33 @@ fn hostile_backend_seeds_and_findings() {
     );
 }
 
+/// The fuzzer reuses one machine ([`Testbed::reset_to`]) from input to
+/// input; a finding must replay from its input alone. Every seed, every
+/// finding and a few random inputs, each run on the machine the previous
+/// one left behind, must see exactly what it sees on a new machine.
+///
+/// [`Testbed::reset_to`]: xenblk::sim::Testbed::reset_to
+#[test]
+fn hostile_backend_runs_on_a_reset_machine_as_on_a_new_one() {
+    let mut all: Vec<Vec<u8>> = inputs("hostile_backend")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    all.extend(stream(7, if cfg!(miri) { 0 } else { 16 }, 300));
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, data) in all.iter().enumerate() {
+        let fresh = hostile::run_fresh(data);
+        let reused = hostile::run_reused(data);
+        eprintln!("input {i}: digest {fresh:016x}");
+        assert_eq!(
+            fresh, reused,
+            "input {i} ran differently on a reused machine"
+        );
+        seen.insert(fresh);
+    }
+    assert!(seen.len() > all.len() / 2, "the digests tell runs apart");
+}
+
 #[test]
 fn xenstore_replies_seeds_and_findings() {
     replay(
@@ -101,4 +134,13 @@ fn backend_keys_seeds_and_findings() {
         if cfg!(miri) { 4 } else { 500 },
         120,
     );
+}
+
+/// `XENBLK_FUZZ_ONE=<file>`: runs that one hostile_backend input (with
+/// `XENBLK_FUZZ_TRACE=1` for its account), e.g. to look at a finding.
+#[test]
+fn hostile_backend_one_input() {
+    if let Some(f) = std::env::var_os("XENBLK_FUZZ_ONE") {
+        hostile::run(&std::fs::read(f).expect("read input"));
+    }
 }

@@ -135,7 +135,7 @@ pub use grant::GrantMapping;
 pub use hal::SimHal;
 pub use peer::RingPeer;
 pub use testbed::{vdev_of, Guest, SimDisk, Testbed, TestbedBuilder};
-pub use xen::{Accounting, SimConfig, SimXen};
+pub use xen::{Accounting, ResetError, SimConfig, SimXen};
 
 /// Xen errno values (`xen/errno.h`) the simulator returns inside
 /// [`HalError::Hypercall`](crate::hal::HalError::Hypercall), negated as hypercalls do.

@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use super::blkback::{BackendConfig, BackendStore, SimBlkBack, SimBlkBackHandle};
 use super::xenstored::{SimXsTransport, XenStored};
-use super::{Accounting, SimConfig, SimHal, SimXen};
+use super::{Accounting, ResetError, SimConfig, SimHal, SimXen};
 use crate::blkfront::{BlockFront, Config, ProbeError, SharedStore};
 use crate::error::XsErrno;
 use crate::gnttab::GrantTable;
@@ -143,6 +143,7 @@ impl TestbedBuilder {
             xsd,
             xen,
             guest: self.guest,
+            origin: self.clone(),
         };
         for (vdev, cfg) in self.disks {
             tb.add(vdev, cfg)?;
@@ -213,19 +214,31 @@ struct Slot {
 /// # Reuse
 ///
 /// A [`Guest`] and its disks borrow the testbed, and everything they borrow
-/// lives in it; so a method taking `&mut self` runs only when no guest or
-/// disk is alive. That is the hook for a future `reset()` that readies the
-/// same machine for the next run (as a fuzzer wants, instead of a new
-/// [`SimXen`] per input). Handles taken with [`backend`](Self::backend) or
-/// clones of [`xen`](Self::xen) are the caller's to drop.
+/// lives in it; so [`reset`](Self::reset) and [`reset_to`](Self::reset_to),
+/// which take `&mut self`, run only when no guest or disk is alive. They
+/// ready the same machine for the next run (as a fuzzer wants, instead of a
+/// new [`SimXen`] per input), in exactly the state a new one would have:
+/// ```
+/// use xenblk::blkfront::Config;
+/// use xenblk::sim::blkback::BackendConfig;
+/// use xenblk::sim::Testbed;
+///
+/// let mut tb = Testbed::new([BackendConfig::blkback()]);
+/// for _ in 0..2 {
+///     {
+///         let guest = tb.guest();
+///         let mut disk = guest.probe(0, Config::default()).unwrap();
+///         disk.write(0, &[7; 512]).unwrap();
+///     } // the disk not even closed
+///     tb.reset().unwrap();
+///     assert_eq!(tb.xen().now_ns(), 0);
+///     assert_eq!(tb.backend(0).disk_read(0, 512).unwrap(), vec![0; 512]);
+/// }
+/// ```
+/// Handles taken with [`backend`](Self::backend) or clones of
+/// [`xen`](Self::xen) are the caller's to drop: a backend handle kept alive
+/// keeps the backend's mappings, and the reset refuses.
 pub struct Testbed {
-    // A reset(&mut self) would: take every backend out (remove_device) and
-    // drop it; wipe the guest domain in the simulator (pages, grant table,
-    // ports, clock: SimXen has no call for that yet); release and
-    // re-introduce the guest in xenstored (Store::release_domain); clear
-    // guest_made; re-add each disk at its vdev (its config: the handle's
-    // config()).
-    //
     // Dropped first: the backends hold mappings of the guest's pages.
     disks: Mutex<Vec<Slot>>,
     guest_made: AtomicBool,
@@ -233,6 +246,8 @@ pub struct Testbed {
     xsd: XenStored,
     xen: SimXen,
     guest: DomId,
+    /// What it was built (or last reset) from.
+    origin: TestbedBuilder,
 }
 
 impl fmt::Debug for Testbed {
@@ -270,6 +285,63 @@ impl Testbed {
             .into_iter()
             .fold(Testbed::builder(), TestbedBuilder::disk)
             .build()
+    }
+
+    /// [`reset_to`](Self::reset_to) the machine this one was built (or last
+    /// reset) as: hot-plugged disks are gone, every disk is new (its disk
+    /// zeroed, no faults, no stats), the clock is at 0.
+    ///
+    /// # Errors
+    ///
+    /// As for [`reset_to`](Self::reset_to).
+    pub fn reset(&mut self) -> Result<(), ResetError> {
+        let origin = self.origin.clone();
+        self.reset_to(origin)
+    }
+
+    /// Makes this testbed into the machine `builder.build()` would make,
+    /// reusing its simulator ([`SimXen::reset`]): everything the last run
+    /// left — disks, backends, xenstore nodes, watches and connections,
+    /// pages, grants, ports, the clock — is gone, and what is built is
+    /// built in the same order as by [`TestbedBuilder::build`], so device
+    /// ids, gfns, ports and grant references come out the same. A run on a
+    /// reset testbed is a run on a new one.
+    ///
+    /// # Errors
+    ///
+    /// [`ResetError::Threaded`] for a threaded testbed, [`ResetError::Config`]
+    /// when `builder` asks for another [`SimConfig`] or mode,
+    /// [`ResetError::StillMapped`] when a mapping outlives the backends
+    /// (a backend handle kept by the caller), [`ResetError::Disk`] when a
+    /// disk cannot be created. After an error the testbed has no disks and
+    /// is only good for dropping (or another reset).
+    pub fn reset_to(&mut self, builder: TestbedBuilder) -> Result<(), ResetError> {
+        if builder.threaded || self.xen.is_threaded() {
+            return Err(ResetError::Threaded);
+        }
+        if builder.sim != self.xen.config() {
+            return Err(ResetError::Config);
+        }
+        // The backends first: they map the guest's pages; then the daemon's
+        // mappings of the guests' xenstore pages.
+        let disks = core::mem::take(&mut *lock(&self.disks));
+        for be in disks.iter().filter_map(|s| s.backend.as_ref()) {
+            self.xen.remove_device(be.device_id());
+        }
+        drop(disks);
+        self.xsd.drop_rings();
+        self.xen.reset()?;
+        // Then the same steps as `TestbedBuilder::try_build`.
+        self.xsd = XenStored::new(&self.xen);
+        self.xsd.with_store(|s| s.introduce_domain(builder.guest));
+        self.hal = self.xen.hal(builder.guest);
+        self.guest = builder.guest;
+        *self.guest_made.get_mut() = false;
+        self.origin = builder.clone();
+        for (vdev, cfg) in builder.disks {
+            self.add(vdev, cfg).map_err(ResetError::Disk)?;
+        }
+        Ok(())
     }
 
     /// Hot-plugs a disk into the running guest at the first free name (see
@@ -573,6 +645,7 @@ fn beyond(now: usize, base: usize, what: &str) -> usize {
 mod tests {
     use super::*;
     use crate::blkfront::BlockFront;
+    use crate::sim::DeviceId;
     use crate::Error;
 
     #[test]
@@ -671,6 +744,116 @@ mod tests {
         assert!(tb.remove_disk(0));
         assert!(!tb.xen().devices().iter().any(|(d, _)| *d == id));
         assert_eq!(tb.accounting().grants_mapped_by_others, 0);
+    }
+
+    type Observed = (
+        Vec<(String, String)>,
+        Accounting,
+        Vec<(DeviceId, String)>,
+        u64,
+    );
+
+    /// What a run can observe of a machine: every xenstore node, the guest's
+    /// accounting, the devices, the clock.
+    fn observe(tb: &Testbed) -> Observed {
+        (
+            tb.xenstored().store().dump(),
+            tb.accounting(),
+            tb.xen().devices(),
+            tb.xen().now_ns(),
+        )
+    }
+
+    /// One run: probe, a write, a read, and whatever a run leaves (here the
+    /// disk is dropped unclosed, its grants and ports still held). Returns
+    /// what the run saw along the way.
+    fn a_run(tb: &Testbed) -> Vec<String> {
+        let guest = tb.guest();
+        let mut d = guest.probe(0, Config::default()).unwrap();
+        let mut seen = vec![format!("{:?} {:?}", d.ports(), d.info().negotiated)];
+        d.write(3, &[9; 4096]).unwrap();
+        let mut buf = vec![0; 4096];
+        d.read(3, &mut buf).unwrap();
+        seen.push(format!("{:?} {}", tb.accounting(), tb.xen().now_ns()));
+        seen.push(format!("{:?}", tb.backend(0).stats()));
+        seen
+    }
+
+    #[test]
+    fn a_reset_testbed_is_a_new_testbed() {
+        let b = Testbed::builder()
+            .disk(small(BackendConfig::blkback()))
+            .disk(small(BackendConfig::qdisk()));
+        let fresh = b.clone().build();
+        let before = observe(&fresh);
+        let first = a_run(&fresh);
+        let mut tb = fresh;
+        tb.reset().unwrap();
+        assert_eq!(observe(&tb), before, "xenstore, accounting, devices, clock");
+        assert_eq!(tb.backend(0).disk_read(3 * 512, 8).unwrap(), vec![0; 8]);
+        assert_eq!(a_run(&tb), first, "the same run sees the same machine");
+        // To another machine with the same simulator settings, and back.
+        let other = Testbed::builder()
+            .guest(DomId(7))
+            .disk(small(BackendConfig::qdisk()));
+        tb.reset_to(other.clone()).unwrap();
+        assert_eq!(observe(&tb), observe(&other.build()));
+        tb.reset_to(b).unwrap();
+        assert_eq!(a_run(&tb), first);
+    }
+
+    #[test]
+    fn a_reset_refuses_while_a_kept_backend_handle_maps_the_guest() {
+        let mut tb = Testbed::new([small(BackendConfig::blkback())]);
+        let kept = tb.backend(0);
+        {
+            let guest = tb.guest();
+            let _d = guest.probe(0, Config::default()).unwrap();
+        }
+        assert!(matches!(
+            tb.reset(),
+            Err(ResetError::StillMapped(DomId::DOM0, _))
+        ));
+        drop(kept);
+        tb.reset().unwrap();
+        {
+            let guest = tb.guest();
+            let mut d = guest.probe(0, Config::default()).unwrap();
+            d.close().unwrap();
+            assert_eq!(guest.held(), (0, 0, 0));
+        }
+        let mut threaded = Testbed::builder().threaded().build();
+        assert_eq!(threaded.reset(), Err(ResetError::Threaded));
+        let other = Testbed::builder().sim_config(SimConfig {
+            grant_frames: 1,
+            ..SimConfig::default()
+        });
+        assert_eq!(tb.reset_to(other), Err(ResetError::Config));
+    }
+
+    #[test]
+    fn pages_a_dropped_quarantine_leaked_are_retired_not_reused() {
+        let mut cfg = small(BackendConfig::blkback());
+        cfg.persistent = false;
+        let mut tb = Testbed::new([cfg]);
+        {
+            let guest = tb.guest();
+            let mut d = guest.probe(0, Config::default()).unwrap();
+            tb.backend(0).update_faults(|f| f.keep_grants_mapped = true);
+            let _ = d.read(0, &mut [0; 4096]);
+            assert!(d.quarantined() > 0);
+            // The guest goes first: its quarantine is dropped with pages the
+            // backend still maps, and leaks them.
+        }
+        let a = tb.accounting();
+        assert!(a.pages > 0, "{a:?}");
+        tb.reset().unwrap();
+        assert_eq!(tb.accounting(), Accounting::default());
+        let guest = tb.guest();
+        let mut d = guest.probe(0, Config::default()).unwrap();
+        d.write(0, &[1; 4096]).unwrap();
+        d.close().unwrap();
+        assert_eq!(guest.held(), (0, 0, 0));
     }
 
     #[test]

@@ -80,6 +80,37 @@ pub struct Accounting {
     pub leaked_pages: usize,
 }
 
+/// Why [`SimXen::reset`] (or [`Testbed::reset`](super::Testbed::reset))
+/// refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResetError {
+    /// The simulator runs in threaded mode.
+    Threaded,
+    /// This domain still holds this many mappings of another's memory (or
+    /// pins of its grants), e.g. through a backend handle kept alive.
+    StillMapped(DomId, usize),
+    /// A [`Testbed`](super::Testbed) was asked to become a machine with
+    /// another [`SimConfig`] or mode than it was built with.
+    Config,
+    /// Re-creating a disk failed (as [`TestbedBuilder::build`](super::TestbedBuilder::build) would).
+    Disk(crate::Error),
+}
+
+impl fmt::Display for ResetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResetError::Threaded => f.write_str("a threaded simulator cannot be reset"),
+            ResetError::StillMapped(d, n) => {
+                write!(f, "d{} still holds {n} mappings of another domain", d.0)
+            }
+            ResetError::Config => f.write_str("the simulator was made with another configuration"),
+            ResetError::Disk(e) => write!(f, "re-creating a disk: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResetError {}
+
 /// A handle to one simulated Xen. Cheap to clone; all clones share the
 /// hypervisor. `Send + Sync`.
 #[derive(Clone)]
@@ -180,7 +211,15 @@ pub(super) struct Memory {
     /// Live regions by start address, for `gfn_of`.
     by_addr: BTreeMap<usize, u64>,
     next_gfn: u64,
+    /// Regions taken out of the registry by [`SimXen::reset`] while a
+    /// `Pages` may still name them: kept allocated (and unreachable through
+    /// any gfn) until the simulator is dropped, like leaked regions.
+    retired: Vec<Region>,
 }
+
+/// The first synthetic gfn: well away from 0 so a zeroed entry never names
+/// a real frame.
+const FIRST_GFN: u64 = 0x1_0000;
 
 impl Memory {
     fn region(&self, gfn: u64) -> Option<(u64, &Region)> {
@@ -224,7 +263,7 @@ impl Memory {
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        for r in self.regions.values() {
+        for r in self.regions.values().chain(&self.retired) {
             if r.live {
                 // Still owned by a `Pages` somewhere: leave it valid.
                 continue;
@@ -285,9 +324,8 @@ impl SimXen {
                     memory: Memory {
                         regions: BTreeMap::new(),
                         by_addr: BTreeMap::new(),
-                        // Synthetic, well away from 0 so a zeroed entry never
-                        // names a real frame.
-                        next_gfn: 0x1_0000,
+                        next_gfn: FIRST_GFN,
+                        retired: Vec::new(),
                     },
                 }),
                 devices: Mutex::new(DeviceTable::default()),
@@ -477,9 +515,97 @@ impl SimXen {
         }
     }
 
+    /// [`Accounting::bad_frees`] of `domid` alone: unlike
+    /// [`accounting`](Self::accounting) it does not scan the grant table,
+    /// so a harness can check it after every step.
+    pub fn bad_frees(&self, domid: DomId) -> u64 {
+        self.state().domains.get(&domid).map_or(0, |d| d.bad_frees)
+    }
+
     /// How many pages owned by `domid` other domains currently map.
     pub fn pages_mapped_by_others(&self, domid: DomId) -> usize {
         self.state().memory.mapped_pages_of(domid)
+    }
+
+    // ----- reuse ----------------------------------------------------------------
+
+    /// Puts a step-mode simulator back into the state [`SimXen::with_config`]
+    /// made it in (same [`SimConfig`]), so that one simulator can serve run
+    /// after run (a fuzzer's inputs) and each run starts exactly as on a new
+    /// one: no devices (the next one added gets the first id again), no
+    /// domains (grant tables, ports, page limits and counters are made
+    /// afresh on first use), no pages (gfns are handed out from the first
+    /// one again), and the clock at 0.
+    ///
+    /// First every device is taken out of the simulator and the simulator's
+    /// references to them dropped (devices added with
+    /// [`add_weak_device`](Self::add_weak_device) live on while their handles
+    /// do, but are no longer stepped). Then, if no domain maps another's
+    /// memory, the rest is wiped. A region given back by its owner (a
+    /// refused free) is freed now; a region still owned (a `Pages` value
+    /// never given back, e.g. leaked by a dropped grant-table quarantine)
+    /// stays allocated until the simulator is dropped but leaves the
+    /// registry: its gfns may be handed out again, and a later free of it is
+    /// refused (and counted in `bad_frees`).
+    ///
+    /// Returns how many pages were still owned and so retired.
+    ///
+    /// # Errors
+    ///
+    /// [`ResetError::Threaded`] in threaded mode (nothing changes);
+    /// [`ResetError::StillMapped`] while a mapping ([`GrantMapping`] or the
+    /// pin of a grant copy) is alive, e.g. held by a device handle someone
+    /// kept: the devices are gone then, everything else is as it was.
+    ///
+    /// [`GrantMapping`]: super::GrantMapping
+    pub fn reset(&self) -> Result<usize, ResetError> {
+        if self.is_threaded() {
+            return Err(ResetError::Threaded);
+        }
+        // Dropped outside the lock: a device's drop may call the simulator.
+        let devices = core::mem::take(&mut *lock(&self.inner.devices));
+        drop(devices);
+        let mut st = self.state();
+        if let Some((&id, d)) = st
+            .domains
+            .iter()
+            .find(|(_, d)| d.mappings_held > 0 || !d.active.is_empty())
+        {
+            let n = d.mappings_held.max(d.active.len());
+            return Err(ResetError::StillMapped(id, n));
+        }
+        if st
+            .memory
+            .regions
+            .values()
+            .any(|r| r.maps.iter().any(|&m| m > 0))
+        {
+            return Err(ResetError::StillMapped(DomId::DOM0, 0));
+        }
+        let mut retired_pages = 0;
+        let memory = &mut st.memory;
+        for (_, r) in core::mem::take(&mut memory.regions) {
+            if r.live {
+                retired_pages += r.count;
+                memory.retired.push(r);
+            } else {
+                // SAFETY: a region that is not live was given back by its
+                // owner, who promised not to use it again, and no mapping
+                // pins any of its pages (checked above: every count is 0,
+                // and no domain holds a mapping). Pointer and layout are the
+                // ones `alloc_zeroed` used.
+                unsafe { alloc::dealloc(r.ptr.as_ptr(), page_layout(r.count)) }
+            }
+        }
+        memory.by_addr.clear();
+        memory.next_gfn = FIRST_GFN;
+        st.domains.clear();
+        drop(st);
+        if let Clock::Virtual(t) = &self.inner.clock {
+            t.store(0, Ordering::SeqCst);
+        }
+        self.wake();
+        Ok(retired_pages)
     }
 
     // ----- time and waiting -----------------------------------------------------
@@ -512,7 +638,11 @@ impl SimXen {
     pub(super) fn wake(&self) {
         let mut g = lock(&self.inner.wake);
         *g = g.wrapping_add(1);
-        self.inner.cv.notify_all();
+        // Only threaded mode sleeps on the condition variable; in step mode
+        // a notification would be a system call for nobody.
+        if self.is_threaded() {
+            self.inner.cv.notify_all();
+        }
     }
 
     /// Waits until `ready()` holds or `deadline` (on [`now_ns`](Self::now_ns))
@@ -765,6 +895,48 @@ mod tests {
         // SAFETY: no grants, no further use.
         unsafe { xen.hal(BACK).free_pages(theirs) };
         assert_eq!(xen.accounting(BACK).pages, 0);
+    }
+
+    #[test]
+    fn a_reset_frees_what_was_given_back_and_waits_for_mappings() {
+        let xen = SimXen::new();
+        let hal = xen.hal(FRONT);
+        let kept = hal.alloc_pages(1).unwrap();
+        let e = &hal.grant_table()[9];
+        e.domid.store(BACK.0, Ordering::Relaxed);
+        e.frame.store(kept.gfn().0 as u32, Ordering::Relaxed);
+        e.flags.store(grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        let map = xen.map_grant(BACK, FRONT, GrantRef(9), false).unwrap();
+        e.flags
+            .fetch_and(!grant::GTF_PERMIT_ACCESS, Ordering::Release);
+        // SAFETY: refused (the page is mapped), so the memory stays valid
+        // for the mapping; it is given back, for the reset to free.
+        unsafe { hal.free_pages(kept) };
+        let (hal2, front, _) = pair(&xen);
+        xen.advance_clock(5);
+        assert_eq!(xen.accounting(FRONT).bad_frees, 1);
+        assert_eq!(xen.reset(), Err(ResetError::StillMapped(BACK, 1)));
+        assert_eq!(xen.accounting(FRONT).bad_frees, 1, "nothing wiped");
+        map.write(0, b"still mapped").unwrap();
+        drop(map);
+        assert_eq!(xen.reset(), Ok(0), "the leaked page is freed, none retired");
+        assert_eq!(xen.now_ns(), 0);
+        assert_eq!(xen.accounting(FRONT), Accounting::default());
+        assert_eq!(xen.accounting(BACK), Accounting::default());
+        // A port from before names nothing now; numbering starts again.
+        assert_eq!(
+            hal2.evtchn_notify(front),
+            Err(HalError::InvalidPort(front.0))
+        );
+        let hal = xen.hal(FRONT);
+        let p = hal.alloc_pages(1).unwrap();
+        assert_eq!(p.gfn(), Gfn(FIRST_GFN), "gfns start again");
+        assert_eq!(hal.evtchn_alloc_unbound(BACK), Ok(Port(1)));
+        // SAFETY: no grants, no further use.
+        unsafe { hal.free_pages(p) };
+        let threaded = SimXen::new_threaded();
+        assert_eq!(threaded.reset(), Err(ResetError::Threaded));
+        threaded.stop_threads();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use super::DiskImage;
 use crate::abi::blkif::{VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE};
 use crate::hal::{DomId, PAGE_SIZE};
 use crate::xenbus::XenbusError;
@@ -61,6 +62,10 @@ pub struct BackendConfig {
     /// guest's pages, writes are dropped, and data grants are neither mapped
     /// nor copied. For benchmarks of the frontend's own overhead.
     pub null_disk: bool,
+    /// What the disk starts with (zeroes past its end; `None`: all zeroes),
+    /// shared copy-on-write between the disks made from it. Ignored by a
+    /// null disk.
+    pub image: Option<DiskImage>,
     /// Logical sector size (`sector-size`): 512 or 4096.
     pub sector_size: u32,
     /// `physical-sector-size`; `None` leaves the key out (qdisk never writes
@@ -129,6 +134,7 @@ impl BackendConfig {
             personality: Personality::Blkback,
             disk_bytes: 8 << 20,
             null_disk: false,
+            image: None,
             sector_size: 512,
             physical_sector_size: Some(512),
             read_only: false,

@@ -78,6 +78,7 @@ mod test_slots;
 mod xenbus;
 
 pub use config::{BackendConfig, Offer, Personality};
+pub use disk::DiskImage;
 pub use faults::{BadId, Faults, Stats};
 pub use store::{BackendStore, MemStore, NodePerms, Perm};
 
@@ -108,6 +109,9 @@ pub struct SimBlkBack {
     hotplug_at: Option<u64>,
     hotplug_done: bool,
     last_fe_state: Option<XenbusState>,
+    /// The frontend's state as last read, with the store's
+    /// [`mutations`](BackendStore::mutations) count at the time.
+    fe_state_read: Option<(u64, XenbusState)>,
     conn: Option<Conn>,
     online: bool,
     removed: bool,
@@ -152,7 +156,10 @@ impl SimBlkBack {
             cfg.backend_kind(),
             frontend.0
         );
-        let disk = Disk::new(cfg.disk_bytes, cfg.null_disk)?;
+        let disk = match &cfg.image {
+            Some(img) if !cfg.null_disk => Disk::with_image(cfg.disk_bytes, img)?,
+            _ => Disk::new(cfg.disk_bytes, cfg.null_disk)?,
+        };
         store.write(&fe_path, "")?;
         store.set_perms(&fe_path, frontend, Perm::None, &[(DomId::DOM0, Perm::Read)])?;
         store.write(&be_path, "")?;
@@ -178,6 +185,7 @@ impl SimBlkBack {
             hotplug_at: None,
             hotplug_done: false,
             last_fe_state: None,
+            fe_state_read: None,
             conn: None,
             online: true,
             removed: false,

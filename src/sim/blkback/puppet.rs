@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use std::vec::Vec;
 
 use super::decode::SLOT_SIZE;
-use super::io::Queue;
+use super::io::{Frame, Queue};
 use super::SimBlkBackHandle;
 use crate::abi::blkif::BlkifResponse;
 use crate::abi::sring::SRING_HEADER_SIZE;
@@ -207,11 +207,86 @@ impl SimBlkBackHandle {
         sent
     }
 
+    /// Writes `byte` over every page kept mapped writable (not persistently)
+    /// by the `keep_grants_mapped` fault — the data pages of reads already
+    /// answered: a backend that goes on writing a page after its response.
+    /// A frontend that copied such a page out, instead of failing the read
+    /// whose grant it could not end, hands the caller these bytes. Returns
+    /// how many pages were written.
+    pub fn scribble_kept_grants(&self, byte: u8) -> usize {
+        let d = self.dev.lock();
+        let Some(c) = &d.conn else {
+            return 0;
+        };
+        let page = [byte; PAGE_SIZE];
+        let mut n = 0;
+        for q in &c.queues {
+            for f in &q.kept {
+                if let Frame::Mapped(m) = f {
+                    let persistent = m
+                        .gref()
+                        .and_then(|g| q.persistent.get(&g.0))
+                        .is_some_and(|p| std::sync::Arc::ptr_eq(p, m));
+                    if m.is_writable() && !persistent && m.write(0, &page).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// Requests published by the frontend and not yet taken, over all rings.
     pub fn untaken_requests(&self) -> u32 {
         let d = self.dev.lock();
         d.conn
             .as_ref()
             .map_or(0, |c| c.queues.iter().map(Queue::untaken).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::blkfront::{Config, DeviceState};
+    use crate::sim::blkback::BackendConfig;
+    use crate::sim::Testbed;
+
+    #[test]
+    fn scribbling_reaches_only_pages_kept_after_a_read_answered() {
+        let mut cfg = BackendConfig::blkback();
+        cfg.disk_bytes = 1 << 20;
+        cfg.persistent = false;
+        let tb = Testbed::new([cfg]);
+        let be = tb.backend(0);
+        let guest = tb.guest();
+        let mut d = guest.probe(0, Config::default()).unwrap();
+        be.update_faults(|f| {
+            f.hold_responses = true;
+            f.keep_grants_mapped = true;
+        });
+        let w = d.submit_write(0, vec![1; 4096]).unwrap();
+        let r = d.submit_read(8, vec![2; 8192]).unwrap();
+        d.kick();
+        tb.xen().run_until_idle();
+        assert_eq!(be.scribble_kept_grants(0xee), 0, "nothing answered yet");
+        assert!(be.release_held(tb.xen(), 0, |_| {}));
+        assert_eq!(
+            be.scribble_kept_grants(0xee),
+            0,
+            "a write's pages are read-only"
+        );
+        assert!(be.release_held(tb.xen(), 0, |_| {}));
+        assert_eq!(be.scribble_kept_grants(0xee), 2, "the read's two pages");
+        // The frontend cannot end those grants: the read fails untouched.
+        let mut got = Vec::new();
+        while let Some(c) = d.poll() {
+            got.push((c.token, c.result.is_ok(), c.buf));
+        }
+        // (The write's pages are kept too: it fails, and breaks the device.)
+        assert!(got.iter().any(|(t, ok, _)| *t == w && !*ok));
+        let (_, ok, buf) = got.iter().find(|(t, ..)| *t == r).unwrap();
+        assert!(!ok && buf.as_deref() == Some(&[2; 8192][..]));
+        assert!(matches!(d.state(), DeviceState::Broken(_)));
+        d.close().unwrap();
     }
 }

@@ -66,6 +66,14 @@ pub trait BackendStore: Send + Sync {
         others: Perm,
         acl: &[(DomId, Perm)],
     ) -> Result<(), XsError>;
+
+    /// A counter that moves whenever anything in the store changes, if the
+    /// store keeps one (`None`: unknown, read every time). While it stands
+    /// still a read returns what it returned before, so a backend polling a
+    /// key may skip the read.
+    fn mutations(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The permissions of a node, as [`BackendStore::set_perms`] set them.
@@ -197,6 +205,10 @@ impl BackendStore for MemStore {
 impl BackendStore for crate::sim::xenstored::XenStored {
     fn read(&self, path: &str) -> Option<String> {
         self.read_opt(DomId::DOM0, path).ok().flatten()
+    }
+
+    fn mutations(&self) -> Option<u64> {
+        Some(crate::sim::xenstored::XenStored::mutations(self))
     }
 
     fn write(&self, path: &str, value: &str) -> Result<(), XsError> {

@@ -108,12 +108,21 @@ impl SimBlkBack {
             self.update_status();
             progress = true;
         }
-        let fe_state = self
-            .store
-            .read(&format!("{}/state", self.fe_path))
-            .and_then(|v| parse_u32(&v))
-            .and_then(XenbusState::from_u32)
-            .unwrap_or(XenbusState::Unknown);
+        // Read again only when the store changed since the last read.
+        let m = self.store.mutations();
+        let fe_state = match self.fe_state_read {
+            Some((at, s)) if m.is_some() && m == Some(at) => s,
+            _ => {
+                let s = self
+                    .store
+                    .read(&format!("{}/state", self.fe_path))
+                    .and_then(|v| parse_u32(&v))
+                    .and_then(XenbusState::from_u32)
+                    .unwrap_or(XenbusState::Unknown);
+                self.fe_state_read = m.map(|at| (at, s));
+                s
+            }
+        };
         if self.last_fe_state != Some(fe_state) {
             self.last_fe_state = Some(fe_state);
             match self.cfg.personality {

@@ -94,6 +94,8 @@ pub struct Store {
     next_tx: u32,
     introduced: BTreeSet<u16>,
     fail_commits: u32,
+    /// Bumped whenever the live tree changes (see [`Store::mutations`]).
+    mutations: u64,
 }
 
 impl Default for Store {
@@ -120,6 +122,7 @@ impl Store {
             next_tx: 1,
             introduced: BTreeSet::new(),
             fail_commits: 0,
+            mutations: 0,
         };
         let private = vec![Perm::new(DomId::DOM0, Access::None)];
         s.nodes.insert(
@@ -145,6 +148,7 @@ impl Store {
     fn mknod(&mut self, path: &str, value: &[u8], perms: &[Perm]) {
         let mut fx = Effects::default();
         let gen = self.gen();
+        self.mutations += 1;
         let _ = op_write(&mut self.nodes, DomId::DOM0, path, value, gen, &mut fx);
         if let Some(n) = self.nodes.get_mut(path) {
             n.perms = perms.to_vec();
@@ -288,6 +292,14 @@ impl Store {
         self.txs.len()
     }
 
+    /// A counter that moves whenever a node of the live tree is created,
+    /// changed or removed (a write, a removal, new permissions, a commit):
+    /// while it stands still, every read returns what it returned before.
+    /// Lets an in-process client that polls a key skip the read.
+    pub fn mutations(&self) -> u64 {
+        self.mutations
+    }
+
     /// Makes the next `n` commits fail with `EAGAIN` regardless of conflicts.
     pub fn fail_next_commits(&mut self, n: u32) {
         self.fail_commits = n;
@@ -306,7 +318,11 @@ impl Store {
         let gen = self.gen();
         if tx == 0 {
             let mut fx = Effects::default();
-            let r = op(&mut self.nodes, gen, &mut fx)?;
+            let r = op(&mut self.nodes, gen, &mut fx);
+            if !fx.written.is_empty() {
+                self.mutations += 1;
+            }
+            let r = r?;
             self.fire(fx.changes);
             return Ok(r);
         }
@@ -372,6 +388,9 @@ impl Store {
             return Err(XsErrno::EAGAIN);
         }
         let gen = self.gen();
+        if !t.fx.written.is_empty() {
+            self.mutations += 1;
+        }
         for p in &t.fx.written {
             match t.tree.get(p) {
                 Some(n) => {
@@ -861,4 +880,48 @@ pub(super) fn op_set_perms(
     }
     changed(tree, &abs, fx);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_move_with_every_change_of_the_live_tree_only() {
+        let mut s = Store::new();
+        let d = DomId::DOM0;
+        let m = |s: &Store| s.mutations();
+        let m0 = m(&s);
+        s.write(d, "/a/b", "1").unwrap();
+        let m1 = m(&s);
+        assert!(m1 > m0, "a write");
+        let _ = s.read(d, "/a/b");
+        let _ = s.read(d, "/nope");
+        let _ = s.directory(d, "/a");
+        let _ = s.get_perms(d, "/a");
+        assert_eq!(m(&s), m1, "reads change nothing");
+        let _ = s.rm(d, "/nope");
+        assert_eq!(m(&s), m1, "removing nothing changes nothing");
+        s.set_perms(d, "/a", &[Perm::new(d, Access::Read)]).unwrap();
+        let m2 = m(&s);
+        assert!(m2 > m1, "new permissions");
+        // In a transaction: nothing until the commit, nothing on abort.
+        let c = s.connect(d);
+        let tx = s.tx_start(c);
+        s.run(Some(c), tx, |t, g, fx| op_write(t, d, "/a/c", b"2", g, fx))
+            .unwrap();
+        assert_eq!(m(&s), m2, "inside a transaction");
+        s.tx_end(c, tx, false).unwrap();
+        assert_eq!(m(&s), m2, "an aborted transaction");
+        let tx = s.tx_start(c);
+        s.run(Some(c), tx, |t, g, fx| op_write(t, d, "/a/c", b"2", g, fx))
+            .unwrap();
+        s.tx_end(c, tx, true).unwrap();
+        let m3 = m(&s);
+        assert!(m3 > m2, "a commit");
+        s.rm(d, "/a").unwrap();
+        assert!(m(&s) > m3, "a removal");
+        s.introduce_domain(DomId(3));
+        assert!(m(&s) > m3 + 1, "a new domain's home");
+    }
 }

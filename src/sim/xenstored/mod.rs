@@ -208,6 +208,15 @@ impl XenStored {
         self.device
     }
 
+    /// Stops serving every guest ring and lets go of the guests' xenstore
+    /// pages (their mappings and the daemon's ports; a page is freed once
+    /// its transport is gone too). For [`Testbed::reset`](super::Testbed::reset),
+    /// which needs every mapping gone before the simulator is wiped.
+    pub(crate) fn drop_rings(&self) {
+        let rings = core::mem::take(&mut *lock(&self.shared.rings));
+        drop(rings);
+    }
+
     /// Connects guest `hal.domid()` as the toolstack and xenstored would:
     /// introduces the domain if needed ([`Store::introduce_domain`]),
     /// allocates its xenstore page and an event channel, binds the daemon's
@@ -287,6 +296,11 @@ impl XenStored {
         let r = f(&mut self.store());
         self.xen.wake();
         r
+    }
+
+    /// [`Store::mutations`].
+    pub fn mutations(&self) -> u64 {
+        self.store().mutations()
     }
 
     /// [`Store::read`].
