@@ -954,13 +954,6 @@ impl Rig<'_> {
     fn must_succeed(&self, sector: u64, len: usize, write: bool) -> bool {
         let ss = self.ss();
         let end = u128::from(sector) * u128::from(ss) + len as u128;
-        // Known driver limitation (fuzz/findings/hostile_backend/): a request
-        // needing more grant references than the table has free fails with
-        // Grant(Exhausted) on an idle device instead of going out in rounds.
-        // Drop this condition once that is fixed.
-        let gt = self.guest.grants();
-        let pages = len.div_ceil(4096);
-        let fits_grants = pages + pages / 8 + 16 <= gt.capacity().saturating_sub(gt.in_use());
         let state_key = self
             .tb
             .xenstored()
@@ -968,7 +961,6 @@ impl Rig<'_> {
             .ok()
             .flatten();
         len > 0
-            && fits_grants
             && len as u64 % ss == 0
             && end <= u128::from(self.disk.sectors()) * u128::from(ss)
             && end <= u128::from(self.be.disk_bytes())
@@ -1230,18 +1222,12 @@ fn ring_keys(tb: &Testbed, be: &SimBlkBackHandle) -> Vec<String> {
 /// After a failed probe: the frontend advertises no ring, and the guest
 /// holds nothing but what the backend still maps.
 fn check_failed_probe(tb: &Testbed, guest: &Guest<'_>, be: &SimBlkBackHandle, e: &Error) {
-    check_failed_probe_keys(tb, guest, be, e, true);
+    check_failed_probe_keys(tb, guest, be, e);
 }
 
-/// [`check_failed_probe`]; `keys`: whether to check the ring keys too.
-fn check_failed_probe_keys(
-    tb: &Testbed,
-    guest: &Guest<'_>,
-    be: &SimBlkBackHandle,
-    e: &Error,
-    keys: bool,
-) {
-    let stale = if keys { ring_keys(tb, be) } else { Vec::new() };
+/// [`check_failed_probe`], the ring keys included.
+fn check_failed_probe_keys(tb: &Testbed, guest: &Guest<'_>, be: &SimBlkBackHandle, e: &Error) {
+    let stale = ring_keys(tb, be);
     assert!(
         stale.is_empty(),
         "after a failed probe ({e}) the frontend still advertises {stale:?}"
@@ -1405,15 +1391,7 @@ fn connect<'g>(
         Ok(d) => return (Some(d), detached),
         Err(e) => e.error,
     };
-    // Known driver limitation (fuzz/findings/hostile_backend/): when more
-    // commits fail than the frontend retries, the teardown cannot remove
-    // its ring keys (and frees the references they name anyway). Drop this
-    // exception once that is fixed.
-    let storm = s.plan.iter().any(|(_, a)| match a {
-        Act::FailCommits(n) => *n > s.cfg.transaction_retries,
-        _ => false,
-    });
-    check_failed_probe_keys(tb, guest, be, &e, !storm);
+    check_failed_probe_keys(tb, guest, be, &e);
     if let Some(tc) = closing_since {
         // Settled in Closing (or Closed) at `tc`: give up soon after.
         let bound = 2 * s.cfg.close_timeout_ns + 10_000_000;
@@ -1473,8 +1451,8 @@ fn connect<'g>(
     }
     match r {
         Ok(d) => (Some(d), detached),
-        Err(e2) if detached || storm => {
-            check_failed_probe_keys(tb, guest, be, &e2.error, !storm);
+        Err(e2) if detached => {
+            check_failed_probe_keys(tb, guest, be, &e2.error);
             (None, true)
         }
         Err(e2) => panic!(
