@@ -346,9 +346,17 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         order: u32,
         large_sectors: bool,
     ) -> core::result::Result<Limits, ProbeError> {
-        // Like Linux's blkfront: advertise persistent grants now, decide at
+        // A queue using persistent grants keeps at most `budget` data pages
+        // granted, and its parts are cut to fit it: the backend keeps every
+        // grant it is given mapped, so the budget is all it ever holds.
+        let free = self.gt.capacity().saturating_sub(self.gt.in_use());
+        let budget = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
+        // Like Linux's blkfront: offer persistent grants now, decide at
         // Connected (real blkback publishes `feature-persistent` only then).
-        let advertise_persistent = self.cfg.persistent_grants && self.trusted;
+        // Not offered when the budget would be too small to be worth it:
+        // once offered, blkback uses them on the offer alone.
+        let advertise_persistent =
+            self.cfg.persistent_grants && self.trusted && budget >= PERSISTENT_MIN;
         self.publish(queues, order, advertise_persistent, large_sectors)?;
         self.switch(XenbusState::Initialised)?;
         let mut counts_512 = false;
@@ -389,13 +397,8 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         }
         let sector_size =
             SectorSize::new(info.sector_size).ok_or(XenbusError::MalformedKey("sector-size"))?;
-        // A queue using persistent grants keeps at most `budget` data pages
-        // granted, and its parts are cut to fit it: the backend keeps every
-        // grant it is given mapped, so the budget is all it ever holds.
-        let free = self.gt.capacity().saturating_sub(self.gt.in_use());
-        let budget = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
-        let persistent =
-            advertise_persistent && info.offered.persistent && budget >= PERSISTENT_MIN;
+        let persistent = advertise_persistent
+            && keys::persistent_in_use(info.raw.get("feature-persistent").map(String::as_str));
         if persistent {
             for q in queues.iter_mut() {
                 q.use_persistent_grants(budget);
@@ -451,6 +454,9 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         };
         for q in queues.iter_mut() {
             q.set_wire_unit(wire_unit);
+            if advertise_persistent {
+                q.offered_persistent_grants();
+            }
         }
         let limits = Limits {
             handle: self.ends.vdev as u16,

@@ -272,6 +272,18 @@ pub(super) fn direct_io_safe(value: Option<&str>) -> DirectIoSafe {
     }
 }
 
+/// Whether a backend whose `feature-persistent` reads `value` may keep the
+/// grants of a frontend that offered persistent grants: `1`, or a value
+/// that is not a flag at all (blkback decides from the frontend's offer
+/// alone, so only a clean `0` or no key says it will not). The report still
+/// lists a malformed value as such.
+pub(super) fn persistent_in_use(value: Option<&str>) -> bool {
+    match value.map(|v| xenbus::parse_bool("feature-persistent", v)) {
+        None | Some(Ok(false)) => false,
+        Some(Ok(true)) | Some(Err(_)) => true,
+    }
+}
+
 /// The frontend directory's `trusted` key (libxl writes `1`; absent means
 /// trusted, as blkif.h's default). A value that is not a flag is read as
 /// untrusted: the safe side.
@@ -311,6 +323,17 @@ mod tests {
         assert_eq!(direct_io_safe(Some(" 1")), DirectIoSafe::On);
         assert!(trusted(None) && trusted(Some("1")));
         assert!(!trusted(Some("0")) && !trusted(Some("")) && !trusted(Some("true")));
+    }
+
+    #[test]
+    fn persistent_grants_are_in_use_unless_the_backend_clearly_says_no() {
+        assert!(persistent_in_use(Some("1")));
+        assert!(
+            persistent_in_use(Some("2251799813685247")),
+            "malformed: it may"
+        );
+        assert!(!persistent_in_use(Some("0")));
+        assert!(!persistent_in_use(None));
     }
 
     #[test]

@@ -139,6 +139,9 @@ struct Pool<'a, H: Hal> {
     persistent: Option<Persistent>,
     /// Most idle private (per-request) pages kept for reuse.
     keep_private: usize,
+    /// Whether the frontend offered persistent grants (`feature-persistent`
+    /// written as 1), whatever was decided at Connected.
+    offered_persistent: bool,
 }
 
 impl<'a, H: Hal> Pool<'a, H> {
@@ -182,8 +185,10 @@ impl<'a, H: Hal> Pool<'a, H> {
 
     /// The reference the backend uses for `p` in this request, granting it
     /// now if it is per-request: read-only when the backend only reads the
-    /// page, unless persistent grants are in use (blkback then maps every
-    /// grant writable, hoping to keep it, as Linux's blkfront expects).
+    /// page, unless the frontend offered persistent grants (blkback then
+    /// maps every grant writable, hoping to keep it, as Linux's blkfront
+    /// expects; it decides from the frontend's offer alone, so a backend
+    /// whose own key the frontend could not read may still do so).
     fn grant_for(
         &self,
         p: &mut DataPage<'a, H>,
@@ -193,7 +198,7 @@ impl<'a, H: Hal> Pool<'a, H> {
             (Lease::Persistent, Some(g)) => Ok(g),
             _ => p
                 .mem
-                .grant(self.backend, backend_reads && self.persistent.is_none()),
+                .grant(self.backend, backend_reads && !self.offered_persistent),
         }
     }
 
@@ -277,6 +282,7 @@ impl<'a, H: Hal> Queue<'a, H> {
                 idle: Vec::new(),
                 persistent: None,
                 keep_private: n + IDLE_PRIVATE_PAGES,
+                offered_persistent: false,
             },
             unit: WireUnit::BYTES_512,
             unpublished: false,
@@ -311,6 +317,12 @@ impl<'a, H: Hal> Queue<'a, H> {
     /// Requests in flight.
     pub(super) fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Records that the frontend offered persistent grants: every page is
+    /// then granted writable. Called at Connected, before any request.
+    pub(super) fn offered_persistent_grants(&mut self) {
+        self.pool.offered_persistent = true;
     }
 
     /// Sets the unit of the ring's sector fields (512 bytes until told
