@@ -268,6 +268,9 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
                 // and a later probe starts from a known state.
                 let _ = self.switch(XenbusState::Closed);
                 self.unwatch();
+                // What an earlier teardown left in quarantine may be free
+                // by now.
+                self.gt.retry_quarantine();
                 return Err(e);
             }
         };
