@@ -79,8 +79,24 @@ def parse_matrix(path):
 
 
 def vdev_number(name):
-    m = re.fullmatch(r"xvd([a-z])", name)
-    return str(51712 + 16 * (ord(m.group(1)) - 97)) if m else None
+    """The virtual-device number libxl (and QEMU's xen-bus) gives xvd<L>:
+    202<<8 | n<<4 for xvda..xvdp, 1<<28 | n<<8 from xvdq on."""
+    m = re.fullmatch(r"xvd([a-z]+)", name)
+    if not m:
+        return None
+    n = 0
+    for ch in m.group(1):
+        n = n * 26 + ord(ch) - 96
+    n -= 1
+    return str((202 << 8) | (n << 4) if n < 16 else (1 << 28) | (n << 8))
+
+
+def target_of(spec):
+    """(image name, MiB, device kind or None) of a spec's target=@X[:MIB][+KIND]@."""
+    m = re.fullmatch(r"@([a-z0-9]+)(?::(\d+))?(?:\+(loop|loop4k|null4k))?@", spec.get("target", ""))
+    if not m:
+        return None, None, None
+    return m.group(1), int(m.group(2) or 64), m.group(3)
 
 
 BEGIN = re.compile(r"^LAB BEGIN (\S+) (\S+)(?: (.*))?$")
@@ -143,6 +159,21 @@ def parse_xenstore(lines):
         if m:
             xs[m.group(1)] = m.group(2)
     return xs
+
+
+XSLOG = re.compile(r"^\[\S+\]\s+(\S+)\s+(write|rm)\s+(/\S+)(?: (.*))?$")
+
+
+def parse_xslog(lines):
+    """oxenstored's access-log lines of a guest's directories (job.sh):
+    {path: [(connection, op, value)]} in order. A connection `D<n>` is
+    domain n's ring (`D<n>.<t>` in transaction t), `A<n>` a dom0 socket."""
+    log = {}
+    for line in lines:
+        m = XSLOG.match(line)
+        if m:
+            log.setdefault(m.group(3), []).append((m.group(1), m.group(2), (m.group(4) or "").rstrip()))
+    return log
 
 
 def fields(line):
@@ -235,6 +266,7 @@ def check_config(c, name, mode, specs, attempts):
             f"{[k for k, ok in cfg['integrity'] if not ok] or 'none'})")
     lines, src = guest_lines(cfg)
     xs = parse_xenstore(cfg["sections"].get("xenstore", []))
+    cfg["xslog"] = parse_xslog(cfg["sections"].get("xs-log", []))
     closing = [ln for ln in lines if re.match(r"^xenblk: \d+ passed, \d+ failed$", ln)]
     ok = len(closing) == 1 and re.match(r"^xenblk: \d+ passed, 0 failed$", closing[0])
     c.check(ok, f"{p} one closing line with 0 failed ({closing or 'none'}, from {src})")
@@ -251,9 +283,20 @@ def check_config(c, name, mode, specs, attempts):
     c.check(fe_vdevs and sorted(by_vdev) == fe_vdevs,
             f"{p} one xenblk-disk line per frontend device (lines {sorted(by_vdev)}, "
             f"xenstore {fe_vdevs})")
+    geo = {g.get("vdev"): g for g in (fields("x " + ln) for ln in cfg["sections"].get("geometry", [])
+                                      if ln.startswith("LAB-GEOM "))}
+    checks = {}
+    for ln in lines:
+        m = re.match(r"^xenblk-check (\S+): (ok|FAIL) ?(.*)$", ln)
+        if m:
+            checks[m.group(1)] = (m.group(2), m.group(3))
     for spec in specs:
         v = vdev_number(spec.get("vdev", ""))
-        check_disk(c, name, spec, v, by_vdev.get(v), xs, stalls, cfg)
+        d = by_vdev.get(v)
+        if check_disk(c, name, spec, v, d, xs, stalls, cfg):
+            check_geometry(c, f"{name}: {spec.get('vdev')}", spec, d, xs, geo.get(v))
+            if mode == "verify" and cfg["status"] == "ok" and d.get("mode") == "w":
+                check_verify_disk(c, f"{name}: {spec.get('vdev')}", v, d, checks, verifies)
 
     if mode == "verify" and cfg["status"] == "ok":
         writable = {v for v, d in by_vdev.items() if d.get("mode") == "w"
@@ -286,13 +329,21 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
     want_type = spec.get("backendtype", "phy")
     want_mode = "r" if spec.get("access", "rw") in ("r", "ro") else "w"
     want_dio = "1" if "direct-io-safe" in spec["flags"] else None
-    c.check(f"/backend/{'qdisk' if want_type == 'qdisk' else 'vbd'}/" in be
-            and xs.get(f"{be}/type") == want_type and xs.get(f"{be}/mode") == want_mode
-            and xs.get(f"{be}/direct-io-safe") == want_dio,
-            f"{p} xenstore has what the disk spec asked (type={xs.get(f'{be}/type')} "
-            f"mode={xs.get(f'{be}/mode')} direct-io-safe={xs.get(f'{be}/direct-io-safe', 'absent')})")
+    if want_type == "dm-qdisk":
+        # A xen-disk device of QEMU's command line: QEMU's xen-bus made the
+        # directories, and no toolstack wrote type, mode or params.
+        c.check("/backend/qdisk/" in be and xs.get(f"{be}/type") is None
+                and xs.get(f"{be}/params") is None and xs.get(f"{be}/direct-io-safe") is None,
+                f"{p} QEMU's own xen-disk: backend under qdisk/ ({be}), no toolstack keys "
+                f"(type={xs.get(f'{be}/type', 'absent')} params={xs.get(f'{be}/params', 'absent')})")
+    else:
+        c.check(f"/backend/{'qdisk' if want_type == 'qdisk' else 'vbd'}/" in be
+                and xs.get(f"{be}/type") == want_type and xs.get(f"{be}/mode") == want_mode
+                and xs.get(f"{be}/direct-io-safe") == want_dio,
+                f"{p} xenstore has what the disk spec asked (type={xs.get(f'{be}/type')} "
+                f"mode={xs.get(f'{be}/mode')} direct-io-safe={xs.get(f'{be}/direct-io-safe', 'absent')})")
     if not c.check(d is not None, f"{p} has a xenblk-disk line"):
-        return
+        return False
     c.check(d.get("backend") == be, f"{p} backend {d.get('backend')} == frontend's {be}")
     for field, key in (("type", "type"), ("sectors", "sectors"), ("sector-size", "sector-size"),
                        ("mode", "mode")):
@@ -324,18 +375,121 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
         qlog = cfg["sections"].get("qemu-dm", [])
         c.check(any(STALL_QEMU in ln for ln in qlog),
                 f"{p} dom0's qemu-dm log says \"{STALL_QEMU}\"")
-        return
+        return False
     # The dump is taken after the guest finished, when a frontend that closed
-    # its devices left the backend Closing/Closed: Connected (4) was reached if
-    # the state is 4..6, the frontend published its ring, and nothing was
-    # written under an error/ node.
-    ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs)
+    # its devices left the backend Closing/Closed and removed its ring keys.
+    # xenstored's access log (the xs-log section) has what was written
+    # meanwhile: the backend wrote state 4, and the frontend (its own domain's
+    # connection) its ring-ref keys; nothing was written under an error/ node.
+    log = cfg.get("xslog", {})
+    be_states = [val for conn, op, val in log.get(f"{be}/state", []) if op == "write"]
+    dom = re.match(r"^/local/domain/(\d+)/", fe).group(1)
+    fe_ring = sorted({k.rsplit("/", 1)[1] for k, w in log.items()
+                      if re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k)
+                      and any(conn.split(".")[0] == f"D{dom}" and op == "write" for conn, op, _ in w)})
+    ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs) or bool(fe_ring)
     errors = [k for k in xs if "/error/" in k and f"/{v}" in k]
-    if not c.check(connected == "yes" and state in ("4", "5", "6") and ring and not errors,
-                   f"{p} connected={connected}, backend reached Connected (state now {state}, "
-                   f"frontend ring {'published' if ring else 'MISSING'}, error nodes {errors or 'none'})"):
+    if not c.check(connected == "yes" and (state == "4" or "4" in be_states) and ring and not errors,
+                   f"{p} connected={connected}, backend reached Connected (states written "
+                   f"{be_states or 'none logged'}, now {state}; frontend ring keys written by "
+                   f"domain {dom}: {(str(len(fe_ring)) + ' ring-ref keys') if fe_ring else ('in the dump' if ring else 'NONE')}; error nodes "
+                   f"{errors or 'none'})"):
+        return False
+    # the frontend's own keys as last written (the dump lost them at close)
+    fe_keys = dict(xs)
+    for k, w in log.items():
+        if k.startswith(fe + "/") and k not in fe_keys:
+            writes = [val for conn, op, val in w if op == "write" and conn.split(".")[0] == f"D{dom}"]
+            if writes:
+                fe_keys[k] = writes[-1]
+    check_features(c, p, fe_keys, be, fe, d.get("features"))
+    # docs/SECTORS.md: the flag goes to qdisk (which counts in logical
+    # blocks), never to blkback.
+    flag = fe_keys.get(f"{fe}/feature-large-sector-size")
+    want_flag = "1" if want_type in ("qdisk", "dm-qdisk") else None
+    c.check(flag == want_flag,
+            f"{p} frontend feature-large-sector-size={flag or 'absent'} "
+            f"(wanted {want_flag or 'absent'} for {want_type})")
+    return True
+
+
+def num(v):
+    return int(v) if v is not None and v.isdigit() else None
+
+
+def check_geometry(c, p, spec, d, xs, g):
+    """Capacity, sector size and the unit of `sectors`, from the guest's line,
+    against the backend kind's rule (docs/SECTORS.md), the image's size and
+    dom0's own view of the device (blockdev)."""
+    kind = spec.get("backendtype", "phy")
+    qdisk = kind in ("qdisk", "dm-qdisk")
+    want_unit = "logical" if qdisk else "512"
+    c.check(d.get("sectors-unit") == want_unit,
+            f"{p} sectors-unit={d.get('sectors-unit', '(missing)')}: {kind} counts in "
+            f"{'logical blocks' if qdisk else '512-byte units'} ({want_unit})")
+    img, mib, devkind = target_of(spec)
+    if not c.check(g is not None, f"{p} dom0 reported its view of the disk (geometry section)"):
         return
-    check_features(c, p, xs, be, fe, d.get("features"))
+    want_bytes = mib << 20
+    c.check(num(g.get("bytes")) == want_bytes,
+            f"{p} image {img} is {g.get('bytes')} bytes in dom0 (matrix: {mib} MiB)")
+    sectors, ss = num(d.get("sectors")), num(d.get("sector-size"))
+    if sectors is None or ss is None:
+        c.check(False, f"{p} sectors={d.get('sectors')} sector-size={d.get('sector-size')}: not numbers")
+        return
+    dev_ss, dev_pss, dev_size = num(g.get("getss")), num(g.get("getpbsz")), num(g.get("getsize64"))
+    if dev_size is not None:
+        c.check(dev_size == want_bytes,
+                f"{p} dom0's {g.get('dev')}: blockdev --getsize64 {dev_size} == image {want_bytes}")
+    if not qdisk:
+        # blkback: sector-size is the device's logical block size, sectors
+        # are 512-byte units whatever it is.
+        c.check(dev_ss is not None and ss == dev_ss,
+                f"{p} sector-size={ss} == dom0's blockdev --getss {g.get('getss')} of {g.get('dev')}")
+        pss = num(xs.get(f"{d.get('backend')}/physical-sector-size"))
+        c.check(dev_pss is not None and pss == dev_pss,
+                f"{p} backend physical-sector-size={pss} == dom0's blockdev --getpbsz {g.get('getpbsz')}")
+        c.check(sectors * 512 == want_bytes,
+                f"{p} capacity: sectors={sectors} x 512 = {sectors * 512} == image {want_bytes} bytes")
+    else:
+        # qdisk: sectors in logical blocks of QEMU's logical_block_size, which
+        # libxl never sets (512 whatever the device says); a xen-disk of
+        # QEMU's own command line has the one it was given.
+        want_ss = num(spec.get("logical-block-size")) if kind == "dm-qdisk" else 512
+        c.check(ss == want_ss,
+                f"{p} sector-size={ss} == {want_ss} ("
+                + ("logical_block_size on QEMU's command line" if kind == "dm-qdisk"
+                   else "QEMU's default: libxl passes no block size")
+                + (f"; dom0's blockdev --getss of {g.get('dev')} says {dev_ss}" if dev_ss else "") + ")")
+        if dev_ss is not None and dev_ss != ss:
+            print(f"note {p} qdisk publishes sector-size={ss} for a device of {dev_ss}-byte "
+                  f"logical blocks ({g.get('dev')})")
+        c.check(sectors * ss == want_bytes,
+                f"{p} capacity: sectors={sectors} x {ss} = {sectors * ss} == image {want_bytes} bytes")
+
+
+def check_verify_disk(c, p, v, d, checks, verifies):
+    """verify on a writable disk: misaligned requests refused, and the
+    regions dom0 checked reach the last byte of the disk."""
+    ss = num(d.get("sector-size")) or 512
+    names = ["refuse-misaligned"] + (["refuse-misaligned-512", "refuse-misaligned-read"]
+                                     if ss > 512 else [])
+    for n in names:
+        r = checks.get(f"{v}/{n}")
+        c.check(r is not None and r[0] == "ok" and "Misaligned" in r[1],
+                f"{p} {n}: {'missing' if r is None else r[0] + ' ' + r[1]}")
+    ends = [num(r.get("sector")) + num(r.get("count")) for r in verifies
+            if r.get("vdev") == v and num(r.get("sector")) is not None and num(r.get("count")) is not None]
+    sectors = num(d.get("sectors")) or 0
+    cap512 = sectors if d.get("sectors-unit") == "512" else sectors * ss // 512
+    c.check(bool(ends) and max(ends) == cap512,
+            f"{p} verify regions end at the disk's last byte (512-byte sector "
+            f"{max(ends) if ends else 'none'} == capacity {cap512})")
+    for r in verifies:
+        if r.get("vdev") == v and ss > 512:
+            c.check(num(r.get("sector")) % (ss // 512) == 0 and num(r.get("count")) % (ss // 512) == 0,
+                    f"{p} verify region sector={r.get('sector')} count={r.get('count')} is whole "
+                    f"{ss}-byte sectors")
 
 
 def show(feats, tok):
