@@ -379,19 +379,27 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
     # The dump is taken after the guest finished, when a frontend that closed
     # its devices left the backend Closing/Closed and removed its ring keys.
     # xenstored's access log (the xs-log section) has what was written
-    # meanwhile: the backend wrote state 4, and the frontend (its own domain's
-    # connection) its ring-ref keys; nothing was written under an error/ node.
+    # meanwhile: the frontend's (its own domain's connection) ring-ref keys
+    # and states, and QEMU's backend states (oxenstored does not log the
+    # writes of dom0's kernel, so blkback's states are not there: for it, the
+    # dump's state 4..6 and the frontend having gone Connected, which the
+    # driver does only once the backend is, stand in); nothing was written
+    # under an error/ node.
     log = cfg.get("xslog", {})
     be_states = [val for conn, op, val in log.get(f"{be}/state", []) if op == "write"]
     dom = re.match(r"^/local/domain/(\d+)/", fe).group(1)
+    fe_states = [val for conn, op, val in log.get(f"{fe}/state", [])
+                 if op == "write" and conn.split(".")[0] == f"D{dom}"]
     fe_ring = sorted({k.rsplit("/", 1)[1] for k, w in log.items()
                       if re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k)
                       and any(conn.split(".")[0] == f"D{dom}" and op == "write" for conn, op, _ in w)})
     ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs) or bool(fe_ring)
     errors = [k for k in xs if "/error/" in k and f"/{v}" in k]
-    if not c.check(connected == "yes" and (state == "4" or "4" in be_states) and ring and not errors,
-                   f"{p} connected={connected}, backend reached Connected (states written "
-                   f"{be_states or 'none logged'}, now {state}; frontend ring keys written by "
+    reached = state == "4" or "4" in be_states or (state in ("5", "6") and "4" in fe_states)
+    if not c.check(connected == "yes" and reached and ring and not errors,
+                   f"{p} connected={connected}, backend reached Connected (backend states written "
+                   f"{be_states or 'not logged'}, now {state}; frontend states {fe_states or 'not logged'}; "
+                   f"frontend ring keys written by "
                    f"domain {dom}: {(str(len(fe_ring)) + ' ring-ref keys') if fe_ring else ('in the dump' if ring else 'NONE')}; error nodes "
                    f"{errors or 'none'})"):
         return False
