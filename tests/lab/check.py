@@ -295,11 +295,11 @@ def check_config(c, name, mode, specs, attempts):
         d = by_vdev.get(v)
         if check_disk(c, name, spec, v, d, xs, stalls, cfg):
             check_geometry(c, f"{name}: {spec.get('vdev')}", spec, d, xs, geo.get(v))
-            if mode == "verify" and cfg["status"] == "ok" and d.get("mode") == "w":
+            if mode == "verify" and cfg["status"] == "ok" and is_writable(d, xs):
                 check_verify_disk(c, f"{name}: {spec.get('vdev')}", v, d, checks, verifies)
 
     if mode == "verify" and cfg["status"] == "ok":
-        writable = {v for v, d in by_vdev.items() if d.get("mode") == "w"
+        writable = {v for v, d in by_vdev.items() if is_writable(d, xs)
                     and d.get("connected", "yes") == "yes"}
         c.check(writable <= {v.get("vdev") for v in verifies},
                 f"{p} xenblk-verify regions for every writable disk "
@@ -419,6 +419,15 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
             f"{p} frontend feature-large-sector-size={flag or 'absent'} "
             f"(wanted {want_flag or 'absent'} for {want_type})")
     return True
+
+
+def is_writable(d, xs):
+    """A disk the guest may write: `mode=w`, or (QEMU 7.2's own xen-disk
+    writes no `mode`) no mode and VDISK_READONLY (4) clear in `info`."""
+    if d.get("mode") in ("w", "r"):
+        return d.get("mode") == "w"
+    info = xs.get(f"{d.get('backend')}/info", "0")
+    return info.isdigit() and not int(info) & 4
 
 
 def num(v):
