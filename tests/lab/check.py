@@ -5,9 +5,13 @@ usage: check.py MATRIX SERIAL_LOG [--show]
 
 For every configuration of MATRIX (its last attempt in the log) it compares
 each `xenblk-disk` line of the guest (docs/LINES.md) field by field with the
-xenstore-ls dump that dom0 took before destroying the guest, checks the
-closing `xenblk: N passed, M failed` line, the dom0-side cksums of every
-`xenblk-verify` region, and that the dump matches the disk specs of MATRIX.
+xenstore-ls dump that dom0 took before destroying the guest and with
+xenstored's access log of the guest's directories (the driver removes its
+ring keys when it closes), checks the geometry (sectors-unit, sector size,
+capacity) against the backend's rule (docs/SECTORS.md), the image's size and
+dom0's blockdev view, the closing `xenblk: N passed, M failed` line, the
+misaligned refusals and the dom0-side cksums of every `xenblk-verify` region,
+and that the dump matches the disk specs of MATRIX (docs/LAB.md).
 One line per check, then `lab: N passed, M failed`; exit 1 on any failure.
 --show also prints each guest's console lines (the unikernel's report).
 """
