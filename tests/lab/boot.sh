@@ -211,6 +211,19 @@ boot_once() {
     return 1
 }
 
+# Two nested-Xen labs at once slow each other into timeouts (hotplug scripts,
+# guest waits): wait, bounded, until no other outer QEMU runs on this machine
+# (another checkout's lab or CI). XENBLK_LAB_IDLE_WAIT: the bound in seconds
+# (1800; 0: do not wait).
+others() { ps -C qemu-system-x86 -o pid=,stat= 2>/dev/null | awk '$2 !~ /Z/ { print $1 }' | tr '\n' ' '; }
+idle_t0=$(date +%s)
+if [[ -n $(others) ]] && ((${XENBLK_LAB_IDLE_WAIT:-1800} > 0)); then
+    say "!!! another QEMU runs on this machine (pid $(others)): waiting for it to end (at most ${XENBLK_LAB_IDLE_WAIT:-1800} s)"
+    while [[ -n $(others) ]] && (($(date +%s) - idle_t0 < ${XENBLK_LAB_IDLE_WAIT:-1800})); do sleep 5; done
+    left=$(others)
+    say "waited $(($(date +%s) - idle_t0)) s for the other QEMU${left:+ (still running: booting anyway)}"
+fi
+
 set +e
 boot_once "$OUT/serial.log"
 rc=$?
