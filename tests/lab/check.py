@@ -257,8 +257,8 @@ STALL_QEMU = "aio=native was specified, but is not supported in this build"
 def check_config(c, name, mode, specs, attempts):
     cfg = attempts[-1]
     p = f"{name}:"
-    if len(attempts) > 1:
-        print(f"note {p} RETRIED: attempt 1 ended with status={attempts[0]['status']}")
+    for i, a in enumerate(attempts[:-1]):
+        print(f"note {p} RETRIED: attempt {i + 1} ended with status={a['status']}")
     if not c.check(cfg["status"] == "ok",
                    f"{p} guest ran to its end (attempt {cfg['attempt']}, status={cfg['status']})"):
         tail = cfg["sections"].get("console", [])[-5:]
