@@ -115,8 +115,20 @@ def parse_log(path):
     configs = {}
     cur = None
     sec = None
+    pending = None
     for raw in text.split("\n"):
         line = raw.rstrip("\r")
+        if pending is not None:
+            line, pending = pending + line, None
+        if sec is not None and sec[0] != "xl-dmesg":
+            # Xen's own console output can land in the middle of a line of
+            # dom0's (seen: "...state 6(XEN) uart interrupt taking more than
+            # 4ms, switched to polling", the rest of dom0's line, its CR LF,
+            # on the next line): cut it out and join the two halves.
+            m = re.search(r"\((XEN|d\d+)\) ", line)
+            if m and m.start() > 0:
+                pending = line[:m.start()]
+                continue
         m = BEGIN.match(line)
         if m and m.group(1) == "config":
             cur = {"name": m.group(2), "head": m.group(3) or "", "sections": {},
