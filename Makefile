@@ -51,9 +51,14 @@ unikernel-test: unikernel
 	cd unikernel && $(CARGO) clippy --release -- -D warnings
 	bash tests/unikernel-noxen.sh
 
-# The real-Xen lab (tests/lab/, docs/LAB.md): Xen 4.17 + a Debian dom0 with
+# The real-Xen lab (tests/lab/, docs/LAB.md): real Xen + a Debian dom0 with
 # blkback and QEMU qdisk under bookworm's QEMU 7.2 (TCG), the example
-# unikernel as a PVH domU per disk configuration, checked against xenstore.
+# unikernel as a PVH domU per disk configuration, checked against xenstore
+# and dom0's view of each disk. Two generations, each from Debian packages:
+# Xen 4.17 (Debian 12, Linux 6.1, QEMU 7.2) and Xen 4.20 (Debian 13, Linux
+# 6.12, QEMU 10.0). `make run` boots one, XENBLK_LAB_XEN=4.17|4.20 (default
+# 4.20, the newest); `make lab` runs the whole matrix on both, one after the
+# other (or on XENBLK_LAB_XEN alone when it is set).
 run: unikernel
 	bash tests/lab/lab.sh run
 
@@ -120,6 +125,8 @@ soak-smoke: setup
 # example unikernel's `bench serve` against Linux's blkfront + fio in a PV
 # domU, both booted, alternated job by job by dom0, same kinds of backend
 # (blkback on null_blk, qdisk on a file). Run it on an otherwise idle host.
+# It boots generation 4.17 (tests/lab/bench/run.sh; XENBLK_LAB_XEN=4.20 to
+# change), so its numbers stay comparable with the ones in PERFORMANCE.md.
 bench-inguest: unikernel
 	bash tests/lab/bench/run.sh
 

@@ -12,8 +12,12 @@ APT_PKGS=(libxen-dev valgrind gcc libc6-dev python3)
 if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]]; then
     # The real-Xen lab: hypervisor, dom0 kernel, the outer emulator (bookworm's
     # own QEMU 7.2, not backports: see docs/LAB.md), and the dom0 root builder.
+    # Generation 4.17 boots the host's Xen and kernel; generation 4.20 takes
+    # its hypervisor, kernel and root from Debian 13 (trixie) through the lab's
+    # private apt state (tests/lab/lib.sh), which needs only the archive
+    # keyring (trixie's keys) and xz (trixie's kernel modules are .ko.xz).
     APT_PKGS+=(xen-hypervisor-4.17-amd64 linux-image-amd64 qemu-system-x86
-               debootstrap cpio busybox-static)
+               debootstrap cpio busybox-static debian-archive-keyring xz-utils)
 fi
 
 qemu72() { qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 7\.2\.'; }
@@ -48,6 +52,15 @@ fi
 if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]] && ! qemu72; then
     say "qemu-system-x86_64 is not bookworm's 7.2: $(qemu-system-x86_64 --version | head -n1)"
     exit 1
+fi
+
+# trixie's archive key: in bookworm's debian-archive-keyring since
+# 2023.3+deb12u1; an older one is upgraded.
+# (The key's user id is plain text in the keyring file.)
+if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]] && ! grep -qa '(13/trixie)' /usr/share/keyrings/debian-archive-keyring.gpg; then
+    say "upgrading debian-archive-keyring (no trixie key)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-archive-keyring >/dev/null
 fi
 
 if ! test -c /dev/null; then

@@ -5,9 +5,13 @@ usage: check.py MATRIX SERIAL_LOG [--show]
 
 For every configuration of MATRIX (its last attempt in the log) it compares
 each `xenblk-disk` line of the guest (docs/LINES.md) field by field with the
-xenstore-ls dump that dom0 took before destroying the guest, checks the
-closing `xenblk: N passed, M failed` line, the dom0-side cksums of every
-`xenblk-verify` region, and that the dump matches the disk specs of MATRIX.
+xenstore-ls dump that dom0 took before destroying the guest and with
+xenstored's access log of the guest's directories (the driver removes its
+ring keys when it closes), checks the geometry (sectors-unit, sector size,
+capacity) against the backend's rule (docs/SECTORS.md), the image's size and
+dom0's blockdev view, the closing `xenblk: N passed, M failed` line, the
+misaligned refusals and the dom0-side cksums of every `xenblk-verify` region,
+and that the dump matches the disk specs of MATRIX (docs/LAB.md).
 One line per check, then `lab: N passed, M failed`; exit 1 on any failure.
 --show also prints each guest's console lines (the unikernel's report).
 """
@@ -79,8 +83,24 @@ def parse_matrix(path):
 
 
 def vdev_number(name):
-    m = re.fullmatch(r"xvd([a-z])", name)
-    return str(51712 + 16 * (ord(m.group(1)) - 97)) if m else None
+    """The virtual-device number libxl (and QEMU's xen-bus) gives xvd<L>:
+    202<<8 | n<<4 for xvda..xvdp, 1<<28 | n<<8 from xvdq on."""
+    m = re.fullmatch(r"xvd([a-z]+)", name)
+    if not m:
+        return None
+    n = 0
+    for ch in m.group(1):
+        n = n * 26 + ord(ch) - 96
+    n -= 1
+    return str((202 << 8) | (n << 4) if n < 16 else (1 << 28) | (n << 8))
+
+
+def target_of(spec):
+    """(image name, MiB, device kind or None) of a spec's target=@X[:MIB][+KIND]@."""
+    m = re.fullmatch(r"@([a-z0-9]+)(?::(\d+))?(?:\+(loop|loop4k|null4k))?@", spec.get("target", ""))
+    if not m:
+        return None, None, None
+    return m.group(1), int(m.group(2) or 64), m.group(3)
 
 
 BEGIN = re.compile(r"^LAB BEGIN (\S+) (\S+)(?: (.*))?$")
@@ -95,8 +115,20 @@ def parse_log(path):
     configs = {}
     cur = None
     sec = None
+    pending = None
     for raw in text.split("\n"):
         line = raw.rstrip("\r")
+        if pending is not None:
+            line, pending = pending + line, None
+        if sec is not None and sec[0] != "xl-dmesg":
+            # Xen's own console output can land in the middle of a line of
+            # dom0's (seen: "...state 6(XEN) uart interrupt taking more than
+            # 4ms, switched to polling", the rest of dom0's line, its CR LF,
+            # on the next line): cut it out and join the two halves.
+            m = re.search(r"\((XEN|d\d+)\) ", line)
+            if m and m.start() > 0:
+                pending = line[:m.start()]
+                continue
         m = BEGIN.match(line)
         if m and m.group(1) == "config":
             cur = {"name": m.group(2), "head": m.group(3) or "", "sections": {},
@@ -145,6 +177,21 @@ def parse_xenstore(lines):
     return xs
 
 
+XSLOG = re.compile(r"^\[\S+\]\s+(\S+)\s+(write|rm)\s+(/\S+)(?: (.*))?$")
+
+
+def parse_xslog(lines):
+    """oxenstored's access-log lines of a guest's directories (job.sh):
+    {path: [(connection, op, value)]} in order. A connection `D<n>` is
+    domain n's ring (`D<n>.<t>` in transaction t), `A<n>` a dom0 socket."""
+    log = {}
+    for line in lines:
+        m = XSLOG.match(line)
+        if m:
+            log.setdefault(m.group(3), []).append((m.group(1), m.group(2), (m.group(4) or "").rstrip()))
+    return log
+
+
 def fields(line):
     out = {}
     for tok in line.split()[1:]:
@@ -164,10 +211,9 @@ def guest_lines(cfg):
     return [ln for ln in lines], src
 
 
-def check_features(c, p, xs, be, fe, listed, fe_keys=True):
+def check_features(c, p, xs, be, fe, listed):
     """features= is what is in use (README, "The `xenblk-disk` line"),
-    checked against the backend's offers and, while the frontend's keys are
-    still there (fe_keys), against what the frontend published."""
+    checked against the backend's offers and the frontend's own keys."""
     got = got_features(listed)
     offered = lambda key: xs.get(f"{be}/{key}") == "1"  # noqa: E731
     known = {"flush-cache", "barrier", "barrier-offered", "discard", "discard-secure",
@@ -187,10 +233,7 @@ def check_features(c, p, xs, be, fe, listed, fe_keys=True):
     c.check(("discard-secure" in got) == (offered("feature-discard") and offered("discard-secure")),
             f"{p} discard-secure: line {show(got, 'discard-secure')}, backend discard-secure="
             f"{xs.get(f'{be}/discard-secure', 'absent')}")
-    # After a clean close the frontend's feature-persistent is gone: what it
-    # advertised is then unknown, and only the backend's offer bounds it.
-    fe_p = xs.get(f"{fe}/feature-persistent") == "1" or (
-        not fe_keys and "persistent" in got)
+    fe_p = xs.get(f"{fe}/feature-persistent") == "1"
     c.check(("persistent" in got) == (offered("feature-persistent") and fe_p),
             f"{p} persistent: line {show(got, 'persistent')}, backend "
             f"{xs.get(f'{be}/feature-persistent', 'absent')}, frontend {int(fe_p)}")
@@ -201,13 +244,9 @@ def check_features(c, p, xs, be, fe, listed, fe_keys=True):
     c.check(ok, f"{p} indirect: line {show(got, 'indirect')}, backend offers {offer or 'absent'}")
     for tok, fkey, bkey, dflt in (("ring-order", "ring-page-order", "max-ring-page-order", 0),
                                   ("queues", "multi-queue-num-queues", "multi-queue-max-queues", 1)):
-        line = got.get(tok)
-        if fe_keys:
-            used = int(xs.get(f"{fe}/{fkey}", dflt))
-        else:
-            # Removed at close: the line's own value, bounded by the offer.
-            used = int(line) if line is not None and line.isdigit() else dflt
+        used = int(xs.get(f"{fe}/{fkey}", dflt))
         cap = int(xs.get(f"{be}/{bkey}", dflt))
+        line = got.get(tok)
         ok = (line is not None and line.isdigit() and int(line) == used) or (
             tok not in got and used == dflt)
         c.check(ok and used <= cap,
@@ -230,8 +269,8 @@ STALL_QEMU = "aio=native was specified, but is not supported in this build"
 def check_config(c, name, mode, specs, attempts):
     cfg = attempts[-1]
     p = f"{name}:"
-    if len(attempts) > 1:
-        print(f"note {p} RETRIED: attempt 1 ended with status={attempts[0]['status']}")
+    for i, a in enumerate(attempts[:-1]):
+        print(f"note {p} RETRIED: attempt {i + 1} ended with status={a['status']}")
     if not c.check(cfg["status"] == "ok",
                    f"{p} guest ran to its end (attempt {cfg['attempt']}, status={cfg['status']})"):
         tail = cfg["sections"].get("console", [])[-5:]
@@ -243,6 +282,7 @@ def check_config(c, name, mode, specs, attempts):
             f"{[k for k, ok in cfg['integrity'] if not ok] or 'none'})")
     lines, src = guest_lines(cfg)
     xs = parse_xenstore(cfg["sections"].get("xenstore", []))
+    cfg["xslog"] = parse_xslog(cfg["sections"].get("xs-log", []))
     closing = [ln for ln in lines if re.match(r"^xenblk: \d+ passed, \d+ failed$", ln)]
     ok = len(closing) == 1 and re.match(r"^xenblk: \d+ passed, 0 failed$", closing[0])
     c.check(ok, f"{p} one closing line with 0 failed ({closing or 'none'}, from {src})")
@@ -259,12 +299,23 @@ def check_config(c, name, mode, specs, attempts):
     c.check(fe_vdevs and sorted(by_vdev) == fe_vdevs,
             f"{p} one xenblk-disk line per frontend device (lines {sorted(by_vdev)}, "
             f"xenstore {fe_vdevs})")
+    geo = {g.get("vdev"): g for g in (fields("x " + ln) for ln in cfg["sections"].get("geometry", [])
+                                      if ln.startswith("LAB-GEOM "))}
+    checks = {}
+    for ln in lines:
+        m = re.match(r"^xenblk-check (\S+): (ok|FAIL) ?(.*)$", ln)
+        if m:
+            checks[m.group(1)] = (m.group(2), m.group(3))
     for spec in specs:
         v = vdev_number(spec.get("vdev", ""))
-        check_disk(c, name, spec, v, by_vdev.get(v), xs, stalls, cfg)
+        d = by_vdev.get(v)
+        if check_disk(c, name, spec, v, d, xs, stalls, cfg):
+            check_geometry(c, f"{name}: {spec.get('vdev')}", spec, d, xs, geo.get(v))
+            if mode == "verify" and cfg["status"] == "ok" and is_writable(d, xs):
+                check_verify_disk(c, f"{name}: {spec.get('vdev')}", v, d, checks, verifies)
 
     if mode == "verify" and cfg["status"] == "ok":
-        writable = {v for v, d in by_vdev.items() if d.get("mode") == "w"
+        writable = {v for v, d in by_vdev.items() if is_writable(d, xs)
                     and d.get("connected", "yes") == "yes"}
         c.check(writable <= {v.get("vdev") for v in verifies},
                 f"{p} xenblk-verify regions for every writable disk "
@@ -294,13 +345,21 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
     want_type = spec.get("backendtype", "phy")
     want_mode = "r" if spec.get("access", "rw") in ("r", "ro") else "w"
     want_dio = "1" if "direct-io-safe" in spec["flags"] else None
-    c.check(f"/backend/{'qdisk' if want_type == 'qdisk' else 'vbd'}/" in be
-            and xs.get(f"{be}/type") == want_type and xs.get(f"{be}/mode") == want_mode
-            and xs.get(f"{be}/direct-io-safe") == want_dio,
-            f"{p} xenstore has what the disk spec asked (type={xs.get(f'{be}/type')} "
-            f"mode={xs.get(f'{be}/mode')} direct-io-safe={xs.get(f'{be}/direct-io-safe', 'absent')})")
+    if want_type == "dm-qdisk":
+        # A xen-disk device of QEMU's command line: QEMU's xen-bus made the
+        # directories, and no toolstack wrote type, mode or params.
+        c.check("/backend/qdisk/" in be and xs.get(f"{be}/type") is None
+                and xs.get(f"{be}/params") is None and xs.get(f"{be}/direct-io-safe") is None,
+                f"{p} QEMU's own xen-disk: backend under qdisk/ ({be}), no toolstack keys "
+                f"(type={xs.get(f'{be}/type', 'absent')} params={xs.get(f'{be}/params', 'absent')})")
+    else:
+        c.check(f"/backend/{'qdisk' if want_type == 'qdisk' else 'vbd'}/" in be
+                and xs.get(f"{be}/type") == want_type and xs.get(f"{be}/mode") == want_mode
+                and xs.get(f"{be}/direct-io-safe") == want_dio,
+                f"{p} xenstore has what the disk spec asked (type={xs.get(f'{be}/type')} "
+                f"mode={xs.get(f'{be}/mode')} direct-io-safe={xs.get(f'{be}/direct-io-safe', 'absent')})")
     if not c.check(d is not None, f"{p} has a xenblk-disk line"):
-        return
+        return False
     c.check(d.get("backend") == be, f"{p} backend {d.get('backend')} == frontend's {be}")
     for field, key in (("type", "type"), ("sectors", "sectors"), ("sector-size", "sector-size"),
                        ("mode", "mode")):
@@ -332,23 +391,138 @@ def check_disk(c, name, spec, v, d, xs, stalls, cfg):
         qlog = cfg["sections"].get("qemu-dm", [])
         c.check(any(STALL_QEMU in ln for ln in qlog),
                 f"{p} dom0's qemu-dm log says \"{STALL_QEMU}\"")
-        return
+        return False
     # The dump is taken after the guest finished, when a frontend that closed
-    # its devices left the backend Closing/Closed: Connected (4) was reached if
-    # the state is 4..6, and nothing was written under an error/ node. The
-    # frontend's ring keys are either still published (a guest that did not
-    # close) or, after a clean close, removed with the frontend Closed (6):
-    # the driver's teardown takes back every key it wrote.
-    ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs)
-    closed = not ring and xs.get(f"{fe}/state") == "6"
+    # its devices left the backend Closing/Closed and removed its ring keys.
+    # xenstored's access log (the xs-log section) has what was written
+    # meanwhile: the frontend's (its own domain's connection) ring-ref keys
+    # and states, and QEMU's backend states (oxenstored does not log the
+    # writes of dom0's kernel, so blkback's states are not there: for it, the
+    # dump's state 4..6 and the frontend having gone Connected, which the
+    # driver does only once the backend is, stand in); nothing was written
+    # under an error/ node.
+    log = cfg.get("xslog", {})
+    be_states = [val for conn, op, val in log.get(f"{be}/state", []) if op == "write"]
+    dom = re.match(r"^/local/domain/(\d+)/", fe).group(1)
+    fe_states = [val for conn, op, val in log.get(f"{fe}/state", [])
+                 if op == "write" and conn.split(".")[0] == f"D{dom}"]
+    fe_ring = sorted({k.rsplit("/", 1)[1] for k, w in log.items()
+                      if re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k)
+                      and any(conn.split(".")[0] == f"D{dom}" and op == "write" for conn, op, _ in w)})
+    ring = any(re.match(rf"^{re.escape(fe)}/(queue-\d+/)?ring-ref", k) for k in xs) or bool(fe_ring)
     errors = [k for k in xs if "/error/" in k and f"/{v}" in k]
-    how = "ring published" if ring else "closed, ring keys removed" if closed else "ring MISSING"
-    if not c.check(connected == "yes" and state in ("4", "5", "6") and (ring or closed)
-                   and not errors,
-                   f"{p} connected={connected}, backend reached Connected (state now {state}, "
-                   f"frontend {how}, error nodes {errors or 'none'})"):
+    reached = state == "4" or "4" in be_states or (state in ("5", "6") and "4" in fe_states)
+    if not c.check(connected == "yes" and reached and ring and not errors,
+                   f"{p} connected={connected}, backend reached Connected (backend states written "
+                   f"{be_states or 'not logged'}, now {state}; frontend states {fe_states or 'not logged'}; "
+                   f"frontend ring keys written by "
+                   f"domain {dom}: {(str(len(fe_ring)) + ' ring-ref keys') if fe_ring else ('in the dump' if ring else 'NONE')}; error nodes "
+                   f"{errors or 'none'})"):
+        return False
+    # the frontend's own keys as last written (the dump lost them at close)
+    fe_keys = dict(xs)
+    for k, w in log.items():
+        if k.startswith(fe + "/") and k not in fe_keys:
+            writes = [val for conn, op, val in w if op == "write" and conn.split(".")[0] == f"D{dom}"]
+            if writes:
+                fe_keys[k] = writes[-1]
+    check_features(c, p, fe_keys, be, fe, d.get("features"))
+    # docs/SECTORS.md: the flag goes to qdisk (which counts in logical
+    # blocks), never to blkback.
+    flag = fe_keys.get(f"{fe}/feature-large-sector-size")
+    want_flag = "1" if want_type in ("qdisk", "dm-qdisk") else None
+    c.check(flag == want_flag,
+            f"{p} frontend feature-large-sector-size={flag or 'absent'} "
+            f"(wanted {want_flag or 'absent'} for {want_type})")
+    return True
+
+
+def is_writable(d, xs):
+    """A disk the guest may write: `mode=w`, or (QEMU 7.2's own xen-disk
+    writes no `mode`) no mode and VDISK_READONLY (4) clear in `info`."""
+    if d.get("mode") in ("w", "r"):
+        return d.get("mode") == "w"
+    info = xs.get(f"{d.get('backend')}/info", "0")
+    return info.isdigit() and not int(info) & 4
+
+
+def num(v):
+    return int(v) if v is not None and v.isdigit() else None
+
+
+def check_geometry(c, p, spec, d, xs, g):
+    """Capacity, sector size and the unit of `sectors`, from the guest's line,
+    against the backend kind's rule (docs/SECTORS.md), the image's size and
+    dom0's own view of the device (blockdev)."""
+    kind = spec.get("backendtype", "phy")
+    qdisk = kind in ("qdisk", "dm-qdisk")
+    want_unit = "logical" if qdisk else "512"
+    c.check(d.get("sectors-unit") == want_unit,
+            f"{p} sectors-unit={d.get('sectors-unit', '(missing)')}: {kind} counts in "
+            f"{'logical blocks' if qdisk else '512-byte units'} ({want_unit})")
+    img, mib, devkind = target_of(spec)
+    if not c.check(g is not None, f"{p} dom0 reported its view of the disk (geometry section)"):
         return
-    check_features(c, p, xs, be, fe, d.get("features"), fe_keys=ring)
+    want_bytes = mib << 20
+    c.check(num(g.get("bytes")) == want_bytes,
+            f"{p} image {img} is {g.get('bytes')} bytes in dom0 (matrix: {mib} MiB)")
+    sectors, ss = num(d.get("sectors")), num(d.get("sector-size"))
+    if sectors is None or ss is None:
+        c.check(False, f"{p} sectors={d.get('sectors')} sector-size={d.get('sector-size')}: not numbers")
+        return
+    dev_ss, dev_pss, dev_size = num(g.get("getss")), num(g.get("getpbsz")), num(g.get("getsize64"))
+    if dev_size is not None:
+        c.check(dev_size == want_bytes,
+                f"{p} dom0's {g.get('dev')}: blockdev --getsize64 {dev_size} == image {want_bytes}")
+    if not qdisk:
+        # blkback: sector-size is the device's logical block size, sectors
+        # are 512-byte units whatever it is.
+        c.check(dev_ss is not None and ss == dev_ss,
+                f"{p} sector-size={ss} == dom0's blockdev --getss {g.get('getss')} of {g.get('dev')}")
+        pss = num(xs.get(f"{d.get('backend')}/physical-sector-size"))
+        c.check(dev_pss is not None and pss == dev_pss,
+                f"{p} backend physical-sector-size={pss} == dom0's blockdev --getpbsz {g.get('getpbsz')}")
+        c.check(sectors * 512 == want_bytes,
+                f"{p} capacity: sectors={sectors} x 512 = {sectors * 512} == image {want_bytes} bytes")
+    else:
+        # qdisk: sectors in logical blocks of QEMU's logical_block_size, which
+        # libxl never sets (512 whatever the device says); a xen-disk of
+        # QEMU's own command line has the one it was given.
+        want_ss = num(spec.get("logical-block-size")) if kind == "dm-qdisk" else 512
+        c.check(ss == want_ss,
+                f"{p} sector-size={ss} == {want_ss} ("
+                + ("logical_block_size on QEMU's command line" if kind == "dm-qdisk"
+                   else "QEMU's default: libxl passes no block size")
+                + (f"; dom0's blockdev --getss of {g.get('dev')} says {dev_ss}" if dev_ss else "") + ")")
+        if dev_ss is not None and dev_ss != ss:
+            print(f"note {p} qdisk publishes sector-size={ss} for a device of {dev_ss}-byte "
+                  f"logical blocks ({g.get('dev')})")
+        c.check(sectors * ss == want_bytes,
+                f"{p} capacity: sectors={sectors} x {ss} = {sectors * ss} == image {want_bytes} bytes")
+
+
+def check_verify_disk(c, p, v, d, checks, verifies):
+    """verify on a writable disk: misaligned requests refused, and the
+    regions dom0 checked reach the last byte of the disk."""
+    ss = num(d.get("sector-size")) or 512
+    names = ["refuse-misaligned"] + (["refuse-misaligned-512", "refuse-misaligned-read"]
+                                     if ss > 512 else [])
+    for n in names:
+        r = checks.get(f"{v}/{n}")
+        c.check(r is not None and r[0] == "ok" and "Misaligned" in r[1],
+                f"{p} {n}: {'missing' if r is None else r[0] + ' ' + r[1]}")
+    ends = [num(r.get("sector")) + num(r.get("count")) for r in verifies
+            if r.get("vdev") == v and num(r.get("sector")) is not None and num(r.get("count")) is not None]
+    sectors = num(d.get("sectors")) or 0
+    cap512 = sectors if d.get("sectors-unit") == "512" else sectors * ss // 512
+    c.check(bool(ends) and max(ends) == cap512,
+            f"{p} verify regions end at the disk's last byte (512-byte sector "
+            f"{max(ends) if ends else 'none'} == capacity {cap512})")
+    for r in verifies:
+        if r.get("vdev") == v and ss > 512:
+            c.check(num(r.get("sector")) % (ss // 512) == 0 and num(r.get("count")) % (ss // 512) == 0,
+                    f"{p} verify region sector={r.get('sector')} count={r.get('count')} is whole "
+                    f"{ss}-byte sectors")
 
 
 def show(feats, tok):

@@ -3,8 +3,13 @@
 # systemd), run the per-run job (/lab/job.sh, from the small cpio appended at
 # boot), then power the emulated machine off. Every line it prints goes to
 # Xen's serial log, which the host watches; lines starting with "LAB " are
-# markers the host scripts parse.
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# markers the host scripts parse. The same script serves every generation
+# (tests/lab/lib.sh): the toolstack's directory is the root's one
+# /usr/lib/xen-<release>/bin (not xen-common, trixie's helper directory).
+for d in /usr/lib/xen-[0-9]*/bin; do XEN_BIN=$d; done
+XEN_REL=${XEN_BIN#/usr/lib/xen-}
+XEN_REL=${XEN_REL%/bin}
+export PATH=$XEN_BIN:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -41,6 +46,8 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-blkback loop n
 done
 mkdir -p /proc/xen
 mount -t xenfs xenfs /proc/xen || fail "mount xenfs"
+# null_blk devices are made through configfs (the job's @X+null4k@ disks)
+mount -t configfs configfs /sys/kernel/config 2>/dev/null || echo "lab: configfs not mounted"
 
 mkdir -p /run/xenstored /run/xen /var/log/xen/console /var/lib/xen /var/lib/xen/dump
 XENSTORED_ROOTDIR=/run/xenstored oxenstored || fail "oxenstored"
@@ -52,7 +59,7 @@ until xenstore-read -s / >/dev/null 2>&1; do
 done
 xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || { cat /run/xen-init-dom0.log; fail "xen-init-dom0"; }
 xenconsoled --log=guest --log-dir=/var/log/xen/console || fail "xenconsoled"
-mark "dom0-ready xen=$(xl info xen_version 2>/dev/null) tools=$(dpkg-query -W -f='${Version}' xen-utils-4.17 2>/dev/null)"
+mark "dom0-ready xen=$(xl info xen_version 2>/dev/null) tools=$(dpkg-query -W -f='${Version}' "xen-utils-$XEN_REL" 2>/dev/null) kernel=$(uname -r) qemu=$(dpkg-query -W -f='${Version}' qemu-system-xen 2>/dev/null) debian=$(cat /etc/debian_version)"
 
 if [ -x /lab/job.sh ]; then
     /lab/job.sh

@@ -8,7 +8,11 @@
 # "LAB BEGIN <kind> <name>" / "LAB END <kind> <name> lines=N cksum=C" markers,
 # destroys it, and for `verify` runs checks every `xenblk-verify` region
 # against the image with dd | cksum. A crashed or silent guest is retried once.
-PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Besides the dumps, a `geometry` section gives dom0's own view of every disk
+# (image size, and for a disk on a block device its logical and physical
+# block size and size, from blockdev).
+for d in /usr/lib/xen-[0-9]*/bin; do PATH=$d; done
+PATH=$PATH:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 WAIT_SECS=180
 GRACE_SECS=20
@@ -29,9 +33,87 @@ mk_image() {
         }' $(($3 * 2048)) "$2" >"$1"
 }
 
+# mk_dev IMG KIND MIB: puts image IMG on a block device of KIND and prints
+# the device: loop (512-byte sectors), loop4k (losetup --sector-size 4096),
+# null4k (a memory-backed null_blk instance with 4 KiB blocks, made through
+# configfs, filled with the image's content).
+mk_dev() {
+    case $2 in
+    loop) losetup -f --show "$IMGDIR/$1.img" ;;
+    loop4k) losetup -f --show --sector-size 4096 "$IMGDIR/$1.img" ;;
+    null4k)
+        c=/sys/kernel/config/nullb/labnull$1
+        mkdir "$c" || return 1
+        echo 4096 >"$c/blocksize"
+        echo "$3" >"$c/size"
+        echo 1 >"$c/memory_backed"
+        echo 1 >"$c/power" || return 1
+        # named after the configfs directory on newer kernels, nullb<index> before
+        dev=/dev/labnull$1
+        [ -b "$dev" ] || dev=/dev/nullb$(cat "$c/index")
+        i=0
+        while [ ! -b "$dev" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+        dd if="$IMGDIR/$1.img" of="$dev" bs=1M status=none conv=fsync || return 1
+        echo "$dev"
+        ;;
+    *) return 1 ;;
+    esac
+}
+
+# dev_of IMG: the device mk_dev made for IMG ("" if none).
+dev_of() {
+    for m in $DEVMAP; do [ "${m%%=*}" = "$1" ] && echo "${m#*=}"; done
+}
+
+# rm_devs: back to plain images: flush each device's buffers, copy a null_blk
+# device's content back into its image (so the cksums read what the guest
+# left on the device), remove the devices.
+rm_devs() {
+    for m in $DEVMAP; do
+        img=${m%%=*} dev=${m#*=}
+        blockdev --flushbufs "$dev" 2>/dev/null
+        case $dev in
+        /dev/loop*) losetup -d "$dev" ;;
+        *)
+            dd if="$dev" of="$IMGDIR/$img.img" bs=1M status=none
+            c=/sys/kernel/config/nullb/labnull$img
+            echo 0 >"$c/power"
+            rmdir "$c"
+            ;;
+        esac
+    done
+    DEVMAP=
+}
+
+# geometry: per disk of the guest, dom0's view: the image's size, and for a
+# disk on a block device (one the job made, or the loop device blkback's
+# hotplug script made: physical-device) blockdev's logical block size,
+# physical block size and size in bytes.
+geometry() {
+    for m in $VDEVS; do
+        v=${m%%=*} path=${m#*=}
+        img=$(basename "$path" .img)
+        dev=$(dev_of "$img")
+        if [ -z "$dev" ]; then
+            be=$(xenstore-read "/local/domain/$domid/device/vbd/$v/backend" 2>/dev/null)
+            pd=$(xenstore-read "$be/physical-device" 2>/dev/null)
+            if [ -n "$pd" ] && [ -r "/sys/dev/block/$((0x${pd%%:*})):$((0x${pd#*:}))/uevent" ]; then
+                dev=/dev/$(sed -n 's/^DEVNAME=//p' "/sys/dev/block/$((0x${pd%%:*})):$((0x${pd#*:}))/uevent")
+            fi
+        fi
+        if [ -n "$dev" ] && [ -b "$dev" ]; then
+            g="getss=$(blockdev --getss "$dev") getpbsz=$(blockdev --getpbsz "$dev") getsize64=$(blockdev --getsize64 "$dev")"
+        else
+            dev=- g="getss=- getpbsz=- getsize64=-"
+        fi
+        echo "LAB-GEOM vdev=$v image=$img bytes=$(stat -c %s "$path") dev=$dev $g"
+    done
+}
+
 # run_config META ATTEMPT: one guest, start to destroy. Sets $status.
 run_config() {
-    NAME= MODE= IMAGES= VDEVS= LOOPS=
+    NAME= MODE= IMAGES= VDEVS= DEVS=
+    DEVMAP=
     . "$1"
     cfg=$WORK/$NAME.cfg
     cp "${1%.meta}.cfg" "$cfg"
@@ -43,11 +125,19 @@ run_config() {
         mib=${spec#*:}
         mk_image "$IMGDIR/$img.img" "$img" "$mib"
     done
-    for img in $LOOPS; do
+    for spec in $DEVS; do
         # A block device, unlike a file in tmpfs, can be opened with O_DIRECT.
-        dev=$(losetup -f --show "$IMGDIR/$img.img")
-        sed -i "s|@LOOP_$img@|$dev|" "$cfg"
-        echo "LAB image $img on $dev"
+        img=${spec%%:*}
+        mib=64
+        for i in $IMAGES; do [ "${i%%:*}" = "$img" ] && mib=${i#*:}; done
+        dev=$(mk_dev "$img" "${spec#*:}" "$mib")
+        if [ -z "$dev" ]; then
+            echo "LAB !!! could not put image $img on a ${spec#*:} device"
+            continue
+        fi
+        DEVMAP="$DEVMAP $img=$dev"
+        sed -i "s|@DEV_$img@|$dev|g" "$cfg"
+        echo "LAB image $img on $dev (${spec#*:}, logical block size $(blockdev --getss "$dev"))"
     done
     echo "LAB images ready for $NAME after $(since "$t0") s: $IMAGES"
     section xl-config "$NAME" "$cfg"
@@ -65,6 +155,9 @@ run_config() {
     log=/var/log/xen/console/guest-$dom.log
     if [ "$rc" != 0 ] || [ -z "$domid" ]; then
         status=create-failed
+        # libxl timed out waiting for the guest's QEMU (qdisk) to start: seen
+        # on 4.20 under TCG (docs/LAB.md); no guest ran
+        grep -q 'device model did not start' "$WORK/create.out" && status=dm-start-failed
     else
         while :; do
             st=$(domstate "$dom")
@@ -101,6 +194,15 @@ run_config() {
             xenstore-ls -f "$d" >>"$WORK/xs" 2>/dev/null
         done
         section xenstore "$NAME" "$WORK/xs"
+        geometry >"$WORK/geometry" 2>&1
+        section geometry "$NAME" "$WORK/geometry"
+        # Every write and rm xenstored saw under the guest's frontend and
+        # backend directories (oxenstored's access log, on by default): the
+        # frontend removes its ring keys when it closes, so the dump above no
+        # longer has them, and a backend's states come and go.
+        cat /var/log/xen/xenstored-access.log* 2>/dev/null |
+            grep -aE " (write|rm) +/local/domain/($domid/device/vbd|0/backend/(vbd|qdisk)/$domid)/" >"$WORK/xslog"
+        section xs-log "$NAME" "$WORK/xslog"
     fi
     [ -f "$log" ] || : >"$log"
     section console "$NAME" "$log"
@@ -119,8 +221,13 @@ run_config() {
     if [ -n "$domid" ]; then
         td=$(now)
         xl destroy "$dom" >/dev/null 2>&1
+        # the guest's device model (qdisk) must be gone before the devices
+        # are flushed and read back
+        i=0
+        while pgrep -f -- "-xen-domid $domid " >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         echo "LAB domU $dom destroyed in $(since "$td") s (the dumps before took $(awk -v a="$tf" -v b="$td" 'BEGIN { printf "%.1f", b - a }') s)"
     fi
+    rm_devs
     # A guest that shut down without its closing line did not finish.
     if [ "$status" = shutdown ]; then
         if [ -n "$(closing_line "$log")" ]; then
@@ -147,9 +254,6 @@ run_config() {
             done >"$WORK/cksum"
         section cksum "$NAME" "$WORK/cksum"
     fi
-    for img in $LOOPS; do
-        losetup -j "$IMGDIR/$img.img" | cut -d: -f1 | while read -r dev; do losetup -d "$dev"; done
-    done
     rm -f "$IMGDIR"/*.img
     echo "LAB RESULT name=$NAME attempt=$2 status=$status domid=${domid:-none} seconds=$(since "$t0")"
     echo "LAB END config $NAME"
@@ -166,6 +270,12 @@ for meta in /lab/cfg/*.meta; do
         echo "LAB !!! RETRY: $(basename "$meta" .meta) ended with status=$status; retrying ONCE !!!"
         echo "LAB !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
         run_config "$meta" 2
+        # a device model that did not start is the emulator's slowness, not
+        # the guest's: one more attempt
+        if [ "$status" = dm-start-failed ]; then
+            echo "LAB !!! RETRY: $(basename "$meta" .meta) ended with status=$status again; one more attempt !!!"
+            run_config "$meta" 3
+        fi
         ;;
     esac
 done

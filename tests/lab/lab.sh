@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # lab.sh run|matrix [MATRIX]: the whole real-Xen lab in one command.
 #   run     `make run`: the default disk set (matrix/run.txt) in info and
-#           verify mode; shows the guest's report and the checker's verdict.
-#   matrix  `make lab`: every configuration of issue 4 (matrix/issue4.txt).
-# Steps: build/cache Xen, dom0's kernel and root (build.sh); build the example
-# unikernel (cd unikernel && cargo build --release; if the crate is not there
-# yet, the Linux stand-in guest is used and said so); boot (boot.sh); check
-# (check.py). Output: target/lab/<what>/ (serial.log, check.txt).
+#           verify mode on ONE generation (XENBLK_LAB_XEN, default 4.20, the
+#           newest); shows the guest's report and the checker's verdict.
+#   matrix  `make lab`: every configuration of matrix/issue4.txt, on every
+#           generation one after the other (4.17, then 4.20), or only on
+#           XENBLK_LAB_XEN when it is set.
+# Steps per generation: build/cache Xen, dom0's kernel and root (build.sh);
+# build the example unikernel (cd unikernel && cargo build --release; if the
+# crate is not there yet, the Linux stand-in guest is used and said so); boot
+# (boot.sh); check (check.py). Output: target/lab/<what>-<generation>/
+# (serial.log, check.txt).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 what=${1:-matrix}
@@ -15,7 +19,23 @@ run) matrix=${2:-$LAB_DIR/matrix/run.txt} show=--show ;;
 matrix) matrix=${2:-$LAB_DIR/matrix/issue4.txt} show= ;;
 *) die "usage: lab.sh run|matrix [MATRIX]" ;;
 esac
-out=$REPO_DIR/target/lab/$what
+if [[ $what == matrix && -z ${XENBLK_LAB_XEN:-} ]]; then
+    rc=0 summary=
+    for g in $LAB_GENERATIONS; do
+        say "======== generation Xen $g ========"
+        set +e
+        XENBLK_LAB_XEN=$g bash "$0" "$@"
+        grc=$?
+        set -e
+        ((grc == 0)) || rc=1
+        summary+="  Xen $g: $(tail -n1 "$REPO_DIR/target/lab/matrix-$g/check.txt" 2>/dev/null || echo 'no verdict') (rc $grc)"$'\n'
+    done
+    say "lab matrix on every generation:"
+    printf '%s' "$summary" >&2
+    exit $rc
+fi
+out=$REPO_DIR/target/lab/$what-$LAB_GEN
+say "generation: Xen $LAB_GEN (Debian $LAB_SUITE; XENBLK_LAB_XEN=4.17|4.20 picks one)"
 
 bash "$LAB_DIR/build.sh"
 ELF=$REPO_DIR/unikernel/target/x86_64-unknown-none/release/xenblk-unikernel
@@ -52,5 +72,5 @@ set +e
 python3 "$LAB_DIR/check.py" $show "$matrix" "$out/serial.log" | tee "$out/check.txt"
 crc=${PIPESTATUS[0]}
 set -e
-say "lab $what: serial log $out/serial.log, checks $out/check.txt"
+say "lab $what on Xen $LAB_GEN: serial log $out/serial.log, checks $out/check.txt"
 ((brc == 0 && crc == 0))

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # mkroot.sh DIR: dom0's root for the lab, from Debian packages only:
-# debootstrap --variant=minbase with the Xen tools and the qdisk device model,
-# then bookworm-updates + bookworm-security and a dist-upgrade, so that the
-# tools match the hypervisor (4.17.7, from bookworm-security). Called by
-# build.sh, which caches the result. Never binds the host's /dev into DIR.
+# debootstrap --variant=minbase of the generation's suite (lib.sh: bookworm
+# for 4.17, trixie for 4.20) with the Xen tools and the qdisk device model,
+# then <suite>-updates + <suite>-security and a dist-upgrade, so that the
+# tools match the hypervisor (bookworm: 4.17.7 from bookworm-security; trixie:
+# 4.20.4 from trixie-security). Called by build.sh, which caches the result.
+# Never binds the host's /dev into DIR.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 T=${1:?usage: mkroot.sh DIR}
@@ -39,7 +41,11 @@ unshare -m --propagation private chroot "$T" /bin/sh -c '
     || { tail -30 "$LAB_CACHE/dist-upgrade.log" >&2; die "dist-upgrade failed (log: $LAB_CACHE/dist-upgrade.log)"; }
 devnull_guard || true
 tools=$(chroot "$T" dpkg-query -W -f='${Version}' "xen-utils-$LAB_XEN")
-hyp=$(pkgver "xen-hypervisor-$LAB_XEN-amd64")
+if [[ $LAB_HYP == host ]]; then
+    hyp=$(pkgver "xen-hypervisor-$LAB_XEN-amd64")
+else
+    hyp=$(candidate "xen-hypervisor-$LAB_XEN-amd64")
+fi
 say "dom0 root: xen-utils-$LAB_XEN $tools, hypervisor $hyp"
 [[ ${tools%%+*} == "${hyp%%+*}" ]] || say "WARNING: dom0's tools ($tools) do not match the hypervisor ($hyp)"
 # Documentation, manuals and locales are dead weight to unpack under TCG.

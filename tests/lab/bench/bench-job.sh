@@ -9,7 +9,8 @@
 #            protocol are what is measured);
 #   qdisk:   a sparse 1 GiB file in tmpfs (reads of holes: a page-cache
 #            lookup and a copy in QEMU).
-PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+for d in /usr/lib/xen-[0-9]*/bin; do PATH=$d; done  # the root's Xen release
+PATH=$PATH:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 [ -f /lab/run.conf ] && . /lab/run.conf
 GUESTS=${BENCH_GUESTS:-1}

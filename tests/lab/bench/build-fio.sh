@@ -19,6 +19,10 @@ BENCH_DIR=$LAB_DIR/bench
 [[ $(id -u) == 0 ]] || die "build-fio.sh needs root (debootstrap)"
 command -v debootstrap >/dev/null || die "debootstrap missing: run tests/setup.sh"
 command -v busybox >/dev/null || die "busybox-static missing: run tests/setup.sh"
+# The anchor guest boots dom0's kernel ($LAB_CACHE/vmlinuz) with the host's
+# module of that kernel: only a generation whose dom0 kernel is the host's.
+[[ $LAB_DOM0_KERNEL == host ]] ||
+    die "the bench's Linux guest needs the host's kernel as dom0's: XENBLK_LAB_XEN=4.17, or XENBLK_LAB_DOM0_KERNEL=host"
 KREL=$(kernel_release) || die "linux-image-amd64 not installed: run tests/setup.sh"
 mkdir -p "$LAB_CACHE"
 devnull_guard || true

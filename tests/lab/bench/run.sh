@@ -12,6 +12,9 @@
 # XENBLK_BENCH_ROUNDS (5): how many times every guest runs every job.
 # XENBLK_BENCH_DOC=0: leave docs/PERFORMANCE.md alone.
 set -euo pipefail
+# The benchmark's generation: 4.17 unless XENBLK_LAB_XEN says otherwise (its
+# numbers in docs/PERFORMANCE.md were measured there).
+export XENBLK_LAB_XEN=${XENBLK_LAB_XEN:-4.17}
 source "$(dirname "$0")/../lib.sh"
 B=$LAB_DIR/bench
 out=$REPO_DIR/target/lab/bench

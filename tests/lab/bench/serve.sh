@@ -25,7 +25,8 @@
 # `<seq> quit` to every guest, and per guest the lab's usual sections
 # (config, xenstore, console, xl-dmesg, dom0-dmesg, RESULT) in the format of
 # tests/lab/job.sh, so that tests/lab/check.py can parse them.
-PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+for d in /usr/lib/xen-[0-9]*/bin; do PATH=$d; done  # the root's Xen release
+PATH=$PATH:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 BENCH_SECS=8
 BENCH_RAMP=1

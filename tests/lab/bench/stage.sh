@@ -61,7 +61,7 @@ for cfg in "$S"/cfg/*.cfg; do
     else
         sed -i -e "s|^cmdline = .*|cmdline = \"bench vdev=all $args$extra\"|" "$cfg"
     fi
-    sed -i -e 's|^IMAGES=.*|IMAGES=""|' -e 's|^LOOPS=.*|LOOPS=""|' -e 's|^MODE=.*|MODE=bench|' "$meta"
+    sed -i -e 's|^IMAGES=.*|IMAGES=""|' -e 's|^DEVS=.*|DEVS=""|' -e 's|^MODE=.*|MODE=bench|' "$meta"
     n=$((n + 1))
 done
 ((n > 0)) || die "stage.sh: no configurations in $S/cfg"

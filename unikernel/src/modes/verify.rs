@@ -9,7 +9,8 @@
 //! disk and skipped, saying so, when it does not fit):
 //!
 //! 1. requests the driver must refuse: past the end, over the end,
-//!    misaligned;
+//!    misaligned (half a sector; on a disk of sectors larger than 512 bytes
+//!    also a 512-byte write and a read of a sector plus 512 bytes);
 //! 2. write, read back, compare: the first sector, 3 sectors across a page
 //!    boundary, an aligned page, a page plus a sector at an odd offset,
 //!    12 pages plus 5 sectors (more than the 11 segments of a direct
@@ -232,6 +233,27 @@ impl Dev<'_> {
             r == Err(IoError::Misaligned),
             &format!("write of half a sector: {r:?}"),
         );
+        if ss > 512 {
+            // What a frontend counting in 512-byte units would send to a disk
+            // of larger logical sectors: one 512-byte write, and a read of a
+            // sector and 512 bytes.
+            let r = d.write(0, &one[..512]);
+            self.check(
+                "refuse-misaligned-512",
+                r == Err(IoError::Misaligned),
+                &format!("512-byte write to a disk of {ss}-byte sectors: {r:?}"),
+            );
+            let mut odd = vec![0u8; ss as usize + 512];
+            let r = d.read(0, &mut odd);
+            self.check(
+                "refuse-misaligned-read",
+                r == Err(IoError::Misaligned),
+                &format!(
+                    "read of {} bytes from a disk of {ss}-byte sectors: {r:?}",
+                    odd.len()
+                ),
+            );
+        }
     }
 
     /// Writes a pattern to `r`, reads it back and compares.
