@@ -216,6 +216,34 @@ fn four_k_qdisk_counts_in_logical_blocks_once_the_frontend_says_it_does() {
 }
 
 #[test]
+fn a_qdisk_following_the_2024_rule_is_connected_without_the_flag_in_512_byte_units() {
+    // A QEMU following blkif.h's 2024 rule (posted in 2024, in no release
+    // yet) refuses feature-large-sector-size and counts in 512-byte units:
+    // the driver sees the refusal, tries once more without the flag, and
+    // counts as that backend does.
+    let mut cfg = small(BackendConfig::qdisk());
+    cfg.sector_size = 4096;
+    cfg.qdisk_2024_rule = true;
+    let tb = Testbed::new([cfg]);
+    let be = tb.backend(0);
+    let guest = tb.guest();
+    let probe_cfg = Config {
+        connect_timeout_ns: 200_000_000,
+        ..Config::default()
+    };
+    let mut disk = guest.probe(0, probe_cfg).expect("probe");
+    assert_eq!(large_sector_flag(&tb), None, "tried without the flag");
+    let i = disk.info();
+    assert_eq!(i.sectors_unit, SectorsUnit::Bytes512);
+    assert_eq!(i.sectors_raw, Some((8 << 20) / 512));
+    assert_eq!(disk.sectors(), (8 << 20) / 4096);
+    assert!(i.disk_line().contains(" sectors-unit=512 "));
+    assert!(format!("{i}").contains("refused feature-large-sector-size"));
+    roundtrip_sizes(&mut disk, &be);
+    assert_eq!(disk.close(), Ok(0));
+}
+
+#[test]
 fn blkback_gets_no_large_sector_flag_and_counts_in_512_byte_units() {
     let mut cfg = small(BackendConfig::blkback());
     cfg.sector_size = 4096;

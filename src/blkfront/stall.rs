@@ -297,4 +297,28 @@ mod tests {
         );
         assert_eq!(r.cause, StallCause::HotplugScript);
     }
+
+    #[test]
+    fn a_qdisk_above_512_bytes_left_in_initwait_is_blamed_on_the_sector_size() {
+        let qdisk = |ss: &str| keys(&[("type", "qdisk"), ("sector-size", ss), ("state", "2")]);
+        let path = "/local/domain/0/backend/qdisk/3/51712";
+        let r = StallReport::new(
+            51712,
+            path,
+            XenbusState::Connected,
+            Some(XenbusState::InitWait),
+            qdisk("4096"),
+        );
+        assert_eq!(r.cause, StallCause::QdiskSectorSize);
+        assert!(r.disk_line().contains("cause=qdisk-sector-size"));
+        assert!(r.cause.explain().contains("feature-large-sector-size"));
+        let r = StallReport::new(
+            51712,
+            path,
+            XenbusState::Connected,
+            Some(XenbusState::InitWait),
+            qdisk("512"),
+        );
+        assert_eq!(r.cause, StallCause::NeverConnected);
+    }
 }

@@ -88,6 +88,14 @@ pub struct BackendConfig {
     /// qdisk only: with `direct-io-safe=1`, never leave Initialising — the
     /// Debian failure (QEMU built without libaio refuses `aio=native`).
     pub stall_with_direct_io_safe: bool,
+    /// qdisk only: follow blkif.h's 2024 rule, as a QEMU patch posted in
+    /// 2024 would (not merged in any release so far; docs/SECTORS.md):
+    /// `sectors` and ring sector fields in 512-byte units, and a frontend
+    /// that writes `feature-large-sector-size=1` refused when the logical
+    /// block size is not 512. Off: every released QEMU from 4.1 to 10.x
+    /// (Debian 12's 7.2 and Debian 13's 10.0 alike): logical blocks, and
+    /// the flag required for a block size other than 512.
+    pub qdisk_2024_rule: bool,
     /// The `params` key.
     pub params: String,
     /// The `dev` key (the guest-side name, e.g. `xvda`).
@@ -144,6 +152,7 @@ impl BackendConfig {
             trusted: Some(true),
             direct_io_safe: None,
             stall_with_direct_io_safe: false,
+            qdisk_2024_rule: false,
             params: "/var/lib/xen/images/disk.img".to_string(),
             dev: "xvda".to_string(),
             physical_device: "7:0".to_string(),
@@ -250,19 +259,18 @@ impl BackendConfig {
 
     /// The `sectors` value: 512-byte units for blkback (what Linux writes,
     /// whatever the logical sector size), logical blocks for qdisk (what
-    /// `blkif.h` and QEMU say).
+    /// QEMU writes), unless `qdisk_2024_rule`.
     pub fn sectors_key(&self, disk_bytes: u64) -> u64 {
-        match self.personality {
-            Personality::Blkback => disk_bytes / 512,
-            Personality::Qdisk => disk_bytes / u64::from(self.sector_size),
-        }
+        disk_bytes / self.request_sector_bytes()
     }
 
-    /// Bytes per unit of `sector_number`, `first_sect` and `last_sect` in
-    /// requests: 512 for blkback, `sector-size` for qdisk.
+    /// Bytes per unit of `sectors`, `sector_number`, `first_sect`,
+    /// `last_sect` and `nr_sectors`: 512 for blkback, `sector-size` for
+    /// qdisk (512 with `qdisk_2024_rule`).
     pub fn request_sector_bytes(&self) -> u64 {
         match self.personality {
             Personality::Blkback => 512,
+            Personality::Qdisk if self.qdisk_2024_rule => 512,
             Personality::Qdisk => u64::from(self.sector_size),
         }
     }

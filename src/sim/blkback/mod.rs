@@ -112,6 +112,8 @@ pub struct SimBlkBack {
     /// The frontend's state as last read, with the store's
     /// [`mutations`](BackendStore::mutations) count at the time.
     fe_state_read: Option<(u64, XenbusState)>,
+    /// qdisk: the store's mutation count at its last connect attempt.
+    qdisk_tried_at: Option<u64>,
     conn: Option<Conn>,
     online: bool,
     removed: bool,
@@ -186,6 +188,7 @@ impl SimBlkBack {
             hotplug_done: false,
             last_fe_state: None,
             fe_state_read: None,
+            qdisk_tried_at: None,
             conn: None,
             online: true,
             removed: false,

@@ -403,7 +403,7 @@ fn qdisk<G: Grants>(
     req: Request,
     fail_io: bool,
 ) -> Outcome<G::Frame> {
-    let unit = u64::from(cfg.sector_size);
+    let unit = cfg.request_sector_bytes();
     if req.is_indirect() {
         // QEMU knows no BLKIF_OP_INDIRECT: an unknown operation, echoed.
         return Outcome::new(req.id(), BLKIF_OP_INDIRECT, Kind::Unknown, BLKIF_RSP_ERROR);
@@ -459,6 +459,11 @@ fn qdisk<G: Grants>(
     if !fits {
         return out;
     }
+    let ss = u64::from(cfg.sector_size);
+    if unit != ss && (sector * unit % ss != 0 || size % ss != 0) {
+        // The 2024 rule: 512-byte units, aligned to the logical block size.
+        return out;
+    }
     if flush_eopnotsupp {
         out.status = BLKIF_RSP_EOPNOTSUPP;
         return out;
@@ -500,7 +505,7 @@ fn qdisk_discard<F>(
     nr_sectors: u64,
     fail_io: bool,
 ) -> Outcome<F> {
-    let unit = u64::from(cfg.sector_size);
+    let unit = cfg.request_sector_bytes();
     let mut out = Outcome::new(id, BLKIF_OP_DISCARD, Kind::Discard, BLKIF_RSP_ERROR);
     match cfg.discard {
         Offer::Eopnotsupp => {

@@ -125,10 +125,24 @@ impl SimBlkBack {
         };
         if self.last_fe_state != Some(fe_state) {
             self.last_fe_state = Some(fe_state);
+            self.qdisk_tried_at = m;
             match self.cfg.personality {
                 Personality::Blkback => self.blkback_frontend_changed(xen, fe_state),
                 Personality::Qdisk => self.qdisk_frontend_changed(xen, fe_state),
             }
+            progress = true;
+        } else if self.cfg.personality == Personality::Qdisk
+            && matches!(fe_state, XenbusState::Initialised | XenbusState::Connected)
+            && self.state != XenbusState::Connected
+            && m.is_some()
+            && m != self.qdisk_tried_at
+        {
+            // QEMU runs its connect again on every write the frontend's
+            // state watch reports, the same value included (a frontend
+            // retrying after a refusal); modelled as: after any change in
+            // xenstore since the last attempt.
+            self.qdisk_tried_at = m;
+            self.qdisk_frontend_changed(xen, fe_state);
             progress = true;
         }
         progress
@@ -312,7 +326,14 @@ impl SimBlkBack {
     }
 
     fn qdisk_connect_ring(&mut self, xen: &SimXen) -> Result<Conn, Fatal> {
-        if self.cfg.sector_size != 512 && self.fe_unsigned("feature-large-sector-size", 0) != 1 {
+        let flag = self.fe_unsigned("feature-large-sector-size", 0) == 1;
+        if self.cfg.sector_size != 512 && self.cfg.qdisk_2024_rule && flag {
+            return Err((
+                EINVAL,
+                "\"feature-large-sector-size\" not supported by backend".into(),
+            ));
+        }
+        if self.cfg.sector_size != 512 && !self.cfg.qdisk_2024_rule && !flag {
             return Err((
                 EINVAL,
                 "logical_block_size != 512 not supported by frontend".into(),
