@@ -786,7 +786,12 @@ impl Rig<'_> {
         }
         let n = usize::from(inp.u8()) % held.len();
         let rsp = Self::forged(inp, held[n].1);
-        if rsp.id != held[n].1.id {
+        // A made-up id, or success claimed for a request the backend
+        // failed (and so never carried out): from here on a successful
+        // read's data is the backend's word.
+        if rsp.id != held[n].1.id
+            || (rsp.status == BLKIF_RSP_OKAY && held[n].1.status != BLKIF_RSP_OKAY)
+        {
             self.forged_ids();
         }
         self.be.release_held(self.tb.xen(), n, |r| *r = rsp);
