@@ -97,8 +97,22 @@ fn settle_failed_write(
 }
 
 enum Op {
-    Read { off: usize, sentinel: u8 },
-    Write { off: usize, data: Vec<u8> },
+    Read {
+        off: usize,
+        len: usize,
+        sentinel: u8,
+    },
+    Write {
+        off: usize,
+        data: Vec<u8>,
+    },
+}
+
+fn len_of(o: &Op) -> usize {
+    match o {
+        Op::Read { len, .. } => *len,
+        Op::Write { data, .. } => data.len(),
+    }
 }
 
 /// One round: a fresh simulated machine, one configuration, `ops` operations.
@@ -158,8 +172,22 @@ fn round(seed: u64, ops: u64, t: &mut Totals) {
         let sector = rng.below(sectors - n + 1);
         let off = sector as usize * ss;
         let len = n as usize * ss;
+        // What a new request would race in flight: blkif defines no order
+        // between requests in flight, so a read overlapping a write may see
+        // either, and two overlapping writes may land in either order.
+        let hits = |o: &Op| match o {
+            Op::Write { off: o2, data } => off < o2 + data.len() && *o2 < off + len,
+            Op::Read { off: o2, .. } => off < o2 + len_of(o) && *o2 < off + len,
+        };
+        let over_write = live
+            .values()
+            .any(|o| matches!(o, Op::Write { .. }) && hits(o));
+        let over_any = live.values().any(hits);
         match rng.below(100) {
-            // Blocking read, checked at once.
+            // Blocking read, checked at once; not over a write in flight.
+            0..=24 if over_write => {}
+            // Blocking write; not over anything in flight.
+            25..=44 if over_any => {}
             0..=24 => {
                 let mut buf = vec![0x5a; len];
                 match disk.read(sector, &mut buf) {
@@ -179,25 +207,21 @@ fn round(seed: u64, ops: u64, t: &mut Totals) {
                 }
                 t.writes += 1;
             }
-            // Non-blocking, several in flight; never two overlapping writes
-            // in flight (their order on the disk is not defined).
+            // Non-blocking, several in flight; a write over nothing in
+            // flight, a read over no write in flight.
             45..=79 => {
-                let overlaps = live.values().any(|o| match o {
-                    Op::Write { off: o2, data } => off < o2 + data.len() && *o2 < off + len,
-                    _ => false,
-                });
-                let r = if rng.below(2) == 0 && !overlaps {
+                let r = if rng.below(2) == 0 && !over_any {
                     let data = rng.bytes(len);
                     disk.submit_write(sector, data.clone())
                         .ok()
                         .map(|tk| (tk, Op::Write { off, data }))
-                } else if !overlaps {
+                } else if !over_write {
                     let sentinel = rng.below(256) as u8;
                     disk.submit_read(sector, vec![sentinel; len])
                         .ok()
-                        .map(|tk| (tk, Op::Read { off, sentinel }))
+                        .map(|tk| (tk, Op::Read { off, len, sentinel }))
                 } else {
-                    // It would overlap a write in flight: not submitted.
+                    // It would race a write in flight: not submitted.
                     None
                 };
                 if let Some((tk, op)) = r {
