@@ -50,3 +50,9 @@ pub mod pvh;
 pub mod sim;
 
 pub use error::{Error, Result};
+
+/// The README's examples, compiled and run as doctests against the
+/// simulator, so that they cannot rot.
+#[cfg(all(doctest, feature = "sim"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

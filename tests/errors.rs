@@ -6,7 +6,7 @@
 use core::error::Error as StdError;
 use core::fmt::{Debug, Display};
 
-use xenblk::blkfront::{Broken, IoError, ProbeError};
+use xenblk::blkfront::{Broken, IoError, ProbeError, Rejected};
 use xenblk::error::{Feature, Violation, XsErrno, XsMalformed};
 use xenblk::gnttab::GrantError;
 use xenblk::hal::HalError;
@@ -427,6 +427,35 @@ fn a_probe_error_keeps_its_error_as_source_and_converts_into_error() {
     assert_eq!(
         ProbeError::from(IoError::Grant(GrantError::Exhausted)).error,
         Error::Grant(GrantError::Exhausted)
+    );
+}
+
+#[test]
+fn a_refused_submission_converts_into_its_reason_and_a_boxed_error() {
+    let r = || Rejected {
+        error: IoError::Grant(GrantError::Exhausted),
+        buf: vec![7; 512],
+    };
+    assert_eq!(
+        r().to_string(),
+        IoError::Grant(GrantError::Exhausted).to_string()
+    );
+    assert_eq!(IoError::from(r()), IoError::Grant(GrantError::Exhausted));
+    assert_eq!(Error::from(r()), Error::Grant(GrantError::Exhausted));
+    // Transparent: the reason's source, not the reason again.
+    assert_eq!(
+        r().source().and_then(|s| s.downcast_ref::<GrantError>()),
+        Some(&GrantError::Exhausted)
+    );
+    fn boxed() -> Result<(), Box<dyn StdError>> {
+        Err(Rejected {
+            error: IoError::Closed,
+            buf: Vec::new(),
+        })?
+    }
+    assert_eq!(
+        boxed().unwrap_err().to_string(),
+        IoError::Closed.to_string()
     );
 }
 

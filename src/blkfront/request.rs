@@ -48,6 +48,35 @@ pub struct Rejected {
     pub buf: Vec<u8>,
 }
 
+/// Shows the reason alone (the buffer is the caller's again).
+impl core::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+/// Transparent: the reason's own source.
+impl core::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        core::error::Error::source(&self.error)
+    }
+}
+
+/// The reason, for `?` where the buffer is no longer wanted.
+impl From<Rejected> for IoError {
+    fn from(r: Rejected) -> IoError {
+        r.error
+    }
+}
+
+/// The reason as the crate's error, for `?` where the buffer is no longer
+/// wanted.
+impl From<Rejected> for crate::Error {
+    fn from(r: Rejected) -> crate::Error {
+        r.error.into()
+    }
+}
+
 /// The index of a request in the [`PendingTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct PendingId(u32);
