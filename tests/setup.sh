@@ -78,6 +78,15 @@ fi
 have_nightly_component() { rustup component list --installed --toolchain nightly 2>/dev/null | grep -q "^$1"; }
 have_nightly_component miri || rustup component add miri --toolchain nightly
 have_nightly_component rust-src || rustup component add rust-src --toolchain nightly
+# The declared minimum Rust version (Cargo.toml's rust-version), which
+# `make msrv` builds with, for the host and the guest target.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+if ! rustup toolchain list | grep -q "^$msrv-"; then
+    say "installing Rust $msrv (the declared minimum)"
+    rustup toolchain install "$msrv" --profile minimal
+fi
+rustup target list --installed --toolchain "$msrv" | grep -q '^x86_64-unknown-none$' ||
+    rustup target add --toolchain "$msrv" x86_64-unknown-none
 # Fuzzing (make fuzz, fuzz-smoke): cargo-fuzz from crates.io.
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 say "done"

@@ -92,11 +92,20 @@ pub struct XenCpuid {
     pub max_leaf: u32,
 }
 
+/// `CPUID` of `leaf`. `__cpuid` is a safe function since Rust 1.87 and an
+/// unsafe one before; the crate builds on 1.85 (its rust-version).
+#[allow(unused_unsafe)]
+fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads; any leaf may
+    // be asked for (an unknown one returns zeros or the highest basic leaf).
+    unsafe { __cpuid(leaf) }
+}
+
 /// The 12 signature bytes of hypervisor leaf `leaf`, and its `eax`.
 fn hypervisor_leaf(leaf: u32) -> ([u8; 12], u32) {
-    // CPUID is available on every x86_64 CPU; leaves in the
-    // 0x4000_0000 range are reserved for hypervisors and harmless to read.
-    let r = __cpuid(leaf);
+    // Leaves in the 0x4000_0000 range are reserved for hypervisors and
+    // harmless to read.
+    let r = cpuid(leaf);
     let mut sig = [0u8; 12];
     sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
     sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
@@ -142,7 +151,7 @@ pub fn detect() -> core::result::Result<XenCpuid, [u8; 12]> {
 ///
 /// [`HalError::Hypercall`] (`-ENOSYS`) when Xen offers no hypercall page.
 pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<(), HalError> {
-    let leaf = __cpuid(xen.base + 2);
+    let leaf = cpuid(xen.base + 2);
     if leaf.eax == 0 {
         return Err(HalError::Hypercall(-38));
     }
