@@ -40,6 +40,22 @@ pub const VDISK_REMOVABLE: u32 = 0x2;
 /// `VDISK_READONLY` bit of the `info` key.
 pub const VDISK_READONLY: u32 = 0x4;
 
+bitflags::bitflags! {
+    /// The backend's `info` key (`VDISK_*` bits). Bits this type does not
+    /// name are kept as the backend wrote them.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct VdiskInfo: u32 {
+        /// [`VDISK_CDROM`].
+        const CDROM = VDISK_CDROM;
+        /// [`VDISK_REMOVABLE`].
+        const REMOVABLE = VDISK_REMOVABLE;
+        /// [`VDISK_READONLY`].
+        const READONLY = VDISK_READONLY;
+        // Bits of later versions, or a backend's own.
+        const _ = !0;
+    }
+}
+
 /// `struct blkif_request_segment`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

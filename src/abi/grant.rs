@@ -49,6 +49,47 @@ pub const GTF_transfer_committed: u16 = 1 << 2;
 /// `GTF_transfer_completed`: (transfer grants) the transfer finished.
 pub const GTF_transfer_completed: u16 = 1 << 3;
 
+bitflags::bitflags! {
+    /// `grant_entry_v1.flags` of a `GTF_permit_access` entry, as typed
+    /// flags: the type (low two bits) and the subflags above it. Bits this
+    /// type does not name are kept ([`from_bits_retain`](Self::from_bits_retain)):
+    /// the hypervisor owns the word as much as the guest does.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct GrantFlags: u16 {
+        /// [`GTF_permit_access`] (the type field).
+        const PERMIT_ACCESS = GTF_permit_access;
+        /// [`GTF_readonly`].
+        const READONLY = GTF_readonly;
+        /// [`GTF_reading`] (set by the hypervisor).
+        const READING = GTF_reading;
+        /// [`GTF_writing`] (set by the hypervisor).
+        const WRITING = GTF_writing;
+        /// [`GTF_PWT`].
+        const PWT = GTF_PWT;
+        /// [`GTF_PCD`].
+        const PCD = GTF_PCD;
+        /// [`GTF_PAT`].
+        const PAT = GTF_PAT;
+        /// [`GTF_sub_page`].
+        const SUB_PAGE = GTF_sub_page;
+        // Every other bit is the hypervisor's or a later version's.
+        const _ = !0;
+    }
+}
+
+impl GrantFlags {
+    /// The type field ([`GTF_type_mask`]): [`GTF_invalid`],
+    /// [`GTF_permit_access`], [`GTF_accept_transfer`] or [`GTF_transitive`].
+    pub const fn grant_type(self) -> u16 {
+        self.bits() & GTF_type_mask
+    }
+
+    /// Whether the grantee maps or copies the frame right now.
+    pub const fn in_use(self) -> bool {
+        self.intersects(GrantFlags::READING.union(GrantFlags::WRITING))
+    }
+}
+
 /// `GNTTAB_NR_RESERVED_ENTRIES`: entries owned by the toolstack (console and
 /// xenstore pages). Same value as [`crate::hal::GNTTAB_RESERVED`].
 pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;

@@ -13,7 +13,7 @@ use core::fmt;
 
 use super::keys::{self, KeyReader};
 use super::units::SectorSize;
-use crate::abi::blkif::{VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE};
+use crate::abi::blkif::VdiskInfo;
 use crate::error::Feature;
 use crate::hal::DomId;
 use crate::xenbus::{XenbusError, XenbusState};
@@ -233,8 +233,8 @@ pub struct BackendInfo {
     pub physical_sector_size: Option<u32>,
     /// Capacity in bytes, derived from `sectors` and the assumed unit.
     pub capacity_bytes: u64,
-    /// The `info` bits (`VDISK_*`).
-    pub info: u32,
+    /// The `info` bits (`VDISK_*`), unknown ones kept.
+    pub info: VdiskInfo,
     /// `mode` (`r` or `w`).
     pub mode: Option<String>,
     /// `type` (`phy`, `qdisk`, `file`, ...).
@@ -328,7 +328,7 @@ impl BackendInfo {
                 }
                 None => None,
             };
-            let info = k.opt_u32("info").unwrap_or(0);
+            let info = VdiskInfo::from_bits_retain(k.opt_u32("info").unwrap_or(0));
             let physical = k.physical_sector_size(ss).unwrap_or_else(|_| {
                 k.note("physical-sector-size");
                 None
@@ -381,17 +381,17 @@ impl BackendInfo {
     /// Whether the disk refuses writes (`info` has `VDISK_READONLY`, or
     /// `mode` is `r`).
     pub fn read_only(&self) -> bool {
-        self.info & VDISK_READONLY != 0 || self.mode.as_deref().map(str::trim) == Some("r")
+        self.info.contains(VdiskInfo::READONLY) || self.mode.as_deref().map(str::trim) == Some("r")
     }
 
     /// Whether the backend says the disk is a CD-ROM.
     pub fn cdrom(&self) -> bool {
-        self.info & VDISK_CDROM != 0
+        self.info.contains(VdiskInfo::CDROM)
     }
 
     /// Whether the backend says the disk is removable.
     pub fn removable(&self) -> bool {
-        self.info & VDISK_REMOVABLE != 0
+        self.info.contains(VdiskInfo::REMOVABLE)
     }
 
     /// The comma-separated feature list of the machine-readable line: what
@@ -496,7 +496,7 @@ impl fmt::Display for BackendInfo {
         writeln!(
             f,
             "  info            {:#x}: read-only {}, cdrom {}, removable {}",
-            self.info,
+            self.info.bits(),
             yes_no(self.read_only()),
             yes_no(self.cdrom()),
             yes_no(self.removable())

@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 
 use super::info::{BackendKind, DirectIoSafe, DiscardInfo, Offered, SectorsUnit};
 use super::units::SectorSize;
+use crate::abi::blkif::VdiskInfo;
 use crate::xenbus::{self, XenbusError, XenbusState};
 use crate::Result;
 
@@ -105,11 +106,12 @@ impl<'r> KeyReader<'r> {
     /// # Errors
     ///
     /// `MissingKey("info")`, `MalformedKey("info")`.
-    pub(super) fn info(&self) -> Result<u32, XenbusError> {
+    pub(super) fn info(&self) -> Result<VdiskInfo, XenbusError> {
         xenbus::parse_u32(
             "info",
             self.str("info").ok_or(XenbusError::MissingKey("info"))?,
         )
+        .map(VdiskInfo::from_bits_retain)
     }
 
     /// `sector-size`: 512 when absent.

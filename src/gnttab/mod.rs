@@ -44,11 +44,7 @@ mod shared;
 use quarantine::Quarantine;
 pub use shared::{SharedPage, SharedPages};
 
-// grant_table.h, "Type of grant entry" and "Subflags for GTF_permit_access".
-const GTF_PERMIT_ACCESS: u16 = grant::GTF_permit_access;
-const GTF_READONLY: u16 = grant::GTF_readonly;
-const GTF_READING: u16 = grant::GTF_reading;
-const GTF_WRITING: u16 = grant::GTF_writing;
+use grant::GrantFlags;
 
 /// How often `end_access` retries its compare-exchange when the hypervisor
 /// changes the flags under it, before treating the grant as in use. A
@@ -261,8 +257,9 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         let e = self.entry(gref)?;
         e.domid.store(domid.0, Ordering::Relaxed);
         e.frame.store(frame, Ordering::Relaxed);
-        let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
-        e.flags.store(flags, Ordering::Release);
+        let mut flags = GrantFlags::PERMIT_ACCESS;
+        flags.set(GrantFlags::READONLY, readonly);
+        e.flags.store(flags.bits(), Ordering::Release);
         r.slots[i] = Slot::Granted;
         Ok(())
     }
@@ -308,7 +305,7 @@ impl<'h, H: Hal> GrantTable<'h, H> {
         let e = self.entry(gref)?;
         let mut flags = e.flags.load(Ordering::Acquire);
         for _ in 0..END_ACCESS_TRIES {
-            if flags & (GTF_READING | GTF_WRITING) != 0 {
+            if GrantFlags::from_bits_retain(flags).in_use() {
                 break;
             }
             match e
@@ -508,7 +505,7 @@ mod tests {
         let e = &hal.grant_table()[g.0 as usize];
         assert_eq!(
             e.flags.load(Ordering::Relaxed),
-            GTF_PERMIT_ACCESS | GTF_READONLY
+            (GrantFlags::PERMIT_ACCESS | GrantFlags::READONLY).bits()
         );
         assert_eq!(e.domid.load(Ordering::Relaxed), BACK.0);
         assert_eq!(u64::from(e.frame.load(Ordering::Relaxed)), pages.gfn().0);
