@@ -133,6 +133,15 @@ unsafe impl Send for Xen {}
 unsafe impl Sync for Xen {}
 
 static XEN: spin::Once<Xen> = spin::Once::new();
+
+// A disk on real Xen can live in a static or move to another CPU's thread:
+// `Xen` is `Sync` (it lives in the static above), so the xenstore ring
+// transport and the whole `BlockFront` over it are `Send`.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<crate::blkfront::BlockFront<'static, Xen, RingTransport<'static, Xen>>>();
+    send::<crate::blkfront::SharedStore<RingTransport<'static, Xen>>>();
+};
 /// Set once the hypercall page is filled.
 static HYPERCALLS_READY: AtomicBool = AtomicBool::new(false);
 

@@ -58,8 +58,42 @@ use connection::{Change, Connection};
 use io::{Io, Limits};
 use units::SectorSize;
 
-/// The xenstore client as shared by all disks of a domain.
-pub type SharedStore<T> = spin::Mutex<XenStore<T>>;
+/// The xenstore client as shared by all disks of a domain: one
+/// connection, taken by one request at a time.
+///
+/// A type of its own, so that which lock is inside (a spin lock: no_std
+/// has no other) is not part of the API.
+pub struct SharedStore<T: XsTransport>(spin::Mutex<XenStore<T>>);
+
+impl<T: XsTransport> SharedStore<T> {
+    /// Shares `store`.
+    pub const fn new(store: XenStore<T>) -> SharedStore<T> {
+        SharedStore(spin::Mutex::new(store))
+    }
+
+    /// The client, for requests of the caller's own; every disk's xenstore
+    /// traffic waits until the guard is dropped.
+    pub fn lock(&self) -> impl core::ops::DerefMut<Target = XenStore<T>> + '_ {
+        self.0.lock()
+    }
+
+    /// The client back, once no disk borrows it.
+    pub fn into_inner(self) -> XenStore<T> {
+        self.0.into_inner()
+    }
+}
+
+impl<T: XsTransport> From<XenStore<T>> for SharedStore<T> {
+    fn from(store: XenStore<T>) -> SharedStore<T> {
+        SharedStore::new(store)
+    }
+}
+
+impl<T: XsTransport> core::fmt::Debug for SharedStore<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedStore").finish_non_exhaustive()
+    }
+}
 
 /// Limits the frontend applies on top of what the backend offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -462,7 +462,7 @@ impl Testbed {
             Ok(t) => t,
             Err(e) => panic!("testbed: xenstore connection: {e}"),
         };
-        let store = spin::Mutex::new(XenStore::new(transport));
+        let store = SharedStore::new(XenStore::new(transport));
         Guest {
             tb: self,
             grants,
@@ -702,7 +702,7 @@ mod tests {
         .unwrap();
         xsd.with_store(|s| s.introduce_domain(DomId(1)));
         let hal = xen.hal(DomId(1));
-        let xs = spin::Mutex::new(XenStore::new(xsd.connect(&hal).unwrap()));
+        let xs = crate::blkfront::SharedStore::new(XenStore::new(xsd.connect(&hal).unwrap()));
         assert_eq!(
             BlockFront::<SimHal, _>::enumerate(&xs),
             Err(XenbusError::Store(XsError::Errno(XsErrno::EACCES)))

@@ -53,6 +53,13 @@ pub struct RingTransport<'h, H: Hal> {
     broken: bool,
 }
 
+// SAFETY: the transport is the page's one client (`new`'s contract), and it
+// touches the page only through its atomics and volatile copies, from
+// `&mut self` methods (sending and receiving) or by reading atomics
+// (`&self`); moving it to another thread moves that sole access with it.
+// `&'h H` crosses along with it, hence `H: Sync`.
+unsafe impl<H: Hal + Sync> Send for RingTransport<'_, H> {}
+
 impl<'h, H: Hal> RingTransport<'h, H> {
     /// Wraps the xenstore page `iface`, signalled through `port`.
     ///

@@ -106,7 +106,7 @@ impl Platform {
         };
         Some(Platform {
             xen,
-            store: spin::Mutex::new(xs),
+            store: SharedStore::new(xs),
             gt,
         })
     }
