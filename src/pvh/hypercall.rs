@@ -1,51 +1,32 @@
-//! Finding Xen, the hypercall page, and the hypercalls themselves, through
-//! xen-sys's raw wrappers.
+//! Finding Xen, the hypercall page, and the hypercalls themselves.
 //!
-//! # The contract of xen-sys 0.0.0-pre2's raw hypercall wrappers
+//! # The contract of the hypercall wrappers
 //!
-//! `xen_sys::hypercall_N(op, a1, ..)` (`src/x86_64/hypercall.rs` of xen-sys)
-//! is one `asm!` block: `call` to `HYPERCALL_PAGE + 32 * op` with the
-//! arguments in registers, `rax` out. What each one promises, read off its
-//! source:
+//! [`hypercall2`] and [`hypercall3`] are each one `asm!` block: `call` to
+//! `xenblk_hypercall_page + 32 * op` (the stub Xen wrote there: `mov $op,
+//! %eax; vmcall` or `vmmcall`; `ret`), the arguments in Xen's registers
+//! (`xen.h`, "x86_64: rdi, rsi, rdx, r10, r8"), the result in `rax`.
 //!
-//! - **The hypercall page is ours to provide.** The wrappers `call` into an
-//!   `extern` symbol `HYPERCALL_PAGE` (128 entries of 32 bytes). This module
-//!   defines it: 4 KiB aligned, in `.text` (so executable), filled with
-//!   `int3` until Xen writes its stubs over it when its guest-physical
-//!   address is written to the MSR that CPUID leaf `base + 2` names
-//!   (`arch-x86/cpuid.h`). Calling any wrapper before [`init_hypercall_page`]
-//!   traps on `int3`.
-//! - **`options(nostack)` although `call` pushes a return address.** The
-//!   push lands below `rsp`, which is only harmless where nothing lives
-//!   there: sound on `x86_64-unknown-none`, whose ABI has no red zone (the
-//!   whole `pvh` module only builds for `target_os = "none"`). On a target
-//!   with a red zone it would corrupt the caller's locals.
-//! - **Only the argument registers passed are marked clobbered** (as
-//!   `inlateout`), plus `rax`. Xen's hypercall ABI (`xen.h`, "x86_64:
-//!   rdi, rsi, rdx, r10, r8") preserves every other register in a release
-//!   build, but a **debug** Xen deliberately overwrites the argument
-//!   registers a hypercall does *not* use (`clobber_regs` in
-//!   `xen/arch/x86/hvm/hypercall.c`) with `0xdeadbeefdeadf00d`. The compiler
-//!   may keep live values in those registers across the `asm!`, including the
-//!   `in(reg)` holding the call target. Debian's Xen is a release build, but
-//!   we do not rely on that: every wrapper is called only from an
-//!   `#[inline(never)] extern "C"` function below, whose body holds nothing
-//!   live across the call but the result, and whose callers treat all five
-//!   argument registers as clobbered anyway (they are caller-saved in the
-//!   SysV ABI).
-//! - **No `nomem`**: the compiler assumes memory may change, which is what a
-//!   hypercall that fills an argument struct needs; flags are clobbered.
-//! - **`hypercall_5` passes its fifth argument in `r9`, where Xen's ABI uses
-//!   `r8`: a bug. It is never used here** (no hypercall we make has five
-//!   arguments).
-//! - Also never used: xen-sys's `sched_op` (on x86 it passes the shutdown
-//!   reason where Xen expects a pointer to `struct sched_shutdown`, and it
-//!   panics for other commands) and `console_io` (refused to a domU by a
-//!   release Xen).
+//! - **The page** is defined here, 4 KiB aligned in `.text` (so
+//!   executable), filled with `int3` until [`init_hypercall_page`] tells Xen
+//!   its address; a hypercall before that traps. Its symbol,
+//!   `xenblk_hypercall_page`, is hidden and carries the crate's name, so it
+//!   does not clash with a unikernel's own hypercall page; nothing else is
+//!   exported.
+//! - **`call` pushes a return address**, so the blocks do not claim
+//!   `nostack`: the compiler keeps the stack aligned and usable for them.
+//! - **Every argument register is clobbered**, used or not (`rdi`, `rsi`,
+//!   `rdx`, `r10`, `r8`), and `rax`: a release Xen preserves the unused
+//!   ones, but a debug Xen overwrites them on purpose (`clobber_regs` in
+//!   `xen/arch/x86/hvm/hypercall.c`). Flags are clobbered; memory may
+//!   change (no `nomem`), which is what a hypercall that fills an argument
+//!   struct needs.
 //!
-//! So `hypercall_1`..`hypercall_4` are used, each behind one of the
-//! wrappers [`hypercall2`] and [`hypercall3`], and only after the page is
-//! set up.
+//! (xenblk once called xen-sys 0.0.0-pre2's wrappers instead; they export
+//! unmangled global `hypercall_1`..`hypercall_5` symbols and need a global
+//! `HYPERCALL_PAGE`, both of which can clash with a unikernel's own; claim
+//! `nostack` around the `call`; mark only the passed registers clobbered;
+//! and pass `hypercall_5`'s fifth argument in `r9`, where Xen reads `r8`.)
 
 use core::arch::{asm, global_asm, x86_64::__cpuid};
 
@@ -63,20 +44,24 @@ const XENVER_extraversion: u32 = 1;
 // The hypercall page (`XEN_ELFNOTE_HYPERCALL_PAGE` is for PV guests; an
 // HVM/PVH guest asks for it through the MSR). `int3` until Xen fills it.
 global_asm!(
-    ".pushsection .text.xen_hypercall_page, \"ax\", @progbits",
+    ".pushsection .text.xenblk_hypercall_page, \"ax\", @progbits",
     ".balign 4096",
-    ".globl HYPERCALL_PAGE",
-    ".type HYPERCALL_PAGE, @object",
-    "HYPERCALL_PAGE:",
+    ".globl xenblk_hypercall_page",
+    ".hidden xenblk_hypercall_page",
+    ".type xenblk_hypercall_page, @object",
+    "xenblk_hypercall_page:",
     ".fill 4096, 1, 0xcc",
-    ".size HYPERCALL_PAGE, 4096",
+    ".size xenblk_hypercall_page, 4096",
     ".popsection",
 );
 
 extern "C" {
     /// The page defined above.
-    static HYPERCALL_PAGE: [u8; 4096];
+    static xenblk_hypercall_page: [u8; 4096];
 }
+
+/// The entries of the page (32 bytes each).
+const ENTRIES: u32 = 128;
 
 /// `"XenVMMXenVMM"`: the signature in `ebx`, `ecx`, `edx` of Xen's first
 /// CPUID leaf (`arch-x86/cpuid.h`).
@@ -136,7 +121,7 @@ pub fn detect() -> core::result::Result<XenCpuid, [u8; 12]> {
     Err(hypervisor_leaf(0x4000_0000).0)
 }
 
-/// Asks Xen to fill `HYPERCALL_PAGE`: CPUID leaf `base + 2` gives the
+/// Asks Xen to fill the hypercall page: CPUID leaf `base + 2` gives the
 /// number of hypercall pages in `eax` and the MSR in `ebx`; writing the
 /// page's guest-physical address to the MSR makes Xen write its stubs
 /// (`vmcall`/`vmmcall`) into it.
@@ -155,7 +140,7 @@ pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<(), HalError> {
     if leaf.eax == 0 {
         return Err(HalError::Hypercall(-38));
     }
-    let gpa = core::ptr::addr_of!(HYPERCALL_PAGE) as u64;
+    let gpa = core::ptr::addr_of!(xenblk_hypercall_page) as u64;
     // SAFETY: the caller promises identity mapping, so `gpa` is the page's
     // guest-physical address; the page is ours, 4 KiB aligned, and holds
     // nothing but the `int3` filler Xen overwrites. WRMSR to Xen's
@@ -172,31 +157,46 @@ pub unsafe fn init_hypercall_page(xen: XenCpuid) -> Result<(), HalError> {
     Ok(())
 }
 
-/// A two-argument hypercall (`hypercall_2`: `rdi`, `rsi`).
-///
-/// `#[inline(never)] extern "C"`: see the module docs for why.
+/// A two-argument hypercall (`rdi`, `rsi`).
 ///
 /// # Safety
 ///
 /// The hypercall page is set up; `a1`, `a2` are what hypercall `op`
 /// expects, any pointer among them to memory that is valid (and
 /// identity-mapped) for the access that hypercall makes.
-#[inline(never)]
-pub unsafe extern "C" fn hypercall2(op: u32, a1: u64, a2: u64) -> i64 {
-    // SAFETY: forwarded to the caller; the wrapper's register contract is
-    // met as the module docs explain.
-    unsafe { xen_sys::hypercall_2(op, a1, a2) }
+pub unsafe fn hypercall2(op: u32, a1: u64, a2: u64) -> i64 {
+    // SAFETY: forwarded to the caller; the register contract is the
+    // module's: every argument register and rax clobbered, the stack usable.
+    unsafe { hypercall3(op, a1, a2, 0) }
 }
 
-/// A three-argument hypercall (`hypercall_3`: `rdi`, `rsi`, `rdx`).
+/// A three-argument hypercall (`rdi`, `rsi`, `rdx`).
 ///
 /// # Safety
 ///
 /// As for [`hypercall2`].
-#[inline(never)]
-pub unsafe extern "C" fn hypercall3(op: u32, a1: u64, a2: u64, a3: u64) -> i64 {
-    // SAFETY: as in `hypercall2`.
-    unsafe { xen_sys::hypercall_3(op, a1, a2, a3) }
+pub unsafe fn hypercall3(op: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    if op >= ENTRIES {
+        // No stub: the call would land past the page.
+        return -38; // -ENOSYS
+    }
+    let entry = core::ptr::addr_of!(xenblk_hypercall_page) as u64 + u64::from(op) * 32;
+    let ret: i64;
+    // SAFETY: the caller promises the page holds Xen's stubs and that the
+    // arguments suit `op`; `entry` is `op`'s stub, inside the page, and
+    // returns with the result in rax.
+    unsafe {
+        asm!(
+            "call rax",
+            inlateout("rax") entry => ret,
+            inlateout("rdi") a1 => _,
+            inlateout("rsi") a2 => _,
+            inlateout("rdx") a3 => _,
+            lateout("r10") _,
+            lateout("r8") _,
+        );
+    }
+    ret
 }
 
 /// Maps a hypercall return value: negative is `-errno`.
