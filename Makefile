@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# The library's host features: the simulator and the block-device adapters.
+HOST_FEATURES := sim,embedded-io,embedded-sdmmc
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
         unikernel unikernel-test bench bench-ring bench-driver bench-inguest \
@@ -21,7 +23,7 @@ fmt: setup
 
 # --workspace: the benchmarks (bench/, crate xenblk-bench) are checked too.
 clippy: setup
-	$(CARGO) clippy --workspace --all-targets --features sim -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features $(HOST_FEATURES) -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # src/pvh.rs only builds for the unikernel's target.
@@ -29,10 +31,10 @@ clippy-pvh: setup
 	$(CARGO) clippy --target x86_64-unknown-none --features pvh --lib -- -D warnings
 
 doc: setup
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features sim
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features $(HOST_FEATURES)
 
 unit: setup
-	$(CARGO) test --features sim
+	$(CARGO) test --features $(HOST_FEATURES)
 	$(CARGO) test -p xenblk-bench --lib
 
 # The declared minimum Rust version (rust-version in Cargo.toml) builds the
@@ -41,7 +43,7 @@ unit: setup
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"$$/\1/p' Cargo.toml)
 
 msrv: setup
-	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --features sim --all-targets
+	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --features $(HOST_FEATURES) --all-targets
 	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --target x86_64-unknown-none --features pvh --lib
 
 # (Unpacked outside the repository, where no workspace claims it.)
@@ -50,7 +52,7 @@ package: setup
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
 	    tar -xzf target/package/xenblk-$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -1).crate -C "$$d" && \
 	    cd "$$d"/xenblk-* && CARGO_TARGET_DIR=$(CURDIR)/target/package/target \
-	    $(CARGO) test --features sim --no-run
+	    $(CARGO) test --features $(HOST_FEATURES) --no-run
 
 # ABI layouts checked against /usr/include/xen from Debian's libxen-dev.
 layout: setup

@@ -18,6 +18,7 @@
 //! | [`gnttab`], [`evtchn`] | grant references and event channels |
 //! | [`xenbus`] | device enumeration and the `XenbusState` machine |
 //! | [`blkfront`] | the block frontend driver |
+//! | [`blockdev`] | a disk as bytes; `embedded-io` and `embedded-sdmmc` adapters (features) |
 //! | `pvh` (feature `pvh`) | `hal` on real Xen from a PVH guest |
 //! | `sim` (feature `sim`) | a simulated Xen on the host |
 //!
@@ -35,6 +36,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod blkfront;
+pub mod blockdev;
 pub mod error;
 pub mod evtchn;
 pub mod gnttab;
