@@ -237,7 +237,7 @@ impl<'a, H: Hal> Io<'a, H> {
             return Err(IoError::Misaligned);
         }
         let end = sector
-            .checked_add(len / u64::from(l.sector_size.bytes()))
+            .checked_add(len >> l.sector_size.shift())
             .ok_or(IoError::OutOfRange)?;
         if end > l.sectors {
             return Err(IoError::OutOfRange);
@@ -396,6 +396,7 @@ impl<'a, H: Hal> Io<'a, H> {
     /// Pushes what fits of a new request now and queues the rest. An error
     /// means nothing of it was sent: the caller takes it back with
     /// [`refuse`](Self::refuse).
+    #[inline]
     fn admit(&mut self, id: PendingId) -> Result<(), IoError> {
         if !self.waiting.is_empty() {
             // Older requests are waiting for room: keep the order.
@@ -443,6 +444,7 @@ impl<'a, H: Hal> Io<'a, H> {
     ///
     /// Memory or grant exhaustion (after giving back idle persistent
     /// grants once); parts pushed before stay pushed.
+    #[inline]
     fn push(&mut self, id: PendingId) -> Result<bool, IoError> {
         let mut purged = false;
         loop {
@@ -465,17 +467,21 @@ impl<'a, H: Hal> Io<'a, H> {
     /// Pushes the next part of request `id` on the first queue, round
     /// robin, that takes it: `Some(true)` when that was its last part,
     /// `None` when no queue has room.
+    #[inline]
     fn push_one(&mut self, id: PendingId) -> Result<Option<bool>, IoError> {
         let n = self.queues.len();
         let mut short = None;
-        for k in 0..n {
-            let qi = (self.next_queue + k) % n;
-            if self.queues[qi].free_slots() == 0 {
+        // Round robin from `next_queue`, without a division per step.
+        let mut qi = self.next_queue.min(n.saturating_sub(1));
+        for _ in 0..n {
+            let here = qi;
+            qi = if qi + 1 == n { 0 } else { qi + 1 };
+            if self.queues[here].free_slots() == 0 {
                 continue;
             }
-            match self.push_on(qi, id) {
+            match self.push_on(here, id) {
                 Ok(Some(last)) => {
-                    self.next_queue = (qi + 1) % n;
+                    self.next_queue = qi;
                     return Ok(Some(last));
                 }
                 Ok(None) => {}
@@ -510,7 +516,7 @@ impl<'a, H: Hal> Io<'a, H> {
                 let len = part_bytes.min(buf.len() - off);
                 let part = RwPart {
                     pending: id,
-                    sector: WireSector(sector.0 + (off / wire_unit.bytes() as usize) as u64),
+                    sector: WireSector(sector.0 + (off >> wire_unit.shift()) as u64),
                     offset: off,
                     len,
                     data: write.then(|| &buf[off..off + len]),

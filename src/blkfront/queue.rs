@@ -371,7 +371,7 @@ impl<'a, H: Hal> Queue<'a, H> {
     ) -> Result<bool, IoError> {
         let nsegs = part.len.div_ceil(PAGE_SIZE);
         if nsegs == 0
-            || part.len % self.unit.bytes() as usize != 0
+            || !self.unit.divides(part.len)
             || part.data.is_some_and(|d| d.len() != part.len)
             || nsegs > BLKIF_MAX_SEGMENTS_PER_REQUEST.max(indirect_segs)
         {
@@ -646,7 +646,11 @@ fn prepare<'a, H: Hal>(
     slot: &mut Slot<'a, H>,
 ) -> Result<(), IoError> {
     for i in 0..nsegs {
-        let mut p = pool.take()?.ok_or(GrantError::Exhausted)?;
+        // The common case first: an idle page of the pool.
+        let mut p = match pool.idle.pop() {
+            Some(p) => p,
+            None => pool.take()?.ok_or(GrantError::Exhausted)?,
+        };
         let r = match part.data {
             // The backend does not look at the page while no request using
             // it is in flight (a persistent grant is only used by the
@@ -664,7 +668,10 @@ fn prepare<'a, H: Hal>(
         return Ok(());
     }
     for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
-        let mut p = pool.take()?.ok_or(GrantError::Exhausted)?;
+        let mut p = match pool.idle.pop() {
+            Some(p) => p,
+            None => pool.take()?.ok_or(GrantError::Exhausted)?,
+        };
         let first = k * SEGS_PER_INDIRECT_PAGE;
         let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
         let mut r = Ok(());
@@ -708,7 +715,7 @@ fn segment<H: Hal>(
     Ok(BlkifRequestSegment {
         gref: p.mem.gref().ok_or(GrantError::InvalidRef(0))?.0,
         first_sect: 0,
-        last_sect: (bytes / unit.bytes() as usize - 1) as u8,
+        last_sect: ((bytes >> unit.shift()) - 1) as u8,
     })
 }
 

@@ -41,6 +41,12 @@ impl SectorSize {
         self.0
     }
 
+    /// `log2` of the size (it is a power of two): byte counts divide by a
+    /// shift and test alignment with a mask, on the hot path.
+    pub fn shift(self) -> u32 {
+        self.0.trailing_zeros()
+    }
+
     /// How many 512-byte units one logical sector holds (1 to 8).
     pub fn units512(self) -> u64 {
         u64::from(self.0 / 512)
@@ -53,7 +59,7 @@ impl SectorSize {
 
     /// Whether `bytes` is a whole number of logical sectors.
     pub fn divides(self, bytes: u64) -> bool {
-        bytes % u64::from(self.0) == 0
+        bytes & (u64::from(self.0) - 1) == 0
     }
 }
 
@@ -81,6 +87,16 @@ impl WireUnit {
     /// Bytes per unit.
     pub fn bytes(self) -> u32 {
         self.0.bytes()
+    }
+
+    /// `log2` of [`bytes`](Self::bytes).
+    pub fn shift(self) -> u32 {
+        self.0.shift()
+    }
+
+    /// Whether `bytes` is a whole number of units.
+    pub fn divides(self, bytes: usize) -> bool {
+        self.0.divides(bytes as u64)
     }
 
     /// Logical sector `s` (of size `ss`) in this unit, `None` on overflow.
