@@ -55,6 +55,11 @@ pub use error::{Error, Result};
 
 /// The README's examples, compiled and run as doctests against the
 /// simulator, so that they cannot rot.
-#[cfg(all(doctest, feature = "sim"))]
+#[cfg(all(
+    doctest,
+    feature = "sim",
+    feature = "embedded-io",
+    feature = "embedded-sdmmc"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
