@@ -31,7 +31,7 @@ clippy-pvh: setup
 	$(CARGO) clippy --target x86_64-unknown-none --features pvh --lib -- -D warnings
 
 doc: setup
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features $(HOST_FEATURES)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features $(HOST_FEATURES),pvh
 
 unit: setup
 	$(CARGO) test --features $(HOST_FEATURES)

@@ -45,7 +45,13 @@ pub mod ring;
 pub mod xenbus;
 pub mod xenstore;
 
-#[cfg(all(feature = "pvh", target_os = "none", target_arch = "x86_64"))]
+// Built for the guest target; its docs build on any x86_64 host too, so
+// that they appear on docs.rs.
+#[cfg(all(
+    feature = "pvh",
+    target_arch = "x86_64",
+    any(target_os = "none", doc)
+))]
 pub mod pvh;
 
 #[cfg(feature = "sim")]
