@@ -1020,9 +1020,16 @@ impl Rig<'_> {
             );
         }
         if usable && aligned && out_of_range {
+            // The documented order of the checks: a write to a read-only
+            // disk is refused as such before its range is looked at.
+            let want = if write && self.disk.info().read_only() {
+                IoError::ReadOnly
+            } else {
+                IoError::OutOfRange
+            };
             assert_eq!(
                 r,
-                Err(IoError::OutOfRange),
+                Err(want),
                 "{len} bytes at {sector} of {} sectors",
                 self.disk.sectors()
             );
