@@ -47,11 +47,7 @@ pub mod xenstore;
 
 // Built for the guest target; its docs build on any x86_64 host too, so
 // that they appear on docs.rs.
-#[cfg(all(
-    feature = "pvh",
-    target_arch = "x86_64",
-    any(target_os = "none", doc)
-))]
+#[cfg(all(feature = "pvh", target_arch = "x86_64", any(target_os = "none", doc)))]
 pub mod pvh;
 
 #[cfg(feature = "sim")]

@@ -458,7 +458,7 @@ impl fmt::Display for BackendInfo {
         let o = &self.offered;
         writeln!(
             f,
-            "disk {} ({:?} backend, domain {})",
+            "disk {} ({} backend, domain {})",
             self.vdev, self.kind, self.backend_id.0
         )?;
         writeln!(f, "  frontend        {}", self.frontend_path)?;
@@ -545,7 +545,7 @@ impl fmt::Display for BackendInfo {
             yes_no(n.trusted)
         )?;
         for (feat, why) in &self.disabled {
-            writeln!(f, "  turned off      {feat:?}: {why}")?;
+            writeln!(f, "  turned off      {feat}: {why}")?;
         }
         for (k, v) in &self.malformed {
             writeln!(f, "  malformed key   {k} = {v:?}")?;

@@ -544,9 +544,17 @@ def main():
         attempts = configs.get(name)
         if show and attempts:
             lines, src = guest_lines(attempts[-1])
+            xs = parse_xenstore(attempts[-1]["sections"].get("xenstore", []))
             print(f"---- {name} ({mode}): guest output ({src}) ----")
             for ln in lines:
                 print(f"  {ln}")
+                be = fields(ln).get("backend") if ln.startswith("xenblk-disk ") else None
+                if be:
+                    # What the toolstack wrote for this disk (QEMU's own
+                    # xen-disk writes no type or params), beside the line.
+                    keys = " ".join(f"{k}={xs.get(f'{be}/{k}', 'absent')}"
+                                    for k in ("type", "mode", "direct-io-safe", "params"))
+                    print(f"      xenstore {be}: {keys}")
         if not c.check(bool(attempts), f"{name}: configuration ran"):
             continue
         check_config(c, name, mode, specs, attempts)
