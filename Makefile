@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 # The library's host features: the simulator and the block-device adapters.
-HOST_FEATURES := sim,embedded-io,embedded-sdmmc
+HOST_FEATURES := sim,embedded-io,embedded-sdmmc,ext4-view
 
 .PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
         unikernel unikernel-test bench bench-ring bench-driver bench-inguest \

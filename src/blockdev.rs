@@ -12,7 +12,10 @@
 //!   [`embedded_io::Seek`] (a positioned stream over the whole disk), for
 //!   filesystem crates written against those traits;
 //! - `embedded-sdmmc`: [`embedded_sdmmc::BlockDevice`] (512-byte blocks,
-//!   on any logical sector size), for embedded-sdmmc's FAT.
+//!   on any logical sector size), for embedded-sdmmc's FAT;
+//! - `ext4-view`: [`ext4_view::Ext4Read`], for reading an ext4 filesystem
+//!   with `ext4_view::Ext4::load` (the disk must be `'static`, as a
+//!   unikernel's is).
 //!
 //! Read-modify-write is not atomic against another writer of the same
 //! sector (another request in flight on this disk, or another guest sharing
@@ -407,6 +410,18 @@ mod sdmmc_impl {
             let n = self.inner.lock().len() / LEN;
             Ok(BlockCount(u32::try_from(n).unwrap_or(u32::MAX)))
         }
+    }
+}
+
+/// Reads for ext4-view: each call one [`ByteDisk::read_at`].
+#[cfg(feature = "ext4-view")]
+impl<H: Hal, T: XsTransport> ext4_view::Ext4Read for ByteDisk<'_, H, T> {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), alloc::boxed::Box<dyn core::error::Error + Send + Sync + 'static>> {
+        Ok(self.read_at(start_byte, dst)?)
     }
 }
 

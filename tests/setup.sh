@@ -8,7 +8,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 # gcc + libc6-dev: the linker of every Rust build, the C side of the ABI check
 # and of the ring benchmark; python3: the lab's and the benchmarks' parsers.
-APT_PKGS=(libxen-dev valgrind gcc libc6-dev python3)
+# e2fsprogs: mke2fs makes the ext4 image of tests/ext4.rs.
+APT_PKGS=(libxen-dev valgrind gcc libc6-dev python3 e2fsprogs)
 if [[ "${XENBLK_SETUP_LAB:-1}" == 1 ]]; then
     # The real-Xen lab: hypervisor, dom0 kernel, the outer emulator (bookworm's
     # own QEMU 7.2, not backports: see docs/LAB.md), and the dom0 root builder.
