@@ -1,12 +1,12 @@
 //! # xenblk-unikernel
 //!
-//! An example PVH unikernel that links `xenblk` and runs it on real Xen.
-//! Boot (`boot`): the PVH entry note, long mode, identity-mapped 4 GiB.
-//! Then: heap, command line, CPUID looks for Xen. Without Xen (plain QEMU)
-//! it says so and leaves through QEMU's `isa-debug-exit`. With Xen it brings
-//! up `xenblk::pvh::Xen`, runs the mode the command line names (`modes`),
-//! prints the closing line `xenblk: N passed, M failed`, and shuts down with
-//! `SCHEDOP_shutdown`. Output protocol: the project's `docs/LINES.md`.
+//! An example PVH unikernel that links `xenblk` and runs it on real Xen,
+//! on the platform of `xenblk-pvh-rt` (entry, long mode, heap, console,
+//! panics; see that crate's contract). Without Xen (plain QEMU) it says so
+//! and leaves through QEMU's `isa-debug-exit`. With Xen it runs the mode
+//! the command line names (`modes`), prints the closing line
+//! `xenblk: N passed, M failed`, and shuts down with `SCHEDOP_shutdown`.
+//! Output protocol: the project's `docs/LINES.md`.
 //!
 //! Memory: the image, stack and a 32 MiB heap end below 48 MiB; run it with
 //! `memory=64` in the xl config (see `targets/README.md`).
@@ -22,61 +22,39 @@
 extern crate alloc;
 
 mod benchcmd;
-mod boot;
 mod cksum;
-mod console;
-mod heap;
 mod modes;
-mod start_info;
 
-use x86_64::instructions::port::Port;
-use xenblk::pvh::{self, ShutdownReason, Xen};
+use xenblk::pvh::ShutdownReason;
+pub(crate) use xenblk_pvh_rt::out;
+use xenblk_pvh_rt::{heap, Boot, NoXen};
 
-/// QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,
-/// iosize=4`): writing `v` ends QEMU with exit status `(v << 1) | 1`.
-const QEMU_EXIT_PORT: u16 = 0xf4;
+xenblk_pvh_rt::entry!(name = "xenblk-unikernel", main = main);
+
 /// Written when no Xen was found: QEMU exits with status 33.
 pub const QEMU_EXIT_NO_XEN: u32 = 0x10;
-/// Written on a panic without Xen: QEMU exits with status 35.
-pub const QEMU_EXIT_PANIC: u32 = 0x11;
 
-/// Called by `boot` in long mode with the `hvm_start_info` address.
-#[no_mangle]
-extern "C" fn xenblk_rust_entry(start_info_paddr: u32) -> ! {
-    boot::install_exception_handlers();
-    // SAFETY: first and only call, before any allocation.
-    unsafe { heap::init() };
-    console::init_log(log::LevelFilter::Info);
-
-    // SAFETY: `start_info_paddr` is the PVH entry's %ebx and the boot code
-    // identity-mapped the first 4 GiB.
-    let start = unsafe { start_info::StartInfo::read(start_info_paddr) };
-    let cmdline = start.as_ref().map_or("", |s| s.cmdline.as_str());
-    let command = modes::Command::parse(cmdline);
-    if let Some(start) = &start {
+fn main(boot: Boot) -> ! {
+    let command = modes::Command::parse(boot.cmdline());
+    if let Some(start) = &boot.start_info {
         log::debug!("hvm_start_info version {}", start.version);
     }
-    let cpuid = match pvh::detect() {
-        Ok(cpuid) => cpuid,
-        Err(signature) => no_xen(&command, &signature),
-    };
-    // SAFETY: PVH guest on x86_64-unknown-none, identity-mapped below 4 GiB
-    // (boot), interrupts off, heap up, `cpuid` from `detect`.
-    let xen = match unsafe { Xen::init(cpuid) } {
+    let xen = match boot.xen {
         Ok(xen) => xen,
-        Err(e) => {
+        Err(NoXen::NotFound(signature)) => no_xen(&command, &signature),
+        Err(NoXen::InitFailed(e)) => {
             banner(&command);
             out!("xenblk-unikernel: error: Xen platform bring-up failed: {e}");
             out!("xenblk: 0 passed, 1 failed");
-            // SAFETY: as for `Xen::init` above.
-            unsafe { pvh::shutdown_early(ShutdownReason::Poweroff) };
-            halt();
+            xenblk_pvh_rt::shutdown(ShutdownReason::Poweroff);
         }
     };
-    console::attach_xen(xen);
     banner(&command);
-    if start.is_none() {
-        log::warn!("no hvm_start_info at {start_info_paddr:#x}: empty command line assumed");
+    if boot.start_info.is_none() {
+        log::warn!(
+            "no hvm_start_info at {:#x}: empty command line assumed",
+            boot.start_info_paddr
+        );
     }
     log::info!(
         "Xen {} (CPUID base {:#x}), {} grant frames, PV console {}, heap {} MiB",
@@ -128,22 +106,7 @@ fn no_xen(command: &modes::Command, signature: &[u8; 12]) -> ! {
         "xenblk-unikernel: no Xen hypervisor found (CPUID 0x40000000 leaf signature \"{}\")",
         core::str::from_utf8(&sig).unwrap_or("?")
     );
-    qemu_exit(QEMU_EXIT_NO_XEN)
-}
-
-/// Writes `code` to QEMU's `isa-debug-exit`, then halts if still running.
-fn qemu_exit(code: u32) -> ! {
-    // SAFETY: port 0xf4 is QEMU's debug-exit device when present, and
-    // unused otherwise.
-    unsafe { Port::<u32>::new(QEMU_EXIT_PORT).write(code) };
-    halt()
-}
-
-fn halt() -> ! {
-    loop {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::hlt();
-    }
+    xenblk_pvh_rt::qemu_exit(QEMU_EXIT_NO_XEN)
 }
 
 /// `selftest=panic` / `selftest=exception`: proves that a panic and a CPU
@@ -158,32 +121,4 @@ fn selftest(what: &str) {
         }
         other => log::warn!("unknown selftest {other:?} ignored"),
     }
-}
-
-/// Called by the exception stubs of `boot`.
-#[no_mangle]
-extern "C" fn xenblk_exception(frame: &boot::ExceptionFrame) -> ! {
-    panic!(
-        "CPU exception {} (error {:#x}) at rip {:#x}, rsp {:#x}",
-        frame.vector, frame.error, frame.rip, frame.rsp
-    );
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    match info.location() {
-        Some(l) => out!(
-            "xenblk-panic: {} at {}:{}",
-            info.message(),
-            l.file(),
-            l.line()
-        ),
-        None => out!("xenblk-panic: {}", info.message()),
-    }
-    if let Some(xen) = Xen::get() {
-        xen.shutdown(ShutdownReason::Crash);
-    }
-    // SAFETY: the boot code identity-mapped memory before any Rust ran.
-    unsafe { pvh::shutdown_early(ShutdownReason::Crash) };
-    qemu_exit(QEMU_EXIT_PANIC)
 }

@@ -17,27 +17,25 @@
 //! 3. load a GDT of our own, enable PAE, load CR3, set `EFER.LME`, enable
 //!    paging, far-jump into the 64-bit code segment;
 //! 4. load the data segments and the stack, and call
-//!    [`crate::xenblk_rust_entry`] with the `hvm_start_info` address.
+//!    `xenblk_pvh_rt_entry` (lib.rs) with the `hvm_start_info` address.
 
 use core::arch::global_asm;
 
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
-/// `XEN_ELFNOTE_*` numbers (`xen/elfnote.h`) used below.
+/// `XEN_ELFNOTE_*` numbers (`xen/elfnote.h`) used below and by
+/// [`entry!`](crate::entry) (which emits the guest's name and version).
 const _: () = {
-    assert!(NOTE_XEN_VERSION == 5 && NOTE_GUEST_OS == 6 && NOTE_GUEST_VERSION == 7);
-    assert!(NOTE_PHYS32_ENTRY == 18);
+    assert!(NOTE_XEN_VERSION == 5 && NOTE_PHYS32_ENTRY == 18);
 };
 const NOTE_XEN_VERSION: u32 = 5;
-const NOTE_GUEST_OS: u32 = 6;
-const NOTE_GUEST_VERSION: u32 = 7;
 const NOTE_PHYS32_ENTRY: u32 = 18;
 
-// The ELF notes. Each is an Elf64_Nhdr (namesz, descsz, type), the name
-// "Xen\0", then the descriptor, both padded to 4 bytes. PHYS32_ENTRY is a
-// `.quad`: QEMU's PVH loader reads a 64-bit value from a 64-bit ELF (as Linux
-// emits it), and Xen's libelf accepts 4 or 8 bytes.
+// The ELF notes of the platform. Each is an Elf64_Nhdr (namesz, descsz,
+// type), the name "Xen\0", then the descriptor, both padded to 4 bytes.
+// PHYS32_ENTRY is a `.quad`: QEMU's PVH loader reads a 64-bit value from a
+// 64-bit ELF (as Linux emits it), and Xen's libelf accepts 4 or 8 bytes.
 global_asm!(
     r#"
     .section .note.xen, "a", @note
@@ -48,18 +46,6 @@ global_asm!(
 1:  .quad pvh_start32
 2:  .balign 4
 
-    .long 4, 2f - 1f, {guest_os}
-    .asciz "Xen"
-    .balign 4
-1:  .asciz "xenblk-unikernel"
-2:  .balign 4
-
-    .long 4, 2f - 1f, {guest_version}
-    .asciz "Xen"
-    .balign 4
-1:  .asciz "0.1.0"
-2:  .balign 4
-
     .long 4, 2f - 1f, {xen_version}
     .asciz "Xen"
     .balign 4
@@ -67,8 +53,6 @@ global_asm!(
 2:  .balign 4
     "#,
     phys32 = const NOTE_PHYS32_ENTRY,
-    guest_os = const NOTE_GUEST_OS,
-    guest_version = const NOTE_GUEST_VERSION,
     xen_version = const NOTE_XEN_VERSION,
     options(att_syntax)
 );
@@ -153,7 +137,7 @@ pvh_start64:
     movabsq $__stack_top, %rsp
     xorl %ebp, %ebp
     movl %esi, %edi                     /* arg 0: hvm_start_info paddr */
-    call xenblk_rust_entry
+    call xenblk_pvh_rt_entry
 2:  cli
     hlt
     jmp 2b
@@ -193,7 +177,7 @@ boot_pd:
 
 // One stub per CPU exception (vectors 0..32). The stubs push a zero error
 // code where the CPU pushes none, then the vector, and call
-// `xenblk_exception` with a pointer to [vector, error code, rip, cs, rflags,
+// `xenblk_pvh_rt_exception` with a pointer to [vector, error code, rip, cs, rflags,
 // rsp, ss]. Interrupts stay off for the whole run, so only exceptions can
 // arrive here, and none is recoverable: the handler reports and shuts down.
 global_asm!(
@@ -221,7 +205,7 @@ exc_stub_\n:
 exc_common:
     movq %rsp, %rdi
     andq $-16, %rsp
-    call xenblk_exception
+    call xenblk_pvh_rt_exception
     ud2
 
     .macro EXC_ADDR n
@@ -229,8 +213,8 @@ exc_common:
     .endm
     .section .rodata.exc_stubs, "a", @progbits
     .balign 8
-    .globl xenblk_exc_stubs
-xenblk_exc_stubs:
+    .globl xenblk_pvh_rt_exc_stubs
+xenblk_pvh_rt_exc_stubs:
     .set i, 0
     .rept 32
     EXC_ADDR %i
@@ -243,7 +227,7 @@ xenblk_exc_stubs:
 
 extern "C" {
     /// The 32 exception stubs above.
-    static xenblk_exc_stubs: [u64; 32];
+    static xenblk_pvh_rt_exc_stubs: [u64; 32];
 }
 
 /// One 64-bit interrupt gate (Intel SDM vol. 3, 6.14.1).
@@ -255,14 +239,14 @@ struct Gate([u32; 4]);
 static IDT: spin::Once<[Gate; 32]> = spin::Once::new();
 
 /// Installs an IDT whose every exception reports through
-/// [`crate::xenblk_exception`] and shuts the domain down, so a bug is a
+/// the crate's panic handler and shuts the domain down, so a bug is a
 /// `xenblk-panic` line instead of a silent triple fault.
 pub fn install_exception_handlers() {
     let idt = IDT.call_once(|| {
         core::array::from_fn(|v| {
-            // SAFETY: `xenblk_exc_stubs` is a 32-entry table of addresses
+            // SAFETY: `xenblk_pvh_rt_exc_stubs` is a 32-entry table of addresses
             // emitted above; reading it has no side effect.
-            let addr = unsafe { xenblk_exc_stubs[v] };
+            let addr = unsafe { xenblk_pvh_rt_exc_stubs[v] };
             let lo = addr as u32;
             Gate([
                 (lo & 0xffff) | (u32::from(CODE64_SELECTOR) << 16),
@@ -282,7 +266,7 @@ pub fn install_exception_handlers() {
     unsafe { x86_64::instructions::tables::lidt(&ptr) };
 }
 
-/// What an exception stub passes to [`crate::xenblk_exception`].
+/// What an exception stub passes to the exception handler.
 #[repr(C)]
 #[derive(Debug)]
 pub struct ExceptionFrame {
