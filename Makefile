@@ -20,6 +20,8 @@ setup:
 fmt: setup
 	$(CARGO) fmt --all -- --check
 	cd unikernel && $(CARGO) fmt -- --check
+	cd pvh-rt && $(CARGO) fmt -- --check
+	cd examples/minimal && $(CARGO) fmt -- --check
 
 # --workspace: the benchmarks (bench/, crate xenblk-bench) are checked too.
 clippy: setup
@@ -45,6 +47,8 @@ MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"$$/\1/p' Cargo.toml)
 msrv: setup
 	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --features $(HOST_FEATURES) --all-targets
 	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) check --target x86_64-unknown-none --features pvh --lib
+	cd examples/minimal && CARGO_TARGET_DIR=$(CURDIR)/target/msrv-guest $(CARGO) +$(MSRV) check
+	cd unikernel && CARGO_TARGET_DIR=$(CURDIR)/target/msrv-guest $(CARGO) +$(MSRV) check
 
 # (Unpacked outside the repository, where no workspace claims it.)
 package: setup
@@ -65,9 +69,13 @@ miri: setup
 # x86_64-unknown-none. unikernel-test lints it and boots it under plain QEMU.
 unikernel: setup
 	cd unikernel && $(CARGO) build --release
+	cd examples/minimal && $(CARGO) build --release
 
+# The platform (pvh-rt/, xenblk-pvh-rt) is linted through its own manifest.
 unikernel-test: unikernel
 	cd unikernel && $(CARGO) clippy --release -- -D warnings
+	cd examples/minimal && $(CARGO) clippy --release -- -D warnings
+	cd pvh-rt && $(CARGO) clippy --target x86_64-unknown-none -- -D warnings
 	bash tests/unikernel-noxen.sh
 
 # The real-Xen lab (tests/lab/, docs/LAB.md): real Xen + a Debian dom0 with

@@ -62,6 +62,19 @@ for what in panic exception; do
 done
 expect "an exception names its vector and rip" '^xenblk-panic: CPU exception 6 \(error 0x0\) at rip 0x'
 
+# The minimal example on the same platform (xenblk-pvh-rt): it boots, says
+# that there is no Xen, and leaves with the same status.
+MIN_ELF=examples/minimal/target/x86_64-unknown-none/release/xenblk-minimal
+if [[ -f $MIN_ELF ]]; then
+    main_elf=$ELF ELF=$MIN_ELF
+    boot ""
+    ELF=$main_elf
+    expect "the minimal unikernel boots on xenblk-pvh-rt" '^xenblk-minimal: not running under Xen$'
+    [[ $rc == 33 ]] && ok "the minimal unikernel exits 33" || not_ok "minimal: exit status $rc, wanted 33"
+else
+    not_ok "$MIN_ELF missing (make unikernel)"
+fi
+
 # The CRC module and the bench-command parser are core-only, so the host
 # can build each as a test crate.
 ckdir=$(mktemp -d)

@@ -23,5 +23,9 @@ section() {
 # w watchdog, S soft reset> d. An HVM/PVH triple fault is a "reboot".
 domstate() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 
-# closing_line LOG: the guest's closing `xenblk: N passed, M failed` line.
-closing_line() { grep -aE '^(\([d0-9]+\) )?xenblk: [0-9]+ passed, [0-9]+ failed' "$1" 2>/dev/null | tail -n1; }
+# closing_line LOG: the guest's closing `xenblk: N passed, M failed` line
+# (the minimal example's: `xenblk-minimal: read N disk(s)` or `... error: ...`).
+closing_line() {
+    grep -aE '^(\([d0-9]+\) )?(xenblk: [0-9]+ passed, [0-9]+ failed|xenblk-minimal: (read [0-9]+ disk|error: ))' \
+        "$1" 2>/dev/null | tail -n1
+}
