@@ -24,6 +24,18 @@
 use alloc::vec;
 use core::fmt;
 
+/// The embedded-io version the adapter implements (feature `embedded-io`),
+/// so that its traits need no dependency of the caller's own.
+#[cfg(feature = "embedded-io")]
+pub use embedded_io;
+/// The embedded-sdmmc version the adapter implements (feature
+/// `embedded-sdmmc`).
+#[cfg(feature = "embedded-sdmmc")]
+pub use embedded_sdmmc;
+/// The ext4-view version the adapter implements (feature `ext4-view`).
+#[cfg(feature = "ext4-view")]
+pub use ext4_view;
+
 use crate::blkfront::{BlockFront, IoError};
 use crate::error::Feature;
 use crate::hal::{Hal, XsTransport};

@@ -171,6 +171,14 @@ pub enum BackendEvent {
 const WAIT_SLICE_NS: u64 = 10_000_000;
 
 /// A Xen PV block device.
+///
+/// End it with [`close`](Self::close): Closing and Closed towards the
+/// backend, every grant revoked, the frontend's keys removed, every page
+/// freed (or quarantined while the backend still maps it). Dropping a
+/// `BlockFront` without `close` does none of that, since it would have to
+/// wait for the backend: its rings, grants and pages stay held, and the
+/// frontend stays published, until the next probe of the same disk resets
+/// it and gives them back.
 pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     hal: &'a H,
     gt: &'a GrantTable<'a, H>,
@@ -536,6 +544,9 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// Looks at the backend's state and size and reacts: aborts in-flight
     /// I/O and takes the rings down when it is closing, reconnects when it
     /// is back in InitWait after closing, picks up a new `sectors` value.
+    /// Nothing else is re-read while connected: a backend that changes
+    /// `sector-size` or its features under a live connection is ignored
+    /// until the next connection (which reads every key again).
     ///
     /// # Errors
     ///
