@@ -43,7 +43,11 @@
 //!   on: a frame number is an address >> 12. Nothing above 4 GiB is mapped.
 //! - **Interrupts** stay disabled for the whole run; the IDT only catches
 //!   exceptions, each of which ends in the panic handler. Event channels are
-//!   polled (`SCHEDOP_poll`), never delivered as interrupts.
+//!   polled (`SCHEDOP_poll`), never delivered as interrupts: `xenblk::pvh`
+//!   masks every port and the upcall at bring-up, so a unikernel that wants
+//!   event-channel interrupts cannot use this platform as it is.
+//! - **xenstore**: `Xen::take_xenstore` hands out the domain's one
+//!   connection once per run; share it (`xenblk::blkfront::SharedStore`).
 //! - **Symbols.** The crate defines `pvh_start32` (the entry), the section
 //!   `.note.xen`, the functions `xenblk_pvh_rt_entry` and
 //!   `xenblk_pvh_rt_exception`, the table `xenblk_pvh_rt_exc_stubs`, the
