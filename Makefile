@@ -34,6 +34,7 @@ clippy-pvh: setup
 
 doc: setup
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features $(HOST_FEATURES),pvh
+	cd pvh-rt && RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --target x86_64-unknown-none
 
 unit: setup
 	$(CARGO) test --features $(HOST_FEATURES)
