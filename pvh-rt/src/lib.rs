@@ -15,14 +15,23 @@
 //! xenblk_pvh_rt::entry!(name = "my-guest", main = main);
 //!
 //! fn main(boot: xenblk_pvh_rt::Boot) -> ! {
-//!     let xen = boot.xen.expect("not running under Xen");
 //!     xenblk_pvh_rt::out!("hello from {}", boot.cmdline());
-//!     xen.shutdown(xenblk::pvh::ShutdownReason::Poweroff)
+//!     match boot.xen {
+//!         Ok(xen) => xen.shutdown(xenblk::pvh::ShutdownReason::Poweroff),
+//!         // Plain QEMU: exit status (1 << 1) | 1 = 3 through isa-debug-exit.
+//!         Err(no_xen) => {
+//!             xenblk_pvh_rt::out!("{no_xen}");
+//!             xenblk_pvh_rt::qemu_exit(1)
+//!         }
+//!     }
 //! }
 //! ```
 //!
 //! ```ignore
-//! // build.rs: the link arguments, for this one binary
+//! // build.rs: the link arguments, for this one binary (the Cargo binary
+//! // name, which need not be the guest name of `entry!`). Without them the
+//! // link fails with "relocation R_X86_64_64 cannot be used against local
+//! // symbol; recompile with -fPIC".
 //! fn main() {
 //!     let args = std::env::var("DEP_XENBLK_PVH_RT_LINK_ARGS").expect("xenblk-pvh-rt");
 //!     for a in args.split('\u{1f}') {
@@ -31,7 +40,8 @@
 //! }
 //! ```
 //!
-//! Build with `--target x86_64-unknown-none`; boot with `type = "pvh"`,
+//! Build for `x86_64-unknown-none` (`--target`, or `build.target` in
+//! `.cargo/config.toml`); boot with `type = "pvh"`,
 //! `kernel = "<the ELF>"` and `memory = 64` (or more) in the xl config.
 //!
 //! ## The contract
@@ -96,6 +106,27 @@ pub enum NoXen {
     NotFound([u8; 12]),
     /// Xen is there, but its platform could not be brought up.
     InitFailed(HalError),
+}
+
+/// Says what was found instead of Xen, or why it could not be brought up.
+impl core::fmt::Display for NoXen {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NoXen::NotFound(sig) => {
+                f.write_str("no Xen hypervisor (CPUID 0x40000000 signature \"")?;
+                for &b in sig {
+                    let c = if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    };
+                    core::fmt::Write::write_char(f, c)?;
+                }
+                f.write_str("\")")
+            }
+            NoXen::InitFailed(e) => write!(f, "Xen found, but its platform failed: {e}"),
+        }
+    }
 }
 
 /// What the platform hands to the unikernel's `main`.
