@@ -157,29 +157,42 @@ impl<'a, H: Hal> Pool<'a, H> {
         }
     }
 
-    /// A page from the pool, or a new one: granted persistently when
-    /// persistent grants are in use (`None` once the budget is spent),
+    /// A page from the pool (an idle one first: the steady state), or a new
+    /// one: granted persistently when persistent grants are in use,
     /// private (granted per request) otherwise.
-    fn take(&mut self) -> Result<Option<DataPage<'a, H>>, GrantError> {
+    ///
+    /// # Errors
+    ///
+    /// [`GrantError::Exhausted`] once the persistent budget is spent (a
+    /// caller checks [`can_supply`](Self::can_supply) first), and the
+    /// errors of allocating or granting a page.
+    #[inline(always)]
+    fn take(&mut self) -> Result<DataPage<'a, H>, GrantError> {
         if let Some(p) = self.idle.pop() {
-            return Ok(Some(p));
+            return Ok(p);
         }
+        self.take_new()
+    }
+
+    /// [`take`](Self::take) without an idle page.
+    #[cold]
+    fn take_new(&mut self) -> Result<DataPage<'a, H>, GrantError> {
         match &mut self.persistent {
-            Some(b) if b.granted >= b.cap => Ok(None),
+            Some(b) if b.granted >= b.cap => Err(GrantError::Exhausted),
             Some(b) => {
                 let mut mem = SharedPage::alloc(self.table, self.owner)?;
                 // On error the page drops (never granted: freed).
                 mem.grant(self.backend, false)?;
                 b.granted += 1;
-                Ok(Some(DataPage {
+                Ok(DataPage {
                     mem,
                     lease: Lease::Persistent,
-                }))
+                })
             }
-            None => Ok(Some(DataPage {
+            None => Ok(DataPage {
                 mem: SharedPage::alloc(self.table, self.owner)?,
                 lease: Lease::PerRequest,
-            })),
+            }),
         }
     }
 
@@ -646,11 +659,7 @@ fn prepare<'a, H: Hal>(
     slot: &mut Slot<'a, H>,
 ) -> Result<(), IoError> {
     for i in 0..nsegs {
-        // The common case first: an idle page of the pool.
-        let mut p = match pool.idle.pop() {
-            Some(p) => p,
-            None => pool.take()?.ok_or(GrantError::Exhausted)?,
-        };
+        let mut p = pool.take()?;
         let r = match part.data {
             // The backend does not look at the page while no request using
             // it is in flight (a persistent grant is only used by the
@@ -668,10 +677,7 @@ fn prepare<'a, H: Hal>(
         return Ok(());
     }
     for k in 0..nsegs.div_ceil(SEGS_PER_INDIRECT_PAGE) {
-        let mut p = match pool.idle.pop() {
-            Some(p) => p,
-            None => pool.take()?.ok_or(GrantError::Exhausted)?,
-        };
+        let mut p = pool.take()?;
         let first = k * SEGS_PER_INDIRECT_PAGE;
         let last = nsegs.min(first + SEGS_PER_INDIRECT_PAGE);
         let mut r = Ok(());
