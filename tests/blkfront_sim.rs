@@ -3,6 +3,9 @@
 //! backend's disk.
 #![cfg(feature = "sim")]
 
+mod common;
+use common::pattern;
+
 use xenblk::blkfront::{
     BackendEvent, BackendKind, BlockFront, Broken, Config, DeviceState, DirectIoSafe, FlushMethod,
     IoError, SectorsUnit, StallCause,
@@ -14,19 +17,6 @@ use xenblk::sim::{SimDisk, SimHal, Testbed};
 use xenblk::xenbus::{XenbusError, XenbusState};
 
 const VDEV: u32 = 51712;
-
-/// A deterministic byte pattern: sector-tagged so misplaced data shows.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn small(mut cfg: BackendConfig) -> BackendConfig {
     cfg.disk_bytes = 8 << 20;

@@ -5,6 +5,9 @@
 //! reading each other's files on one disk.
 #![cfg(all(feature = "sim", feature = "embedded-io", feature = "embedded-sdmmc"))]
 
+mod common;
+use common::Rng;
+
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 
 use embedded_io_adapters::std::ToStd;
@@ -12,20 +15,6 @@ use xenblk::blkfront::{Config, IoError};
 use xenblk::blockdev::{BlockDevError, ByteDisk, SdmmcDisk};
 use xenblk::sim::blkback::BackendConfig;
 use xenblk::sim::Testbed;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// blkback with 512-byte sectors, blkback and qdisk with 4 KiB ones.
 fn backends(bytes: u64) -> Vec<(&'static str, BackendConfig)> {

@@ -7,6 +7,9 @@
 //! below, so that the coming per-layer error types need one change each.
 #![cfg(feature = "sim")]
 
+mod common;
+use common::pattern;
+
 use xenblk::abi::blkif::BLKIF_RSP_EOPNOTSUPP;
 use xenblk::blkfront::{
     BackendEvent, Broken, Completion, Config, DeviceState, IoError, RequestToken,
@@ -163,18 +166,6 @@ fn one_queue() -> Config {
         connect_timeout_ns: CONNECT_TIMEOUT_NS,
         ..Config::default()
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Makes `be` refuse the ring the frontend will offer: it advertises ring

@@ -5,6 +5,9 @@
 //! them all and lists every one that breaks.
 #![cfg(feature = "sim")]
 
+mod common;
+use common::pattern;
+
 use std::collections::BTreeSet;
 
 use xenblk::blkfront::{BackendEvent, Broken, Completion, Config, DeviceState, IoError};
@@ -61,18 +64,6 @@ fn one_queue() -> Config {
         max_indirect_segments: 0,
         ..fast()
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Polls (and waits) until `n` completions arrived or `rounds` passed.

@@ -10,6 +10,9 @@
 //! release mode) runs rounds for N seconds and prints the totals.
 #![cfg(feature = "sim")]
 
+mod common;
+use common::Rng;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -18,28 +21,6 @@ use xenblk::sim::blkback::BackendConfig;
 use xenblk::sim::Testbed;
 
 const DISK: usize = 4 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
 
 #[derive(Default, Debug)]
 struct Totals {
