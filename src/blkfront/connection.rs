@@ -475,9 +475,10 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         self.switch(XenbusState::Connected)?;
         self.info = info;
         log::info!(
-            "xenblk {}: connected ({} queues, ring order {order})",
+            "xenblk {}: connected ({} queue{}, ring order {order})",
             self.ends.vdev,
-            queues.len()
+            queues.len(),
+            if queues.len() == 1 { "" } else { "s" }
         );
         Ok(limits)
     }

@@ -2,8 +2,9 @@
 //!
 //! `info` (the default) connects every disk and reports on it; `verify`
 //! writes, reads back and checks patterns on them; `platform` checks the Xen
-//! platform itself; `bench` measures read throughput. Adding a mode: a module here with a
-//! `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
+//! platform itself; `bench` measures read throughput; `fs` mounts the FAT
+//! filesystem dom0 made on each disk, checks a file and writes one. Adding
+//! a mode: a module here with a `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
 //! [`Mode::parse`] and [`run`]. Block modes start with
 //! [`info::Platform::open`], [`info::config`] and [`info::attach_all`]
 //! and end with [`info::close_all`].
@@ -12,6 +13,7 @@
 //! ([`Outcome::report`]) and counts toward the closing line.
 
 mod bench;
+mod fs;
 mod info;
 mod platform;
 mod verify;
@@ -32,6 +34,8 @@ pub enum Mode {
     Bench,
     /// Check the platform (`xenblk::pvh`) against the real hypervisor.
     Platform,
+    /// Mount the FAT filesystem dom0 made on each disk, check a file, write one.
+    Fs,
 }
 
 impl Mode {
@@ -42,6 +46,7 @@ impl Mode {
             "verify" => Some(Mode::Verify),
             "bench" => Some(Mode::Bench),
             "platform" => Some(Mode::Platform),
+            "fs" => Some(Mode::Fs),
             _ => None,
         }
     }
@@ -133,9 +138,10 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         Some(Mode::Verify) => verify::run(ctx),
         Some(Mode::Bench) => bench::run(ctx),
         Some(Mode::Platform) => platform::run(ctx),
+        Some(Mode::Fs) => fs::run(ctx),
         None => {
             crate::out!(
-                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, bench, platform)",
+                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, fs, bench, platform)",
                 ctx.command.mode_name
             );
             Outcome {
