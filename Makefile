@@ -67,10 +67,13 @@ miri: setup
 	bash tests/miri.sh
 
 # The example PVH unikernel: its own crate (unikernel/, own workspace) for
-# x86_64-unknown-none. unikernel-test lints it and boots it under plain QEMU.
+# x86_64-unknown-none, the minimal example, and the README's "Your own
+# unikernel" built as written (tests/readme-guest.sh, outside the tree).
+# unikernel-test lints the first two and boots all three under plain QEMU.
 unikernel: setup
 	cd unikernel && $(CARGO) build --release
 	cd examples/minimal && $(CARGO) build --release
+	bash tests/readme-guest.sh >/dev/null
 
 # The platform (pvh-rt/, xenblk-pvh-rt) is linted through its own manifest.
 unikernel-test: unikernel

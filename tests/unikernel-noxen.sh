@@ -6,7 +6,8 @@
 #   2. selftest=panic and selftest=exception: a "xenblk-panic:" line and the
 #      panic exit code 0x11 (QEMU status 35) — the panic handler and the
 #      exception stubs work, so a bug is never a silent triple fault;
-#   3. the host unit tests of unikernel/src/cksum.rs (the CRC that `verify`
+#   3. the minimal example and the README's guest boot on the same platform;
+#   4. the host unit tests of unikernel/src/cksum.rs (the CRC that `verify`
 #      prints for dom0), built on their own with rustc --test: known vectors
 #      and a comparison with the cksum binary; and those of
 #      unikernel/src/benchcmd.rs (the parser of dom0's `bench serve` commands).
@@ -73,6 +74,20 @@ if [[ -f $MIN_ELF ]]; then
     [[ $rc == 33 ]] && ok "the minimal unikernel exits 33" || not_ok "minimal: exit status $rc, wanted 33"
 else
     not_ok "$MIN_ELF missing (make unikernel)"
+fi
+
+# The README's guest ("Your own unikernel", built as written by
+# tests/readme-guest.sh): without Xen it prints its command line and leaves
+# with the status the README says (7).
+README_ELF=$(bash tests/readme-guest.sh --path)
+if [[ -f $README_ELF ]]; then
+    main_elf=$ELF ELF=$README_ELF
+    boot "hello world"
+    ELF=$main_elf
+    expect "the README's guest boots and prints its command line" '^myguest: cmdline="hello world"$'
+    [[ $rc == 7 ]] && ok "the README's guest exits 7 as the README says" || not_ok "README guest: exit status $rc, wanted 7"
+else
+    not_ok "$README_ELF missing (make unikernel)"
 fi
 
 # The CRC module and the bench-command parser are core-only, so the host

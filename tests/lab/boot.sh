@@ -20,6 +20,8 @@ MATRIX=${1:?usage: boot.sh MATRIX OUTDIR}
 OUT=${2:?usage: boot.sh MATRIX OUTDIR}
 UNIKERNEL_ELF=${XENBLK_UNIKERNEL_ELF:-$REPO_DIR/unikernel/target/x86_64-unknown-none/release/xenblk-unikernel}
 MINIMAL_ELF=$REPO_DIR/examples/minimal/target/x86_64-unknown-none/release/xenblk-minimal
+# README.md's "Your own unikernel", built as written (tests/readme-guest.sh)
+README_ELF=$(bash "$REPO_DIR/tests/readme-guest.sh" --path)
 GUEST=${XENBLK_LAB_GUEST:-auto}
 WAIT_SECS=${XENBLK_LAB_WAIT:-180}         # per guest, inside dom0
 READY_SECS=${XENBLK_LAB_READY:-240}       # QEMU start -> dom0 toolstack ready
@@ -58,6 +60,8 @@ standin)
     cp "$GUEST" "$S/guest/xenblk-unikernel"
     # The minimal example (mode `minimal` in a matrix), when built.
     [[ -f $MINIMAL_ELF ]] && cp "$MINIMAL_ELF" "$S/guest/xenblk-minimal"
+    # The README's guest (mode `readme`), when built.
+    [[ -f $README_ELF ]] && cp "$README_ELF" "$S/guest/myguest"
     G_TYPE=pvh G_KERNEL=/lab/guest/xenblk-unikernel G_EXTRA= G_CMD_PREFIX= G_MEM=${XENBLK_LAB_MEM:-64}
     say "guest: $GUEST ($(stat -c %s "$GUEST") bytes)"
     ;;
@@ -124,6 +128,10 @@ while read -r name mode disks; do
     if [[ $mode == minimal ]]; then
         [[ $G_TYPE == pvh && -f $MINIMAL_ELF ]] || die "$MATRIX: $name: the minimal example is not built (make unikernel)"
         kernel=/lab/guest/xenblk-minimal
+    fi
+    if [[ $mode == readme ]]; then
+        [[ $G_TYPE == pvh && -f $README_ELF ]] || die "$MATRIX: $name: the README's guest is not built (make unikernel)"
+        kernel=/lab/guest/myguest
     fi
     cat >"$S/cfg/$base.meta" <<META
 NAME=$name

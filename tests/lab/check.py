@@ -292,13 +292,42 @@ def check_minimal(c, name, specs, cfg):
     c.check(closing in lines, f"{p} the minimal unikernel's last line is '{closing}'")
 
 
+def check_readme(c, name, specs, cfg):
+    """The README's guest ("Your own unikernel", built as written): its
+    command line, one `myguest: vdev=<n> sectors=<s>` line per disk with the
+    backend's `sectors`, and its last line."""
+    p = f"{name}:"
+    lines, src = guest_lines(cfg)
+    xs = parse_xenstore(cfg["sections"].get("xenstore", []))
+    for ln in lines:
+        if ln.startswith("xenblk-panic"):
+            c.check(False, f"{p} guest reported: {ln}")
+    c.check('myguest: cmdline="readme"' in lines,
+            f"{p} the README's guest prints its command line (from {src})")
+    got = {}
+    for ln in lines:
+        m = re.match(r"^myguest: vdev=(\d+) sectors=(\d+)$", ln)
+        if m:
+            got[m.group(1)] = m.group(2)
+    for spec in specs:
+        v = vdev_number(spec.get("vdev", ""))
+        be = next((val for k, val in xs.items()
+                   if re.match(rf"^/local/domain/\d+/device/vbd/{v}/backend$", k)), None)
+        want = xs.get(f"{be}/sectors") if be else None
+        c.check(want is not None and got.get(v) == want,
+                f"{p} {spec.get('vdev')}: the README's guest read sectors={got.get(v, 'nothing')}, "
+                f"the backend wrote {want or 'nothing'}")
+    closing = f"myguest: done, {len(specs)} disk(s)"
+    c.check(closing in lines, f"{p} the README's guest's last line is '{closing}'")
+
+
 def check_config(c, name, mode, specs, attempts):
     cfg = attempts[-1]
     p = f"{name}:"
-    if mode == "minimal":
+    if mode in ("minimal", "readme"):
         c.check(cfg["status"] == "ok",
                 f"{p} guest ran to its end (attempt {cfg['attempt']}, status={cfg['status']})")
-        return check_minimal(c, name, specs, cfg)
+        return (check_minimal if mode == "minimal" else check_readme)(c, name, specs, cfg)
     for i, a in enumerate(attempts[:-1]):
         print(f"note {p} RETRIED: attempt {i + 1} ended with status={a['status']}")
     if not c.check(cfg["status"] == "ok",
@@ -343,6 +372,9 @@ def check_config(c, name, mode, specs, attempts):
             check_geometry(c, f"{name}: {spec.get('vdev')}", spec, d, xs, geo.get(v))
             if mode == "verify" and cfg["status"] == "ok" and is_writable(d, xs):
                 check_verify_disk(c, f"{name}: {spec.get('vdev')}", v, d, checks, verifies)
+            if mode == "fs" and cfg["status"] == "ok" and d.get("connected", "yes") == "yes":
+                check_fs_disk(c, f"{name}: {spec.get('vdev')}", v, cfg, lines, checks,
+                              is_writable(d, xs))
 
     if mode == "verify" and cfg["status"] == "ok":
         writable = {v for v, d in by_vdev.items() if is_writable(d, xs)
@@ -553,6 +585,44 @@ def check_verify_disk(c, p, v, d, checks, verifies):
             c.check(num(r.get("sector")) % (ss // 512) == 0 and num(r.get("count")) % (ss // 512) == 0,
                     f"{p} verify region sector={r.get('sector')} count={r.get('count')} is whole "
                     f"{ss}-byte sectors")
+
+
+def check_fs_disk(c, p, v, cfg, lines, checks, writable):
+    """fs on a disk (job.sh mk_fat, fs_back): the guest listed every file
+    dom0 put there with its size, read DATA.BIN equal to dom0's cksum, wrote
+    GUEST.TXT (on a read-only disk: was refused with ReadOnly), dom0 read
+    that back equal with mtools (did not find it), and found the filesystem
+    clean (fsck.fat -n)."""
+    put = [fields("x " + ln) for ln in cfg["sections"].get("fs-put", [])
+           if ln.startswith("LAB-FS-PUT ")]
+    put = {f["name"]: f["bytes"] for f in put if f.get("vdev") == v}
+    seen = {}
+    for ln in lines:
+        f = fields(ln)
+        if ln.startswith("xenblk-fs ") and f.get("vdev") == v and "entry" in f:
+            seen[f["entry"]] = f.get("size")
+    c.check(bool(put), f"{p} dom0 made a FAT filesystem ({len(put)} files put)")
+    for name, size in sorted(put.items()):
+        c.check(seen.get(name) == size,
+                f"{p} the guest lists {name} with dom0's size {size} (got {seen.get(name, 'no entry')})")
+    for chk in ("fs-mount", "fs-read", "fs-write" if writable else "fs-write-refused"):
+        r = checks.get(f"{v}/{chk}")
+        c.check(r is not None and r[0] == "ok",
+                f"{p} {chk}: {'missing' if r is None else r[0] + ' ' + r[1]}")
+    back = [fields("x " + ln) for ln in cfg["sections"].get("fs-back", [])
+            if ln.startswith("LAB-FS ")]
+    back = [b for b in back if b.get("vdev") == v]
+    c.check(len(back) == 1 and back[0].get("match") == "yes"
+            and (back[0].get("want") != "absent") == writable,
+            f"{p} dom0 read the guest's file back with mtools, equal "
+            f"{'' if writable else '(a read-only disk: absent) '}"
+            f"({[(b.get('file'), b.get('want'), b.get('got')) for b in back] or 'no LAB-FS line'})")
+    fsck = [fields("x " + ln) for ln in cfg["sections"].get("fs-back", [])
+            if ln.startswith("LAB-FSCK ")]
+    fsck = [f for f in fsck if f.get("vdev") == v]
+    c.check(len(fsck) == 1 and fsck[0].get("rc") == "0",
+            f"{p} fsck.fat -n finds the filesystem clean after the guest "
+            f"(rc {[f.get('rc') for f in fsck] or 'none'})")
 
 
 def show(feats, tok):

@@ -24,8 +24,9 @@ section() {
 domstate() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 
 # closing_line LOG: the guest's closing `xenblk: N passed, M failed` line
-# (the minimal example's: `xenblk-minimal: read N disk(s)` or `... error: ...`).
+# (the minimal example's: `xenblk-minimal: read N disk(s)` or `... error: ...`;
+# the README's guest's: `myguest: done, N disk(s)`).
 closing_line() {
-    grep -aE '^(\([d0-9]+\) )?(xenblk: [0-9]+ passed, [0-9]+ failed|xenblk-minimal: (read [0-9]+ disk|error: ))' \
+    grep -aE '^(\([d0-9]+\) )?(xenblk: [0-9]+ passed, [0-9]+ failed|xenblk-minimal: (read [0-9]+ disk|error: )|myguest: done, [0-9]+ disk)' \
         "$1" 2>/dev/null | tail -n1
 }

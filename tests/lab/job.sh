@@ -33,6 +33,67 @@ mk_image() {
         }' $(($3 * 2048)) "$2" >"$1"
 }
 
+# FAT images (the `fs` guests): an MBR with one FAT16 partition (type 0x0e)
+# from 1 MiB to the end, made with sfdisk and mkfs.vfat; mtools reach it
+# as IMG@@1M.
+FAT_OFF=1048576
+export MTOOLS_SKIP_CHECK=1
+
+# mk_fat IMG VDEV: makes IMG such a disk holding DATA.BIN (random bytes, not a
+# whole number of sectors), CKSUM.TXT (`cksum DATA.BIN`) and DOCS/README.TXT,
+# and prints what it put there: `LAB-FS-PUT vdev= name= bytes=` per file.
+mk_fat() {
+    echo 'start=2048, type=e' | sfdisk -q "$1" >/dev/null || return 1
+    kib=$(($(stat -c %s "$1") / 1024 - FAT_OFF / 1024))
+    mkfs.vfat -F 16 -n XENBLK --offset $((FAT_OFF / 512)) "$1" "$kib" >/dev/null || return 1
+    rm -rf "$WORK/fat" && mkdir -p "$WORK/fat"
+    head -c 200003 /dev/urandom >"$WORK/fat/DATA.BIN"
+    (cd "$WORK/fat" && cksum DATA.BIN >CKSUM.TXT)
+    echo "made by dom0's mkfs.vfat and mcopy for vdev $2" >"$WORK/fat/README.TXT"
+    mcopy -i "$1@@$FAT_OFF" "$WORK/fat/DATA.BIN" "$WORK/fat/CKSUM.TXT" :: || return 1
+    mmd -i "$1@@$FAT_OFF" ::DOCS && mcopy -i "$1@@$FAT_OFF" "$WORK/fat/README.TXT" ::DOCS || return 1
+    for f in DATA.BIN CKSUM.TXT README.TXT; do
+        n=$f
+        [ $f = README.TXT ] && n=DOCS/README.TXT
+        echo "LAB-FS-PUT vdev=$2 name=/$n bytes=$(stat -c %s "$WORK/fat/$f")"
+    done
+}
+
+# fs_back LOG: after an `fs` guest, per disk: the file the guest says it
+# wrote (`xenblk-fs vdev= wrote= cksum= bytes=`) read back from the image
+# with mcopy and its cksum compared, or, where it wrote none (a read-only
+# disk), that GUEST.TXT is not there (`LAB-FS vdev= file= want= got=
+# match=`); then the partition checked with `fsck.fat -n` (`LAB-FSCK vdev=
+# rc=`, its output before it).
+fs_back() {
+    for m in $VDEVS; do
+        v=${m%%=*} img=${m#*=}
+        w=$(grep -aoE "xenblk-fs vdev=$v wrote=[A-Z0-9.]+ cksum=[0-9]+ bytes=[0-9]+" "$1" | tail -n1)
+        if [ -n "$w" ]; then
+            for t in $w; do
+                case $t in
+                wrote=*) f=${t#wrote=} ;;
+                cksum=*) want=${t#cksum=} ;;
+                bytes=*) want=$want/${t#bytes=} ;;
+                esac
+            done
+            got=$(mcopy -n -i "$img@@$FAT_OFF" "::$f" - 2>/dev/null | cksum | tr ' ' /)
+        else
+            f=GUEST.TXT want=absent got=absent
+            mdir -b -i "$img@@$FAT_OFF" "::$f" >/dev/null 2>&1 && got=present
+        fi
+        ok=no
+        [ "$got" = "$want" ] && ok=yes
+        echo "LAB-FS vdev=$v file=$f want=$want got=$got match=$ok"
+        dd if="$img" of="$WORK/part" bs=1M skip=1 status=none
+        fsck.fat -n "$WORK/part" >"$WORK/fsck" 2>&1
+        rc=$?
+        sed 's/^/LAB-FSCK-OUT /' "$WORK/fsck"
+        echo "LAB-FSCK vdev=$v rc=$rc"
+        rm -f "$WORK/part"
+    done
+}
+
 # mk_dev IMG KIND MIB: puts image IMG on a block device of KIND and prints
 # the device: loop (512-byte sectors), loop4k (losetup --sector-size 4096),
 # null4k (a memory-backed null_blk instance with 4 KiB blocks, made through
@@ -125,6 +186,13 @@ run_config() {
         mib=${spec#*:}
         mk_image "$IMGDIR/$img.img" "$img" "$mib"
     done
+    if [ "$MODE" = fs ]; then
+        : >"$WORK/fsput"
+        for m in $VDEVS; do
+            mk_fat "${m#*=}" "${m%%=*}" >>"$WORK/fsput" || echo "LAB !!! could not make a FAT image at ${m#*=}"
+        done
+        section fs-put "$NAME" "$WORK/fsput"
+    fi
     for spec in $DEVS; do
         # A block device, unlike a file in tmpfs, can be opened with O_DIRECT.
         img=${spec%%:*}
@@ -253,6 +321,10 @@ run_config() {
                 echo "LAB-CKSUM vdev=$v sector=$s count=$c want=$k/$b got=$got match=$m"
             done >"$WORK/cksum"
         section cksum "$NAME" "$WORK/cksum"
+    fi
+    if [ "$MODE" = fs ] && [ "$status" = ok ]; then
+        fs_back "$log" >"$WORK/fsback"
+        section fs-back "$NAME" "$WORK/fsback"
     fi
     rm -f "$IMGDIR"/*.img
     echo "LAB RESULT name=$NAME attempt=$2 status=$status domid=${domid:-none} seconds=$(since "$t0")"

@@ -4,12 +4,14 @@
 # for 4.17, trixie for 4.20) with the Xen tools and the qdisk device model,
 # then <suite>-updates + <suite>-security and a dist-upgrade, so that the
 # tools match the hypervisor (bookworm: 4.17.7 from bookworm-security; trixie:
-# 4.20.4 from trixie-security). Called by build.sh, which caches the result.
+# 4.20.4 from trixie-security). dosfstools, mtools and fdisk (sfdisk) make
+# and read back the FAT images of the `fs` guests. Called by build.sh, which
+# caches the result.
 # Never binds the host's /dev into DIR.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 T=${1:?usage: mkroot.sh DIR}
-ROOT_PKGS=xen-utils-$LAB_XEN,xenstore-utils,qemu-system-xen,kmod,busybox,util-linux,procps,mount,coreutils,grep,sed,gawk
+ROOT_PKGS=xen-utils-$LAB_XEN,xenstore-utils,qemu-system-xen,kmod,busybox,util-linux,procps,mount,coreutils,grep,sed,gawk,dosfstools,mtools,fdisk
 
 command -v debootstrap >/dev/null || die "debootstrap missing: run tests/setup.sh"
 mkdir -p "$T"
