@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 # The library's host features: the simulator and the block-device adapters.
 HOST_FEATURES := sim,embedded-io,embedded-sdmmc,ext4-view
 
-.PHONY: all setup run test fmt clippy clippy-pvh unit layout miri doc lab \
+.PHONY: all setup run run-guest test fmt clippy clippy-pvh unit layout miri doc lab \
         unikernel unikernel-test bench bench-ring bench-driver bench-inguest \
         bench-inguest-smoke \
         fuzz fuzz-smoke soak soak-smoke msrv package
@@ -92,6 +92,11 @@ unikernel-test: unikernel
 # other (or on XENBLK_LAB_XEN alone when it is set).
 run: unikernel
 	bash tests/lab/lab.sh run
+
+# Your own PVH unikernel under real Xen: make run-guest GUEST=<ELF>
+# [CMDLINE="..."] (disks: tests/lab/matrix/guest.txt; docs/LAB.md).
+run-guest: setup
+	bash tests/lab/lab.sh guest "$(GUEST)" "$(CMDLINE)"
 
 lab: unikernel
 	bash tests/lab/lab.sh matrix

@@ -62,6 +62,8 @@ standin)
     [[ -f $MINIMAL_ELF ]] && cp "$MINIMAL_ELF" "$S/guest/xenblk-minimal"
     # The README's guest (mode `readme`), when built.
     [[ -f $README_ELF ]] && cp "$README_ELF" "$S/guest/myguest"
+    # Your own guest (mode `own`, `make run-guest`).
+    [[ -n ${XENBLK_OWN_GUEST:-} ]] && cp "$XENBLK_OWN_GUEST" "$S/guest/own"
     G_TYPE=pvh G_KERNEL=/lab/guest/xenblk-unikernel G_EXTRA= G_CMD_PREFIX= G_MEM=${XENBLK_LAB_MEM:-64}
     say "guest: $GUEST ($(stat -c %s "$GUEST") bytes)"
     ;;
@@ -129,6 +131,12 @@ while read -r name mode disks; do
         [[ $G_TYPE == pvh && -f $MINIMAL_ELF ]] || die "$MATRIX: $name: the minimal example is not built (make unikernel)"
         kernel=/lab/guest/xenblk-minimal
     fi
+    cmdline=$G_CMD_PREFIX$mode
+    if [[ $mode == own ]]; then
+        [[ $G_TYPE == pvh && -n ${XENBLK_OWN_GUEST:-} ]] || die "$MATRIX: $name: mode own needs XENBLK_OWN_GUEST (make run-guest GUEST=ELF)"
+        [[ $XENBLK_OWN_CMDLINE != *'"'* && $XENBLK_OWN_CMDLINE != *\\* ]] || die "CMDLINE must not contain \" or \\"
+        kernel=/lab/guest/own cmdline=$XENBLK_OWN_CMDLINE
+    fi
     if [[ $mode == readme ]]; then
         [[ $G_TYPE == pvh && -f $README_ELF ]] || die "$MATRIX: $name: the README's guest is not built (make unikernel)"
         kernel=/lab/guest/myguest
@@ -146,7 +154,7 @@ name = "lab-$name"
 type = "$G_TYPE"
 kernel = "$kernel"
 $G_EXTRA
-cmdline = "$G_CMD_PREFIX$mode"
+cmdline = "$cmdline"
 memory = $G_MEM
 vcpus = 1
 on_poweroff = "preserve"

@@ -324,6 +324,14 @@ def check_readme(c, name, specs, cfg):
 def check_config(c, name, mode, specs, attempts):
     cfg = attempts[-1]
     p = f"{name}:"
+    if mode == "own":
+        # your own guest (make run-guest): it powered off, no panic
+        c.check(cfg["status"] == "ok",
+                f"{p} your guest powered off (attempt {cfg['attempt']}, status={cfg['status']})")
+        lines, src = guest_lines(cfg)
+        panics = [ln for ln in lines if ln.startswith("xenblk-panic")]
+        c.check(not panics, f"{p} no xenblk-panic line ({panics or 'none'}, from {src})")
+        return
     if mode in ("minimal", "readme"):
         c.check(cfg["status"] == "ok",
                 f"{p} guest ran to its end (attempt {cfg['attempt']}, status={cfg['status']})")

@@ -6,6 +6,10 @@
 #   matrix  `make lab`: every configuration of matrix/issue4.txt, on every
 #           generation one after the other (4.17, then 4.20), or only on
 #           XENBLK_LAB_XEN when it is set.
+#   guest ELF [CMDLINE]
+#           `make run-guest`: your own PVH unikernel ELF under real Xen with
+#           the disks of matrix/guest.txt, its console shown; it passes when
+#           it powers off (one generation, like run).
 # Steps per generation: build/cache Xen, dom0's kernel and root (build.sh);
 # build the example unikernel (cd unikernel && cargo build --release; if the
 # crate is not there yet, the Linux stand-in guest is used and said so); boot
@@ -17,7 +21,14 @@ what=${1:-matrix}
 case $what in
 run) matrix=${2:-$LAB_DIR/matrix/run.txt} show=--show ;;
 matrix) matrix=${2:-$LAB_DIR/matrix/issue4.txt} show= ;;
-*) die "usage: lab.sh run|matrix [MATRIX]" ;;
+guest)
+    [[ -n ${2:-} ]] || die "usage: lab.sh guest ELF [CMDLINE] (make run-guest GUEST=ELF CMDLINE=...)"
+    [[ -f $2 ]] || die "guest ELF $2: no such file"
+    XENBLK_OWN_GUEST=$(realpath "$2") XENBLK_OWN_CMDLINE=${3:-}
+    export XENBLK_OWN_GUEST XENBLK_OWN_CMDLINE
+    matrix=$LAB_DIR/matrix/guest.txt show=--show
+    ;;
+*) die "usage: lab.sh run|matrix [MATRIX] | guest ELF [CMDLINE]" ;;
 esac
 if [[ $what == matrix && -z ${XENBLK_LAB_XEN:-} ]]; then
     rc=0 summary=
