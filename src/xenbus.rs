@@ -484,14 +484,21 @@ pub fn read_otherend<T: XsTransport>(
 ///
 /// # Errors
 ///
-/// As for [`read_otherend`], but never [`XenbusError::NoDevice`].
+/// As for [`read_otherend`], but [`XenbusError::NoDevice`] only when `dir`
+/// itself does not exist.
 pub fn read_otherend_keys<T: XsTransport>(
     xs: &mut XenStore<T>,
     dir: &str,
     path_key: &'static str,
     id_key: &'static str,
 ) -> Result<OtherEnd, XenbusError> {
-    let path = read_key(xs, dir, path_key)?;
+    let path = match read_key(xs, dir, path_key) {
+        // no key because no directory: no such device at all
+        Err(XenbusError::MissingKey(_)) if xs.read_opt(dir)?.is_none() => {
+            return Err(XenbusError::NoDevice);
+        }
+        r => r?,
+    };
     if !is_abs_path(&path) {
         return Err(XenbusError::MalformedKey(path_key));
     }
@@ -768,6 +775,8 @@ mod sim_tests {
         assert_eq!(read_backend(&mut xs, &fe864), Err(eacces));
         let fe880 = format!("{FE}/880");
         assert_eq!(read_backend(&mut xs, &fe880), Err(XenbusError::NoDevice));
+        let nowhere = format!("{FE}/999");
+        assert_eq!(read_backend(&mut xs, &nowhere), Err(XenbusError::NoDevice));
     }
 
     #[test]

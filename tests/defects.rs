@@ -347,8 +347,7 @@ fn d04a_a_probe_failing_on_a_hostile_sector_size_tears_down() {
     let guest = tb.guest();
     let err = guest
         .probe(0, one_queue())
-        .err()
-        .expect("sector-size 1000 must fail the probe");
+        .expect_err("sector-size 1000 must fail the probe");
     assert_eq!(err.error, D04A_PROBE);
     torn_down(&guest, &be);
     // Once the key is sane again, probing again connects.
@@ -369,8 +368,7 @@ fn d04b_a_probe_timing_out_on_a_slow_hotplug_script_tears_down() {
     let guest = tb.guest();
     let err = guest
         .probe(0, one_queue())
-        .err()
-        .expect("the hotplug script outlasts the connect bound");
+        .expect_err("the hotplug script outlasts the connect bound");
     assert_eq!(err.error, D04B_PROBE);
     torn_down(&guest, &be);
     // The script finishes; probing again connects.
@@ -623,8 +621,7 @@ fn d11a_probe_refuses_a_backend_id_that_names_no_backend() {
         let guest = tb.guest();
         let err = guest
             .probe(0, one_queue())
-            .err()
-            .expect("a backend-id naming no backend must fail the probe");
+            .expect_err("a backend-id naming no backend must fail the probe");
         assert_eq!(err.error, D11A_PROBE, "backend-id {id}");
         assert_eq!(guest.held(), (0, 0, 0), "backend-id {id}");
         assert_eq!(ring_refs(&tb, &fe), vec![], "backend-id {id}");

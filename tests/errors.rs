@@ -633,3 +633,51 @@ mod probe {
         assert_eq!(probe_into_error(&tb), Err(want));
     }
 }
+
+/// A refused submission and a completion show their buffer's length in
+/// `Debug`, not its bytes (a request's bytes would fill screens).
+#[cfg(feature = "sim")]
+#[test]
+fn debug_of_rejected_and_completion_shows_the_buffer_length() {
+    use xenblk::blkfront::Config;
+    use xenblk::sim::{blkback::BackendConfig, Testbed};
+    let tb = Testbed::new([BackendConfig::blkback()]);
+    let guest = tb.guest();
+    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let r = disk
+        .submit_read(disk.sectors(), vec![7u8; 4096])
+        .unwrap_err();
+    assert_eq!(
+        format!("{r:?}"),
+        "Rejected { error: OutOfRange, buf: <4096 bytes> }"
+    );
+    disk.submit_read(0, vec![0u8; 512]).unwrap();
+    disk.kick();
+    let c = loop {
+        if let Some(c) = disk.poll() {
+            break c;
+        }
+        disk.wait(u64::MAX).unwrap();
+    };
+    let shown = format!("{c:?}");
+    assert!(
+        shown.ends_with("result: Ok(()), buf: Some(<512 bytes>) }"),
+        "{shown}"
+    );
+    disk.close().unwrap();
+}
+
+/// A probe of a virtual device that does not exist says so, naming it.
+#[cfg(feature = "sim")]
+#[test]
+fn probing_a_vdev_that_does_not_exist_is_no_device_and_names_it() {
+    use xenblk::blkfront::Config;
+    use xenblk::sim::{blkback::BackendConfig, Testbed};
+    use xenblk::xenbus::XenbusError;
+    let tb = Testbed::new([BackendConfig::blkback()]);
+    let guest = tb.guest();
+    let e = guest.probe_vdev(51999, Config::default()).unwrap_err();
+    assert_eq!(e.error, xenblk::Error::Xenbus(XenbusError::NoDevice));
+    assert_eq!(e.vdev, Some(51999));
+    assert_eq!(e.to_string(), "vdev 51999: no such device");
+}

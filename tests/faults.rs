@@ -208,7 +208,7 @@ fn eagain_storms_on_transactions_are_retried_then_reported() {
         transaction_retries: 8,
         ..one_queue()
     };
-    let err = guest.probe(0, cfg).err().expect("must fail");
+    let err = guest.probe(0, cfg).expect_err("must fail");
     assert_eq!(err.error, Error::XenStore(XsError::RetriesExhausted));
     assert_eq!(guest.held(), (0, 0, 0));
 }
@@ -238,7 +238,7 @@ fn a_commit_storm_at_teardown_leaves_no_key_naming_a_freed_grant() {
         key: format!("{fe}/ring-ref"),
         fired: false,
     });
-    let err = guest.probe(0, probe_cfg).err().expect("the probe fails");
+    let err = guest.probe(0, probe_cfg).expect_err("the probe fails");
     assert!(
         matches!(
             err.error,
@@ -378,8 +378,7 @@ fn xenstore_connection_errors_are_typed_and_leak_nothing() {
     assert!(tb.xenstored().reply_garbage(tb.domid(), vec![0xff; 40]));
     let err = guest
         .probe(0, one_queue())
-        .err()
-        .expect("garbage must fail the probe");
+        .expect_err("garbage must fail the probe");
     assert!(
         matches!(
             err.error,

@@ -251,6 +251,7 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         ProbeError {
             error: error.into(),
             stall: Some(report),
+            vdev: Some(self.ends.vdev),
         }
     }
 

@@ -150,10 +150,17 @@ pub struct ProbeError {
     /// For a backend that did not reach the awaited state (in time, or at
     /// all because it closed): what it published and the likely cause.
     pub stall: Option<StallReport>,
+    /// The virtual device probed (`BlockFront::probe` sets it; `None` for
+    /// one made by a conversion from [`Error`]).
+    pub vdev: Option<u32>,
 }
 
+/// `vdev <n>: <error>`, then the stall report when there is one.
 impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(v) = self.vdev {
+            write!(f, "vdev {v}: ")?;
+        }
         match &self.stall {
             Some(s) => write!(f, "{}\n{}", self.error, s),
             None => write!(f, "{}", self.error),
@@ -177,7 +184,11 @@ impl From<ProbeError> for Error {
 
 impl From<Error> for ProbeError {
     fn from(error: Error) -> Self {
-        ProbeError { error, stall: None }
+        ProbeError {
+            error,
+            stall: None,
+            vdev: None,
+        }
     }
 }
 

@@ -425,8 +425,8 @@ impl BackendInfo {
     }
 
     /// The stable machine-readable line documented in the README:
-    /// `xenblk-disk vdev=… backend=… type=… sectors=… sector-size=… mode=…
-    /// direct-io-safe=… features=… connected=yes`.
+    /// `xenblk-disk vdev=… backend=… type=… sectors=… sector-size=…
+    /// sectors-unit=… mode=… direct-io-safe=… features=… connected=yes`.
     pub fn disk_line(&self) -> String {
         alloc::format!(
             "xenblk-disk vdev={} backend={} type={} sectors={} sector-size={} sectors-unit={} \

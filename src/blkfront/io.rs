@@ -309,6 +309,11 @@ impl<'a, H: Hal> Io<'a, H> {
             Some(FlushMethod::Barrier) => BLKIF_OP_WRITE_BARRIER,
             None => return Err(IoError::Unsupported(Feature::FlushCache)),
         };
+        // blkback fails a flush of a read-only disk as a write; refuse it
+        // before it is sent, as a write is
+        if self.limits.read_only {
+            return Err(IoError::ReadOnly);
+        }
         self.submit_control(Op::Flush { op })
     }
 

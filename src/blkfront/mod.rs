@@ -186,6 +186,19 @@ pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     io: Io<'a, H>,
 }
 
+/// The device in brief: its number, state, geometry and requests held.
+impl<H: Hal, T: XsTransport> core::fmt::Debug for BlockFront<'_, H, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BlockFront")
+            .field("vdev", &self.info().vdev)
+            .field("state", &self.state())
+            .field("sectors", &self.sectors())
+            .field("sector_size", &self.sector_size())
+            .field("outstanding", &self.outstanding())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// The virtual-device numbers of every disk under `device/vbd`
     /// ([`crate::xenbus::enumerate_vbds`]; entries whose backend keys are
@@ -207,7 +220,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// [`ProbeError`] with [`XenbusError::StateTimeout`] and a
     /// [`StallReport`] when the backend does not reach InitWait or Connected
     /// within `cfg.connect_timeout_ns`, or [`XenbusError::UnexpectedState`]
-    /// and a report when it closes instead; [`XenbusError::MissingKey`] /
+    /// and a report when it closes instead; [`XenbusError::NoDevice`] when
+    /// `device/vbd/<vdev>` does not exist; [`XenbusError::MissingKey`] /
     /// [`XenbusError::MalformedKey`] naming a bad key; xenstore, grant,
     /// ring and event-channel errors (each as the [`Error`](crate::Error)
     /// variant of its layer). `?` turns a `ProbeError` into an
@@ -222,7 +236,11 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         vdev: u32,
         cfg: Config,
     ) -> core::result::Result<Self, ProbeError> {
-        let conn = Connection::open(hal, gt, store, vdev, cfg)?;
+        let named = |mut e: ProbeError| {
+            e.vdev = Some(vdev);
+            e
+        };
+        let conn = Connection::open(hal, gt, store, vdev, cfg).map_err(|e| named(e.into()))?;
         let limits = Limits {
             handle: vdev as u16,
             wire_unit: units::WireUnit::BYTES_512,
@@ -240,7 +258,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             conn,
             io: Io::new(limits),
         };
-        dev.connect()?;
+        dev.connect().map_err(named)?;
         Ok(dev)
     }
 
@@ -383,7 +401,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// # Errors
     ///
     /// [`IoError::Unsupported`] when neither is offered (or both were turned
-    /// off after `EOPNOTSUPP`); state errors.
+    /// off after `EOPNOTSUPP`), then [`IoError::ReadOnly`] on a read-only
+    /// disk (nothing is sent); state errors.
     pub fn submit_flush(&mut self) -> Result<RequestToken, IoError> {
         self.io.submit_flush()
     }

@@ -27,8 +27,9 @@ impl RequestToken {
     }
 }
 
-/// A finished request.
-#[derive(Debug, PartialEq, Eq)]
+/// A finished request. Its `Debug` shows the buffer's length, not its
+/// bytes.
+#[derive(PartialEq, Eq)]
 pub struct Completion {
     /// Which request.
     pub token: RequestToken,
@@ -40,12 +41,42 @@ pub struct Completion {
 }
 
 /// A submission the driver refused; the caller's buffer comes back intact.
-#[derive(Debug, PartialEq, Eq)]
+/// Its `Debug` shows the buffer's length, not its bytes.
+#[derive(PartialEq, Eq)]
 pub struct Rejected {
     /// Why.
     pub error: IoError,
     /// The caller's buffer.
     pub buf: Vec<u8>,
+}
+
+/// A buffer in `Debug` output: its length (a request's bytes would fill
+/// screens).
+struct BufLen(usize);
+
+impl core::fmt::Debug for BufLen {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+impl core::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .field("buf", &BufLen(self.buf.len()))
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Completion")
+            .field("token", &self.token)
+            .field("result", &self.result)
+            .field("buf", &self.buf.as_ref().map(|b| BufLen(b.len())))
+            .finish()
+    }
 }
 
 /// Shows the reason alone (the buffer is the caller's again).
