@@ -98,7 +98,9 @@ pub struct BackendConfig {
     pub qdisk_2024_rule: bool,
     /// The `params` key.
     pub params: String,
-    /// The `dev` key (the guest-side name, e.g. `xvda`).
+    /// The `dev` key (the guest-side name, e.g. `xvda`); empty (the
+    /// default): named from the virtual-device number as libxl names it
+    /// (`xvda`..`xvdp`, then the extended form's `xvdq`...).
     pub dev: String,
     /// blkback only: the `physical-device` the hotplug script writes
     /// (`MAJOR:MINOR` in hex).
@@ -154,7 +156,7 @@ impl BackendConfig {
             stall_with_direct_io_safe: false,
             qdisk_2024_rule: false,
             params: "/var/lib/xen/images/disk.img".to_string(),
-            dev: "xvda".to_string(),
+            dev: String::new(),
             physical_device: "7:0".to_string(),
             hotplug_delay_ns: 0,
             flush: Offer::Yes,
@@ -173,8 +175,9 @@ impl BackendConfig {
 
     /// QEMU 7.2 qdisk, as measured: flush, discard (granularity 512), ring
     /// order 4; no barrier, persistent grants, indirect requests, multi-queue
-    /// or `physical-sector-size`. `stall_with_direct_io_safe` is on, as with
-    /// Debian's QEMU; it only matters when `direct_io_safe` is set.
+    /// or `physical-sector-size`; 512-byte sectors, 8 MiB.
+    /// `stall_with_direct_io_safe` is on, as with Debian's QEMU; it only
+    /// matters when `direct_io_safe` is set.
     pub fn qdisk() -> BackendConfig {
         BackendConfig {
             personality: Personality::Qdisk,
@@ -298,6 +301,29 @@ fn flag(b: bool) -> &'static str {
     }
 }
 
+/// The guest-side name libxl gives virtual-device number `vdev`: `xvd`
+/// and the disk index in letters (a = 0, ..., z = 25, aa = 26, ...), from
+/// the xvd form `202 << 8 | index << 4` or the extended form
+/// `1 << 28 | index << 8`; `vdev<n>` for any other number.
+pub fn dev_name(vdev: u32) -> String {
+    let index = if vdev >> 8 == 202 {
+        (vdev >> 4) & 0xf
+    } else if vdev >> 28 == 1 {
+        (vdev >> 8) & 0xf_ffff
+    } else {
+        return format!("vdev{vdev}");
+    };
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        letters.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    letters.reverse();
+    format!("xvd{}", String::from_utf8(letters).unwrap_or_default())
+}
+
 /// The frontend directory as libxl creates it, before the frontend runs.
 pub fn toolstack_frontend_keys(cfg: &BackendConfig, backend_path: &str, vdev: u32) -> Keys {
     let mut k = vec![
@@ -314,8 +340,14 @@ pub fn toolstack_frontend_keys(cfg: &BackendConfig, backend_path: &str, vdev: u3
 }
 
 /// The backend directory as libxl creates it (state 1, before the backend
-/// runs), `direct-io-safe` included when configured.
-pub fn toolstack_backend_keys(cfg: &BackendConfig, frontend_path: &str, fe: DomId) -> Keys {
+/// runs), `direct-io-safe` included when configured; `dev` names `vdev`
+/// unless `cfg.dev` is set.
+pub fn toolstack_backend_keys(
+    cfg: &BackendConfig,
+    frontend_path: &str,
+    fe: DomId,
+    vdev: u32,
+) -> Keys {
     let mut k = vec![
         kv("frontend", frontend_path),
         kv("frontend-id", fe.0),
@@ -330,7 +362,14 @@ pub fn toolstack_backend_keys(cfg: &BackendConfig, frontend_path: &str, fe: DomI
         ),
         kv("mode", if cfg.read_only { "r" } else { "w" }),
         kv("params", &cfg.params),
-        kv("dev", &cfg.dev),
+        kv(
+            "dev",
+            if cfg.dev.is_empty() {
+                dev_name(vdev)
+            } else {
+                cfg.dev.clone()
+            },
+        ),
         kv("removable", flag(cfg.removable)),
         kv("bootable", flag(cfg.bootable)),
     ];
@@ -476,16 +515,38 @@ mod tests {
     }
 
     #[test]
+    fn dev_names_follow_libxl() {
+        for (vdev, name) in [
+            (202 << 8, "xvda"),
+            ((202 << 8) | (15 << 4), "xvdp"),
+            ((1 << 28) | (16 << 8), "xvdq"),
+            ((1 << 28) | (25 << 8), "xvdz"),
+            ((1 << 28) | (26 << 8), "xvdaa"),
+            ((1 << 28) | (701 << 8), "xvdzz"),
+            ((1 << 28) | (702 << 8), "xvdaaa"),
+            (768, "vdev768"),
+        ] {
+            assert_eq!(dev_name(vdev), name, "{vdev:#x}");
+        }
+    }
+
+    #[test]
     fn toolstack_dirs_match_libxl() {
         let mut c = BackendConfig::qdisk();
         c.direct_io_safe = Some(true);
         c.read_only = true;
-        let b = toolstack_backend_keys(&c, "/local/domain/3/device/vbd/51712", DomId(3));
+        let b = toolstack_backend_keys(&c, "/local/domain/3/device/vbd/51712", DomId(3), 51712);
         assert_eq!(get(&b, "direct-io-safe"), Some("1"));
         assert_eq!(get(&b, "type"), Some("qdisk"));
         assert_eq!(get(&b, "mode"), Some("r"));
         assert_eq!(get(&b, "frontend-id"), Some("3"));
         assert_eq!(get(&b, "state"), Some("1"));
+        assert_eq!(get(&b, "dev"), Some("xvda"));
+        let b = toolstack_backend_keys(&c, "/x", DomId(3), 51728);
+        assert_eq!(get(&b, "dev"), Some("xvdb"));
+        c.dev = "hda".to_string();
+        let b = toolstack_backend_keys(&c, "/x", DomId(3), 51728);
+        assert_eq!(get(&b, "dev"), Some("hda"), "an explicit name stays");
         let f = toolstack_frontend_keys(&c, "/local/domain/0/backend/qdisk/3/51712", 51712);
         assert_eq!(
             names(&f),

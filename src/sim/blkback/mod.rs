@@ -166,7 +166,7 @@ impl SimBlkBack {
         store.set_perms(&fe_path, frontend, Perm::None, &[(DomId::DOM0, Perm::Read)])?;
         store.write(&be_path, "")?;
         store.set_perms(&be_path, DomId::DOM0, Perm::None, &[(frontend, Perm::Read)])?;
-        for (k, v) in config::toolstack_backend_keys(&cfg, &fe_path, frontend) {
+        for (k, v) in config::toolstack_backend_keys(&cfg, &fe_path, frontend, vdev) {
             store.write(&format!("{be_path}/{k}"), &v)?;
         }
         for (k, v) in config::toolstack_frontend_keys(&cfg, &be_path, vdev) {
