@@ -61,7 +61,7 @@ for what in panic exception; do
     expect "selftest=$what prints xenblk-panic" '^xenblk-panic: '
     [[ $rc == 35 ]] && ok "selftest=$what exits 0x11 (status 35)" || not_ok "selftest=$what: exit status $rc, wanted 35"
 done
-expect "an exception names its vector and rip" '^xenblk-panic: CPU exception 6 \(error 0x0\) at rip 0x'
+expect "an exception names its vector, its name and rip" '^xenblk-panic: CPU exception 6 \(#UD invalid opcode, error 0x0\) at rip 0x[0-9a-f]+, rsp 0x[0-9a-f]+$'
 
 # The minimal example on the same platform (xenblk-pvh-rt): it boots, says
 # that there is no Xen, and leaves with the same status.

@@ -30,8 +30,9 @@
 //! ```ignore
 //! // build.rs: the link arguments, for this one binary (the Cargo binary
 //! // name, which need not be the guest name of `entry!`). Without them the
-//! // link fails with "relocation R_X86_64_64 cannot be used against local
-//! // symbol; recompile with -fPIC".
+//! // link fails with some twenty "rust-lld: error: relocation R_X86_64_64
+//! // cannot be used against symbol 'pvh_start32'; recompile with -fPIC"
+//! // lines.
 //! fn main() {
 //!     let args = std::env::var("DEP_XENBLK_PVH_RT_LINK_ARGS").expect("xenblk-pvh-rt");
 //!     for a in args.split('\u{1f}') {
@@ -226,10 +227,55 @@ extern "C" fn xenblk_pvh_rt_entry(start_info_paddr: u32) -> ! {
 /// Called by the exception stubs of the boot code.
 #[unsafe(no_mangle)]
 extern "C" fn xenblk_pvh_rt_exception(frame: &ExceptionFrame) -> ! {
-    panic!(
-        "CPU exception {} (error {:#x}) at rip {:#x}, rsp {:#x}",
-        frame.vector, frame.error, frame.rip, frame.rsp
+    // Not a panic!: its location would be this file, not the fault's.
+    out!(
+        "xenblk-panic: CPU exception {} ({}, error {:#x}) at rip {:#x}, rsp {:#x}",
+        frame.vector,
+        exception_name(frame.vector),
+        frame.error,
+        frame.rip,
+        frame.rsp
     );
+    crash()
+}
+
+/// The mnemonic and name of exception `vector` (Intel SDM vol. 3, table
+/// 6-1).
+fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        4 => "#OF overflow",
+        5 => "#BR bound range exceeded",
+        6 => "#UD invalid opcode",
+        7 => "#NM device not available",
+        8 => "#DF double fault",
+        10 => "#TS invalid TSS",
+        11 => "#NP segment not present",
+        12 => "#SS stack-segment fault",
+        13 => "#GP general protection",
+        14 => "#PF page fault",
+        16 => "#MF x87 floating-point error",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD floating-point",
+        20 => "#VE virtualization exception",
+        21 => "#CP control protection",
+        _ => "reserved",
+    }
+}
+
+/// Ends the domain after a `xenblk-panic` line: `SHUTDOWN_crash`, or
+/// without Xen QEMU's exit with status 35.
+fn crash() -> ! {
+    if let Some(xen) = Xen::get() {
+        xen.shutdown(ShutdownReason::Crash);
+    }
+    // SAFETY: the boot code identity-mapped memory before any Rust ran.
+    unsafe { pvh::shutdown_early(ShutdownReason::Crash) };
+    qemu_exit(QEMU_EXIT_PANIC)
 }
 
 /// Shuts the domain down with `reason`, before or after `Xen` is up.
@@ -270,10 +316,5 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         ),
         None => out!("xenblk-panic: {}", info.message()),
     }
-    if let Some(xen) = Xen::get() {
-        xen.shutdown(ShutdownReason::Crash);
-    }
-    // SAFETY: the boot code identity-mapped memory before any Rust ran.
-    unsafe { pvh::shutdown_early(ShutdownReason::Crash) };
-    qemu_exit(QEMU_EXIT_PANIC)
+    crash()
 }
