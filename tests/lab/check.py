@@ -646,7 +646,12 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         return 2
     matrix = parse_matrix(args[0])
-    configs = parse_log(args[1])
+    try:
+        configs = parse_log(args[1])
+    except FileNotFoundError:
+        print(f"FAIL no serial log at {args[1]}: QEMU never ran (see the lab's messages above)")
+        print("lab: 0 passed, 1 failed")
+        return 1
     c = Checks()
     for name, mode, specs in matrix:
         attempts = configs.get(name)

@@ -25,7 +25,9 @@ guest)
     [[ -n ${2:-} ]] || die "usage: lab.sh guest ELF [CMDLINE] (make run-guest GUEST=ELF CMDLINE=...)"
     [[ -f $2 ]] || die "guest ELF $2: no such file"
     XENBLK_OWN_GUEST=$(realpath "$2") XENBLK_OWN_CMDLINE=${3:-}
-    export XENBLK_OWN_GUEST XENBLK_OWN_CMDLINE
+    # your ELF is the lab's guest: the example unikernel is not built
+    XENBLK_LAB_GUEST=$XENBLK_OWN_GUEST
+    export XENBLK_OWN_GUEST XENBLK_OWN_CMDLINE XENBLK_LAB_GUEST
     matrix=$LAB_DIR/matrix/guest.txt show=--show
     ;;
 *) die "usage: lab.sh run|matrix [MATRIX] | guest ELF [CMDLINE]" ;;
