@@ -14,13 +14,13 @@
 use std::sync::Arc;
 
 use xenblk::blkfront::{BlockFront, Config, SharedStore};
+use xenblk::error::XsErrno;
 use xenblk::gnttab::GrantTable;
 use xenblk::hal::DomId;
 use xenblk::sim::blkback::{BackendConfig, BackendStore, SimBlkBack};
 use xenblk::sim::xenstored::XenStored;
 use xenblk::sim::{vdev_of, SimHal, SimXen, Testbed};
 use xenblk::xenbus::XenbusError;
-use xenblk::error::XsErrno;
 use xenblk::xenstore::{XenStore, XsError};
 
 #[test]
@@ -39,7 +39,11 @@ fn in_a_testbed_every_disk_is_listed_and_connects_hot_plugged_ones_too() {
     // one more after the guest is up
     let third = tb.add_disk(b).expect("hot-plug");
     assert_eq!(guest.enumerate().expect("enumerate").len(), 3);
-    guest.probe(third, Config::default()).expect("probe").close().expect("close");
+    guest
+        .probe(third, Config::default())
+        .expect("probe")
+        .close()
+        .expect("close");
 }
 
 #[test]
