@@ -290,6 +290,76 @@ fn persistent_grants_are_reused_and_given_back_on_close() {
     assert_eq!(guest.held(), (0, 0, 0));
 }
 
+/// `max_kept_pages` bounds what a device keeps granted (and so
+/// allocated) for persistent use, over all its queues; a big write still
+/// works, cut into parts that fit; below the minimum per queue persistent
+/// grants are not offered.
+#[test]
+fn max_kept_pages_bounds_the_pages_kept_and_a_tiny_one_turns_them_off() {
+    for (max, offered) in [(200usize, true), (80, false)] {
+        let tb = Testbed::new([small(BackendConfig::blkback())]);
+        let be = tb.backend(0);
+        let guest = tb.guest();
+        let cfg = Config {
+            max_kept_pages: max,
+            ..Config::default()
+        };
+        let mut disk = guest.probe(0, cfg).expect("probe");
+        let queues = disk.info().negotiated.queues as usize;
+        assert_eq!(queues, 2, "the simulated blkback offers 2 queues");
+        assert_eq!(disk.info().negotiated.persistent, offered, "max {max}");
+        let data = pattern(9, 4 << 20);
+        disk.write(0, &data).expect("4 MiB write");
+        let mut back = vec![0u8; data.len()];
+        disk.read(0, &mut back).expect("4 MiB read");
+        assert!(back == data);
+        let pinned = be.stats().persistent_grants;
+        assert!(
+            pinned <= max,
+            "max {max}: the backend holds {pinned} persistent grants"
+        );
+        if offered {
+            assert!(pinned > 0, "max {max}: persistent grants in use");
+        } else {
+            assert_eq!(pinned, 0, "max {max}: 40 per queue is below the minimum");
+        }
+        disk.close().unwrap();
+        assert_eq!(guest.held(), (0, 0, 0));
+    }
+}
+
+/// Without persistent grants (qdisk), `max_kept_pages` bounds the idle
+/// pages a device keeps for reuse after a big request.
+#[test]
+fn max_kept_pages_bounds_the_idle_pages_kept_without_persistent_grants() {
+    let mut held = Vec::new();
+    for max in [Config::default().max_kept_pages, 100] {
+        let tb = Testbed::new([small(BackendConfig::qdisk())]);
+        let guest = tb.guest();
+        let cfg = Config {
+            max_kept_pages: max,
+            ..Config::default()
+        };
+        let mut disk = guest.probe(0, cfg).expect("probe");
+        assert!(!disk.info().negotiated.persistent);
+        let ring_pages = 1usize << disk.info().negotiated.ring_page_order;
+        let data = pattern(5, 4 << 20);
+        disk.write(0, &data).expect("4 MiB write");
+        let mut back = vec![0u8; data.len()];
+        disk.read(0, &mut back).expect("4 MiB read");
+        assert!(back == data);
+        held.push((max, guest.held().2 - ring_pages));
+        disk.close().unwrap();
+    }
+    let (_, by_default) = held[0];
+    let (max, limited) = held[1];
+    assert!(limited <= max, "{held:?}");
+    assert!(
+        by_default > 4 * max,
+        "the default keeps a ring's worth: {held:?}"
+    );
+}
+
 #[test]
 fn untrusted_backend_gets_no_persistent_grants() {
     let mut cfg = small(BackendConfig::blkback());

@@ -10,7 +10,8 @@
 #   4. the host unit tests of unikernel/src/cksum.rs (the CRC that `verify`
 #      prints for dom0), built on their own with rustc --test: known vectors
 #      and a comparison with the cksum binary; and those of
-#      unikernel/src/benchcmd.rs (the parser of dom0's `bench serve` commands).
+#      unikernel/src/benchcmd.rs (the parser of dom0's `bench serve` commands)
+#      and of pvh-rt/src/memmap.rs (the heap's regions from the memory map).
 # Port 0xe9 is QEMU's debugcon (Xen's HVM debug port, too).
 # Usage: tests/unikernel-noxen.sh [ELF]  (default: the release build)
 set -euo pipefail
@@ -90,11 +91,13 @@ else
     not_ok "$README_ELF missing (make unikernel)"
 fi
 
-# The CRC module and the bench-command parser are core-only, so the host
-# can build each as a test crate.
+# The CRC module, the bench-command parser and the platform's heap planner
+# (pvh-rt/src/memmap.rs) are core-only, so the host can build each as a
+# test crate.
 ckdir=$(mktemp -d)
-for m in cksum benchcmd; do
-    if rustc --edition 2021 --test -o "$ckdir/$m-test" "unikernel/src/$m.rs" 2>"$ckdir/err" &&
+for f in unikernel/src/cksum.rs unikernel/src/benchcmd.rs pvh-rt/src/memmap.rs; do
+    m=$(basename "$f" .rs)
+    if rustc --edition 2021 --test -o "$ckdir/$m-test" "$f" 2>"$ckdir/err" &&
         "$ckdir/$m-test" >"$ckdir/out" 2>&1; then
         ok "$m.rs host tests ($(grep -o '[0-9]* passed' "$ckdir/out"))"
     else

@@ -1305,6 +1305,7 @@ fn setup(inp: &mut Input<'_>) -> Setup {
         close_timeout_ns: 1_000_000_000,
         io_timeout_ns: 200_000_000,
         transaction_retries: 4,
+        ..Config::default()
     };
     if ext & 0x10 != 0 {
         cfg.max_indirect_segments = 256;

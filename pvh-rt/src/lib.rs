@@ -43,15 +43,20 @@
 //!
 //! Build for `x86_64-unknown-none` (`--target`, or `build.target` in
 //! `.cargo/config.toml`); boot with `type = "pvh"`,
-//! `kernel = "<the ELF>"` and `memory = 64` (or more) in the xl config.
+//! `kernel = "<the ELF>"` and a `memory` that holds the image (under 2 MiB
+//! for the example unikernel) and the heap your guest needs.
 //!
 //! ## The contract
 //!
 //! - **Memory.** The image is linked at 1 MiB (`pvh.ld`): text, data, then
-//!   NOLOAD bss, a 256 KiB stack and a 32 MiB heap arena, all below 48 MiB.
-//!   The boot code identity-maps the first 4 GiB with 2 MiB pages
-//!   (virtual == physical, present + writable), which `xenblk::pvh` relies
-//!   on: a frame number is an address >> 12. Nothing above 4 GiB is mapped.
+//!   NOLOAD bss and a 256 KiB stack, below 8 MiB. The boot code
+//!   identity-maps the first 4 GiB with 2 MiB pages (virtual == physical,
+//!   present + writable), which `xenblk::pvh` relies on: a frame number is
+//!   an address >> 12. Nothing above 4 GiB is mapped. The heap is every
+//!   page of RAM in the start info's memory map (version 1, which Xen and
+//!   QEMU give a PVH guest) between the image's end and 4 GiB, less what
+//!   the loader placed there ([`heap`], [`memmap`]): it grows with the xl
+//!   config's `memory`.
 //! - **Interrupts** stay disabled for the whole run; the IDT only catches
 //!   exceptions, each of which ends in the panic handler. Event channels are
 //!   polled (`SCHEDOP_poll`), never delivered as interrupts: `xenblk::pvh`
@@ -62,8 +67,7 @@
 //! - **Symbols.** The crate defines `pvh_start32` (the entry), the section
 //!   `.note.xen`, the functions `xenblk_pvh_rt_entry` and
 //!   `xenblk_pvh_rt_exception`, the table `xenblk_pvh_rt_exc_stubs`, the
-//!   linker symbols of `pvh.ld` (`__bss_*`, `__stack_*`, `__heap_*`,
-//!   `__image_*`), a `#[panic_handler]`, and with the `heap` feature (on by
+//!   linker symbols of `pvh.ld` (`__bss_*`, `__stack_*`, `__image_*`), a `#[panic_handler]`, and with the `heap` feature (on by
 //!   default) the `#[global_allocator]`. [`entry!`] defines
 //!   `xenblk_pvh_main` and the guest-name note. xenblk itself adds only the
 //!   hidden `xenblk_hypercall_page`.
@@ -84,10 +88,13 @@ extern crate alloc;
 mod boot;
 pub mod console;
 pub mod heap;
+pub mod memmap;
 pub mod start_info;
 
 pub use boot::ExceptionFrame;
 pub use start_info::StartInfo;
+
+use core::ptr::addr_of;
 
 use x86_64::instructions::port::Port;
 use xenblk::hal::HalError;
@@ -190,12 +197,32 @@ extern "Rust" {
     fn xenblk_pvh_main(boot: Boot) -> !;
 }
 
+/// The end of the boot code's identity map (4 GiB).
+const IDENTITY_MAP_END: u64 = 1 << 32;
+
+extern "C" {
+    /// One past the image, its bss and stack (linker script).
+    static __image_end: u8;
+}
+
 /// Called by the boot code in long mode with the `hvm_start_info` address.
 #[unsafe(no_mangle)]
 extern "C" fn xenblk_pvh_rt_entry(start_info_paddr: u32) -> ! {
     boot::install_exception_handlers();
+    // SAFETY: `start_info_paddr` is the PVH entry's %ebx and the boot code
+    // identity-mapped the first 4 GiB.
+    let loader = unsafe { start_info::LoaderMemory::read(start_info_paddr) };
+    let reach = memmap::Region {
+        start: addr_of!(__image_end) as u64,
+        end: IDENTITY_MAP_END,
+    };
+    heap::set_plan(memmap::plan(
+        loader.map().iter().copied(),
+        reach,
+        loader.in_use(),
+    ));
     #[cfg(feature = "heap")]
-    // SAFETY: first and only call, before any allocation.
+    // SAFETY: first and only call, after set_plan, before any allocation.
     unsafe {
         heap::init()
     };

@@ -354,7 +354,10 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
         // granted, and its parts are cut to fit it: the backend keeps every
         // grant it is given mapped, so the budget is all it ever holds.
         let free = self.gt.capacity().saturating_sub(self.gt.in_use());
-        let budget = (free / (PERSISTENT_SHARE * queues.len().max(1))).min(PERSISTENT_MAX);
+        let nq = queues.len().max(1);
+        let budget = (free / (PERSISTENT_SHARE * nq))
+            .min(PERSISTENT_MAX)
+            .min(self.cfg.max_kept_pages / nq);
         // Like Linux's blkfront: offer persistent grants now, decide at
         // Connected (real blkback publishes `feature-persistent` only then).
         // Not offered when the budget would be too small to be worth it:
@@ -403,9 +406,11 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             SectorSize::new(info.sector_size).ok_or(XenbusError::MalformedKey("sector-size"))?;
         let persistent = advertise_persistent
             && keys::persistent_in_use(info.raw.get("feature-persistent").map(String::as_str));
-        if persistent {
-            for q in queues.iter_mut() {
+        for q in queues.iter_mut() {
+            if persistent {
                 q.use_persistent_grants(budget);
+            } else {
+                q.keep_idle_private(self.cfg.max_kept_pages / nq);
             }
         }
         let indirect = info

@@ -106,6 +106,14 @@ pub struct Config {
     pub max_indirect_segments: u32,
     /// Whether to use persistent grants when the backend offers them.
     pub persistent_grants: bool,
+    /// Most data pages the device keeps allocated between requests, over
+    /// all its queues (each gets an equal share): with persistent grants
+    /// the pages granted for good (at most Linux blkback's 1056 per ring;
+    /// below 44 per queue persistent grants are not offered at all),
+    /// without them the idle pages kept for reuse (at most a ring's slots
+    /// plus 64). A guest with little memory lowers it; requests of any size
+    /// still work, in parts that fit.
+    pub max_kept_pages: usize,
     /// Bound on each wait for a backend state during connection.
     pub connect_timeout_ns: u64,
     /// Bound on each wait for the backend to follow the frontend to Closing
@@ -124,6 +132,7 @@ impl Default for Config {
             max_queues: 4,
             max_indirect_segments: 256,
             persistent_grants: true,
+            max_kept_pages: 4 * 1056,
             connect_timeout_ns: 10_000_000_000,
             close_timeout_ns: 5_000_000_000,
             io_timeout_ns: 30_000_000_000,

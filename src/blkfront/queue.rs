@@ -350,6 +350,13 @@ impl<'a, H: Hal> Queue<'a, H> {
         self.pool.persistent = Some(Persistent { cap, granted: 0 });
     }
 
+    /// Keeps at most `max` idle private (per-request) pages for reuse
+    /// (`Config::max_kept_pages`), instead of a ring's slots plus
+    /// [`IDLE_PRIVATE_PAGES`].
+    pub(super) fn keep_idle_private(&mut self, max: usize) {
+        self.pool.keep_private = self.pool.keep_private.min(max);
+    }
+
     /// Ends the grants of idle persistent pages the backend no longer maps
     /// and frees those pages; returns how many. Called when grant
     /// references run out, so that exhaustion clears.

@@ -88,6 +88,11 @@ vdev_of() {
 n=0
 while read -r name mode disks; do
     [[ -z $name || $name == \#* ]] && continue
+    # an optional memory=<MiB> before the disks: this guest's `memory`
+    mem=$G_MEM
+    if [[ $disks =~ ^memory=([0-9]+)[[:space:]]+(.*)$ ]]; then
+        mem=${BASH_REMATCH[1]} disks=${BASH_REMATCH[2]}
+    fi
     [[ $name =~ ^[a-z0-9-]+$ ]] || die "$MATRIX: bad name '$name'"
     n=$((n + 1))
     base=$(printf '%02d-%s' "$n" "$name")
@@ -155,7 +160,7 @@ type = "$G_TYPE"
 kernel = "$kernel"
 $G_EXTRA
 cmdline = "$cmdline"
-memory = $G_MEM
+memory = $mem
 vcpus = 1
 on_poweroff = "preserve"
 on_crash = "preserve"
@@ -239,7 +244,8 @@ boot_once() {
 # guest waits): wait, bounded, until no other outer QEMU runs on this machine
 # (another checkout's lab or CI). XENBLK_LAB_IDLE_WAIT: the bound in seconds
 # (1800; 0: do not wait).
-others() { ps -C qemu-system-x86 -o pid=,stat= 2>/dev/null | awk '$2 !~ /Z/ { print $1 }' | tr '\n' ' '; }
+# (ps exits 1 when none runs: with pipefail that would end this script.)
+others() { { ps -C qemu-system-x86 -o pid=,stat= 2>/dev/null || true; } | awk '$2 !~ /Z/ { print $1 }' | tr '\n' ' '; }
 idle_t0=$(date +%s)
 if [[ -n $(others) ]] && ((${XENBLK_LAB_IDLE_WAIT:-1800} > 0)); then
     say "!!! another QEMU runs on this machine (pid $(others)): waiting for it to end (at most ${XENBLK_LAB_IDLE_WAIT:-1800} s)"

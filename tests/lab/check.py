@@ -67,6 +67,7 @@ def parse_matrix(path):
             if not line or line.startswith("#"):
                 continue
             name, mode, disks = line.split(None, 2)
+            disks = re.sub(r"^memory=\d+\s+", "", disks)  # the guest's memory (boot.sh)
             specs = []
             for d in disks.split(";"):
                 spec = {"flags": set()}

@@ -8,8 +8,10 @@
 //! `xenblk: N passed, M failed`, and shuts down with `SCHEDOP_shutdown`.
 //! Output protocol: the project's `docs/LINES.md`.
 //!
-//! Memory: the image, stack and a 32 MiB heap end below 48 MiB; run it with
-//! `memory=64` in the xl config (see `targets/README.md`).
+//! Memory: the image and its stack end below 2 MiB; the heap is the rest of
+//! the domain's RAM (xenblk-pvh-rt sizes it from the memory map), so the
+//! xl config's `memory` sets it (`targets/README.md` gives the minimum of
+//! each mode).
 #![no_std]
 #![no_main]
 #![deny(

@@ -39,7 +39,7 @@ use alloc::vec::Vec;
 
 use xenblk::blkfront::{BlockFront, Config, SharedStore, StallCause};
 use xenblk::gnttab::GrantTable;
-use xenblk::hal::Hal;
+use xenblk::hal::{Hal, PAGE_SIZE};
 use xenblk::pvh::Xen;
 use xenblk::xenstore::RingTransport;
 
@@ -117,19 +117,31 @@ impl Platform {
 /// (default 10), `io-timeout=<s>` each blocking I/O call and each batch
 /// (default 30). A value that is not a whole number of seconds in 1..=3600
 /// is a failed check (`xenblk-check args/<key>`) and the default is used.
+/// Each disk may keep a sixteenth of the heap as persistently granted pages
+/// (`Config::max_kept_pages`, at most the driver's default), so that
+/// a guest with little memory still has room for its own buffers.
 pub fn config(ctx: &Context<'_>, outcome: &mut Outcome) -> Config {
+    let default = Config::default();
     let cfg = Config {
         connect_timeout_ns: seconds(ctx, outcome, "timeout", DEFAULT_CONNECT_TIMEOUT_S),
         io_timeout_ns: seconds(ctx, outcome, "io-timeout", DEFAULT_IO_TIMEOUT_S),
-        ..Config::default()
+        max_kept_pages: default
+            .max_kept_pages
+            .min(xenblk_pvh_rt::heap::arena_size() / PAGE_SIZE / HEAP_SHARE_PER_DISK),
+        ..default
     };
     crate::out!(
-        "xenblk-unikernel: connect timeout {} s, I/O timeout {} s",
+        "xenblk-unikernel: connect timeout {} s, I/O timeout {} s, at most {} persistent page(s) per disk",
         cfg.connect_timeout_ns / 1_000_000_000,
-        cfg.io_timeout_ns / 1_000_000_000
+        cfg.io_timeout_ns / 1_000_000_000,
+        cfg.max_kept_pages
     );
     cfg
 }
+
+/// The share of the heap one disk's persistent pages may take, as a
+/// divisor.
+const HEAP_SHARE_PER_DISK: usize = 16;
 
 fn seconds(ctx: &Context<'_>, outcome: &mut Outcome, key: &str, default: u64) -> u64 {
     let s = match ctx.command.arg(key) {
