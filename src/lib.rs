@@ -37,6 +37,7 @@ extern crate alloc;
 pub mod abi;
 pub mod blkfront;
 pub mod blockdev;
+pub mod control;
 pub mod error;
 pub mod evtchn;
 pub mod gnttab;

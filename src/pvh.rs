@@ -47,7 +47,8 @@ use crate::abi::memory::{
     XENMAPSPACE_grant_table, XENMAPSPACE_shared_info, XENMEM_add_to_physmap, XenAddToPhysmap,
 };
 use crate::abi::sched::{
-    SCHEDOP_poll, SCHEDOP_shutdown, SHUTDOWN_crash, SHUTDOWN_poweroff, SchedPoll, SchedShutdown,
+    SCHEDOP_poll, SCHEDOP_shutdown, SHUTDOWN_crash, SHUTDOWN_poweroff, SHUTDOWN_reboot, SchedPoll,
+    SchedShutdown,
 };
 use crate::abi::shared_info::{SharedInfo, XenconsInterface};
 use crate::abi::xen::{
@@ -81,6 +82,9 @@ const POLL_MAX_PORTS: usize = 128;
 pub enum ShutdownReason {
     /// `SHUTDOWN_poweroff`: finished.
     Poweroff,
+    /// `SHUTDOWN_reboot`: the toolstack builds the domain again (`xl
+    /// reboot`, or `on_reboot` in the xl config).
+    Reboot,
     /// `SHUTDOWN_crash`: something went wrong (a panic).
     Crash,
 }
@@ -167,6 +171,7 @@ pub unsafe fn shutdown_early(reason: ShutdownReason) {
     }
     let mut arg = SchedShutdown::new(match reason {
         ShutdownReason::Poweroff => SHUTDOWN_poweroff,
+        ShutdownReason::Reboot => SHUTDOWN_reboot,
         ShutdownReason::Crash => SHUTDOWN_crash,
     });
     for _ in 0..3 {

@@ -159,8 +159,9 @@ impl Store {
 
     /// Sets up a domain's home as libxl does: `/local/domain/<id>` and its
     /// `device` and `control` directories readable by the domain (owned by
-    /// dom0), `data` owned by the domain, `domid` and `name` keys. Fires
-    /// `@introduceDomain`.
+    /// dom0), `control/shutdown`, `control/feature-{poweroff,reboot,suspend}`
+    /// and `control/sysrq` empty and writable by it, `data` owned by the
+    /// domain, `domid` and `name` keys. Fires `@introduceDomain`.
     pub fn introduce_domain(&mut self, dom: DomId) {
         let ro = [
             Perm::new(DomId::DOM0, Access::None),
@@ -176,6 +177,22 @@ impl Store {
             b"",
             &[Perm::new(dom, Access::None)],
         );
+        // The toolstack's requests and what the guest says it supports,
+        // writable by the guest (it empties `shutdown` to acknowledge a
+        // request), empty, as toolstacks create them.
+        let rw = [
+            Perm::new(DomId::DOM0, Access::None),
+            Perm::new(dom, Access::Both),
+        ];
+        for k in [
+            "shutdown",
+            "feature-poweroff",
+            "feature-reboot",
+            "feature-suspend",
+            "sysrq",
+        ] {
+            self.mknod(&format!("{home}/control/{k}"), b"", &rw);
+        }
         self.mknod(&format!("{home}/domid"), dom.0.to_string().as_bytes(), &ro);
         let name = format!("guest{}", dom.0);
         self.mknod(&format!("{home}/name"), name.as_bytes(), &ro);
