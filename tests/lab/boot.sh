@@ -90,9 +90,14 @@ n=0
 while read -r name mode disks; do
     [[ -z $name || $name == \#* ]] && continue
     # an optional memory=<MiB> before the disks: this guest's `memory`
-    mem=$G_MEM
+    mem=$G_MEM action=
     if [[ $disks =~ ^memory=([0-9]+)[[:space:]]+(.*)$ ]]; then
         mem=${BASH_REMATCH[1]} disks=${BASH_REMATCH[2]}
+    fi
+    # an optional action=<xl command>@<seconds>: what the operator does to
+    # the running guest (job.sh), e.g. action=shutdown@15
+    if [[ $disks =~ ^action=([a-z-]+)@([0-9]+)[[:space:]]+(.*)$ ]]; then
+        action="${BASH_REMATCH[1]}@${BASH_REMATCH[2]}" disks=${BASH_REMATCH[3]}
     fi
     [[ $name =~ ^[a-z0-9-]+$ ]] || die "$MATRIX: bad name '$name'"
     n=$((n + 1))
@@ -150,6 +155,7 @@ while read -r name mode disks; do
     cat >"$S/cfg/$base.meta" <<META
 NAME=$name
 MODE=$mode
+ACTION=$action
 IMAGES="${images# }"
 VDEVS="${vdevs# }"
 DEVS="${devs# }"

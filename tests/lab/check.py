@@ -68,6 +68,7 @@ def parse_matrix(path):
                 continue
             name, mode, disks = line.split(None, 2)
             disks = re.sub(r"^memory=\d+\s+", "", disks)  # the guest's memory (boot.sh)
+            disks = re.sub(r"^action=[a-z-]+@\d+\s+", "", disks)  # job.sh's xl command
             specs = []
             for d in disks.split(";"):
                 spec = {"flags": set()}
@@ -385,7 +386,9 @@ def check_config(c, name, mode, specs, attempts):
                 check_fs_disk(c, f"{name}: {spec.get('vdev')}", v, cfg, lines, checks,
                               is_writable(d, xs))
 
-    if mode == "verify" and cfg["status"] == "ok":
+    if mode == "hold" and cfg["status"] == "ok":
+        check_hold(c, p, cfg, lines)
+    if mode in ("verify", "hold") and cfg["status"] == "ok":
         writable = {v for v, d in by_vdev.items() if is_writable(d, xs)
                     and d.get("connected", "yes") == "yes"}
         c.check(writable <= {v.get("vdev") for v in verifies},
@@ -594,6 +597,27 @@ def check_verify_disk(c, p, v, d, checks, verifies):
             c.check(num(r.get("sector")) % (ss // 512) == 0 and num(r.get("count")) % (ss // 512) == 0,
                     f"{p} verify region sector={r.get('sector')} count={r.get('count')} is whole "
                     f"{ss}-byte sectors")
+
+
+def check_hold(c, p, cfg, lines):
+    """hold: the operator's xl command (job.sh ACTION) returned 0, and the
+    guest acknowledged the request, drained, flushed and read back every
+    writable disk (its hold-* checks, counted in the closing line) before
+    it went; the regions' cksums are checked by the verify part."""
+    acts = [fields("x " + ln) for ln in cfg["sections"].get("action", [])
+            if ln.startswith("LAB-ACTION ")]
+    c.check(len(acts) == 1 and acts[0].get("rc") == "0",
+            f"{p} the operator's xl {acts[0].get('cmd') if acts else '?'} -w returned 0 "
+            f"({[(a.get('rc'), a.get('seconds')) for a in acts] or 'no LAB-ACTION line'})")
+    want = acts[0].get("cmd") if acts else None
+    word = {"shutdown": "poweroff", "reboot": "reboot"}.get(want)
+    acked = [ln for ln in lines if ln.startswith("xenblk-control request=")]
+    c.check(word is not None and len(acked) == 1 and
+            acked[0].startswith(f"xenblk-control request={word} acknowledged=yes"),
+            f"{p} the guest acknowledged the toolstack's {word}: {acked or 'no xenblk-control line'}")
+    for chk in ("hold-drain", "hold-flush", "hold-readback"):
+        seen = [ln for ln in lines if re.match(rf"^xenblk-check \d+/{chk}: ok", ln)]
+        c.check(bool(seen), f"{p} {chk} passed on the writable disks ({len(seen)} line(s))")
 
 
 def check_fs_disk(c, p, v, cfg, lines, checks, writable):

@@ -173,7 +173,7 @@ geometry() {
 
 # run_config META ATTEMPT: one guest, start to destroy. Sets $status.
 run_config() {
-    NAME= MODE= IMAGES= VDEVS= DEVS=
+    NAME= MODE= ACTION= IMAGES= VDEVS= DEVS=
     DEVMAP=
     . "$1"
     cfg=$WORK/$NAME.cfg
@@ -219,6 +219,7 @@ run_config() {
     echo "LAB domU $dom created domid=${domid:-none} rc=$rc in $(since "$tc") s"
     status=timeout
     closed=
+    acted=
     tw=$(now)
     log=/var/log/xen/console/guest-$dom.log
     if [ "$rc" != 0 ] || [ -z "$domid" ]; then
@@ -236,6 +237,18 @@ run_config() {
             ???s??) status=shutdown-${st#????}; break ;;
             esac
             el=$(since "$tw")
+            # ACTION=<cmd>@<s>: `xl <cmd> -w` on the running guest after <s>
+            # seconds, in the background (bounded), as an operator would
+            if [ -n "$ACTION" ] && [ -z "$acted" ] &&
+                awk -v e="$el" -v s="${ACTION#*@}" 'BEGIN { exit !(e >= s) }'; then
+                acted=1
+                (
+                    ta=$(now)
+                    timeout 120 xl "${ACTION%@*}" -w "$dom" >"$WORK/action.out" 2>&1
+                    echo "LAB-ACTION cmd=${ACTION%@*} at=${ACTION#*@} rc=$? seconds=$(since "$ta")" >>"$WORK/action.out"
+                ) &
+                echo "LAB $dom: xl ${ACTION%@*} -w after $el s"
+            fi
             if [ -z "$closed" ] && [ -n "$(closing_line "$log")" ]; then
                 closed=$el
             fi
@@ -248,6 +261,10 @@ run_config() {
         done
     fi
     echo "LAB domU $dom finished state=${st:-?} status=$status after $(since "$tw") s"
+    if [ -n "$acted" ]; then
+        wait
+        section action "$NAME" "$WORK/action.out"
+    fi
     tf=$(now)
     # Printed only now: while the guest runs, Xen writes its port-0xe9
     # lines ("(dN) ...") into the same serial log.
@@ -307,7 +324,7 @@ run_config() {
             status=no-closing-line
         fi
     fi
-    if [ "$MODE" = verify ] && [ "$status" = ok ]; then
+    if { [ "$MODE" = verify ] || [ "$MODE" = hold ]; } && [ "$status" = ok ]; then
         : >"$WORK/cksum"
         grep -aoE 'xenblk-verify vdev=[0-9]+ sector=[0-9]+ count=[0-9]+ cksum=[0-9]+ bytes=[0-9]+' "$log" |
             while read -r _ v s c k b; do

@@ -78,7 +78,11 @@ fn main(boot: Boot) -> ! {
         outcome.passed,
         outcome.failed
     );
-    xen.shutdown(ShutdownReason::Poweroff)
+    xen.shutdown(if outcome.reboot {
+        ShutdownReason::Reboot
+    } else {
+        ShutdownReason::Poweroff
+    })
 }
 
 fn banner(command: &modes::Command) {

@@ -3,7 +3,8 @@
 //! `info` (the default) connects every disk and reports on it; `verify`
 //! writes, reads back and checks patterns on them; `platform` checks the Xen
 //! platform itself; `bench` measures read throughput; `fs` mounts the FAT
-//! filesystem dom0 made on each disk, checks a file and writes one. Adding
+//! filesystem dom0 made on each disk, checks a file and writes one; `hold`
+//! writes until the toolstack asks the guest to shut down. Adding
 //! a mode: a module here with a `run(&Context) -> Outcome`, a [`Mode`] variant, and a line in
 //! [`Mode::parse`] and [`run`]. Block modes start with
 //! [`info::Platform::open`], [`info::config`] and [`info::attach_all`]
@@ -14,6 +15,7 @@
 
 mod bench;
 mod fs;
+mod hold;
 mod info;
 mod platform;
 mod verify;
@@ -36,6 +38,8 @@ pub enum Mode {
     Platform,
     /// Mount the FAT filesystem dom0 made on each disk, check a file, write one.
     Fs,
+    /// Write until the toolstack asks the guest to go, then go cleanly.
+    Hold,
 }
 
 impl Mode {
@@ -47,6 +51,7 @@ impl Mode {
             "bench" => Some(Mode::Bench),
             "platform" => Some(Mode::Platform),
             "fs" => Some(Mode::Fs),
+            "hold" => Some(Mode::Hold),
             _ => None,
         }
     }
@@ -101,6 +106,9 @@ pub struct Outcome {
     pub passed: u32,
     /// Checks that failed.
     pub failed: u32,
+    /// Shut down with `SHUTDOWN_reboot` (the toolstack asked), not
+    /// `SHUTDOWN_poweroff`.
+    pub reboot: bool,
 }
 
 impl Outcome {
@@ -139,14 +147,15 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
         Some(Mode::Bench) => bench::run(ctx),
         Some(Mode::Platform) => platform::run(ctx),
         Some(Mode::Fs) => fs::run(ctx),
+        Some(Mode::Hold) => hold::run(ctx),
         None => {
             crate::out!(
-                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, fs, bench, platform)",
+                "xenblk-unikernel: error: unknown mode \"{}\" (known: info, verify, fs, hold, bench, platform)",
                 ctx.command.mode_name
             );
             Outcome {
-                passed: 0,
                 failed: 1,
+                ..Outcome::default()
             }
         }
     }
