@@ -686,7 +686,16 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     /// xenstore errors; `MalformedKey` for a `state` or `sectors` value
     /// that does not parse (nothing changes then).
     pub(super) fn check(&mut self, connected: bool) -> Result<Change> {
-        let s = self.backend_state()?.unwrap_or(XenbusState::Unknown);
+        let s = match self.backend_state() {
+            Ok(s) => s.unwrap_or(XenbusState::Unknown),
+            // The directory is gone (`xl block-detach -f`): reading under it
+            // is ENOENT, or EACCES where the nearest node left is one the
+            // guest may not read. Either way the backend left.
+            Err(XenbusError::Store(XsError::Errno(XsErrno::ENOENT | XsErrno::EACCES))) => {
+                XenbusState::Unknown
+            }
+            Err(e) => return Err(e.into()),
+        };
         if connected && s != XenbusState::Connected {
             log::warn!("xenblk {}: backend left Connected ({s})", self.ends.vdev);
             self.info.state = s;

@@ -193,6 +193,8 @@ pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     gt: &'a GrantTable<'a, H>,
     conn: Connection<'a, H, T>,
     io: Io<'a, H>,
+    /// What [`poll`](Self::poll) saw the backend do, until taken.
+    event: Option<BackendEvent>,
 }
 
 /// The device in brief: its number, state, geometry and requests held.
@@ -266,6 +268,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             gt,
             conn,
             io: Io::new(limits),
+            event: None,
         };
         dev.connect().map_err(named)?;
         Ok(dev)
@@ -449,10 +452,36 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// Harvests responses (with the final-check protocol of `ring.h`), sends
     /// waiting requests into the room they left, and returns the next
     /// finished request, if any. Kicks first.
+    ///
+    /// When it finds nothing on a connected device, it also looks whether
+    /// the backend's `state` changed (an event of the device's xenstore
+    /// watch: a look at the xenstore ring, no request when nothing came)
+    /// and if so reacts as [`check_backend`](Self::check_backend) does: a
+    /// backend going away (`xl block-detach`, or its directory removed)
+    /// fails what is in flight at once with [`IoError::Aborted`], which the
+    /// following polls return, and the device disconnects. What it saw is
+    /// kept for [`take_backend_event`](Self::take_backend_event).
     pub fn poll(&mut self) -> Option<Completion> {
         let c = self.io.poll();
         self.sync_turned_off();
-        c
+        if c.is_some() || self.io.state() != DeviceState::Connected || !self.conn.backend_moved() {
+            return c;
+        }
+        match self.check_backend() {
+            Ok(BackendEvent::None) => {}
+            Ok(ev) => self.event = Some(ev),
+            Err(e) => log::warn!(
+                "xenblk {}: looking at the backend after its state changed: {e}",
+                self.conn.info.vdev
+            ),
+        }
+        self.io.poll()
+    }
+
+    /// What [`poll`](Self::poll) last saw the backend do (closing, a new
+    /// size), once; `None` when nothing happened since the last call.
+    pub fn take_backend_event(&mut self) -> Option<BackendEvent> {
+        self.event.take()
     }
 
     /// Brings the report up to date with features the backend refused.
