@@ -732,12 +732,12 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
     /// event of this disk's watch arrived. Never blocks; costs a look at the
     /// xenstore ring.
     pub(super) fn backend_moved(&mut self) -> bool {
-        let Some(token) = self.watch.clone() else {
+        let Some(token) = self.watch.as_deref() else {
             return false;
         };
         let mut xs = self.store.lock();
         let mut moved = false;
-        while let Ok(Some(_)) = xs.take_watch_event_for(&token) {
+        while let Ok(Some(_)) = xs.take_watch_event_for(token) {
             moved = true;
         }
         moved

@@ -175,6 +175,10 @@ pub enum BackendEvent {
     },
 }
 
+/// How often, at most, an empty [`BlockFront::poll`] looks whether the
+/// backend's state changed (1 ms).
+const BACKEND_LOOK_NS: u64 = 1_000_000;
+
 /// How long a blocking call sleeps on the event channels before it looks
 /// whether the backend moved (a watch event), in nanoseconds.
 const WAIT_SLICE_NS: u64 = 10_000_000;
@@ -195,6 +199,8 @@ pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     io: Io<'a, H>,
     /// What [`poll`](Self::poll) saw the backend do, until taken.
     event: Option<BackendEvent>,
+    /// When an empty poll next looks at the backend's watch ([`Hal::now_ns`]).
+    next_backend_look: u64,
 }
 
 /// The device in brief: its number, state, geometry and requests held.
@@ -269,6 +275,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             conn,
             io: Io::new(limits),
             event: None,
+            next_backend_look: 0,
         };
         dev.connect().map_err(named)?;
         Ok(dev)
@@ -453,10 +460,10 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// waiting requests into the room they left, and returns the next
     /// finished request, if any. Kicks first.
     ///
-    /// When it finds nothing on a connected device, it also looks whether
-    /// the backend's `state` changed (an event of the device's xenstore
-    /// watch: a look at the xenstore ring, no request when nothing came)
-    /// and if so reacts as [`check_backend`](Self::check_backend) does: a
+    /// When it finds nothing on a connected device, it also looks (at most
+    /// once a millisecond) whether the backend's `state` changed (an event
+    /// of the device's xenstore watch: a look at the xenstore ring, no
+    /// request when nothing came) and if so reacts as [`check_backend`](Self::check_backend) does: a
     /// backend going away (`xl block-detach`, or its directory removed)
     /// fails what is in flight at once with [`IoError::Aborted`], which the
     /// following polls return, and the device disconnects. What it saw is
@@ -464,8 +471,18 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     pub fn poll(&mut self) -> Option<Completion> {
         let c = self.io.poll();
         self.sync_turned_off();
-        if c.is_some() || self.io.state() != DeviceState::Connected || !self.conn.backend_moved() {
+        if c.is_some() || self.io.state() != DeviceState::Connected {
             return c;
+        }
+        // At most once per BACKEND_LOOK_NS of empty polls: a caller that
+        // polls between requests pays a clock read, not a look at the ring.
+        let now = self.hal.now_ns();
+        if now < self.next_backend_look {
+            return None;
+        }
+        self.next_backend_look = now.saturating_add(BACKEND_LOOK_NS);
+        if !self.conn.backend_moved() {
+            return None;
         }
         match self.check_backend() {
             Ok(BackendEvent::None) => {}
