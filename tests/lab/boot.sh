@@ -94,10 +94,10 @@ while read -r name mode disks; do
     if [[ $disks =~ ^memory=([0-9]+)[[:space:]]+(.*)$ ]]; then
         mem=${BASH_REMATCH[1]} disks=${BASH_REMATCH[2]}
     fi
-    # an optional action=<xl command>@<seconds>: what the operator does to
-    # the running guest (job.sh), e.g. action=shutdown@15
-    if [[ $disks =~ ^action=([a-z-]+)@([0-9]+)[[:space:]]+(.*)$ ]]; then
-        action="${BASH_REMATCH[1]}@${BASH_REMATCH[2]}" disks=${BASH_REMATCH[3]}
+    # an optional action=<cmd>[:<arg>]@<seconds>[,...]: what the operator
+    # does to the running guest (job.sh), e.g. action=block-detach:xvdb@15,shutdown@30
+    if [[ $disks =~ ^action=([a-z0-9:@,-]+)[[:space:]]+(.*)$ ]]; then
+        action=${BASH_REMATCH[1]} disks=${BASH_REMATCH[2]}
     fi
     [[ $name =~ ^[a-z0-9-]+$ ]] || die "$MATRIX: bad name '$name'"
     n=$((n + 1))

@@ -68,7 +68,7 @@ def parse_matrix(path):
                 continue
             name, mode, disks = line.split(None, 2)
             disks = re.sub(r"^memory=\d+\s+", "", disks)  # the guest's memory (boot.sh)
-            disks = re.sub(r"^action=[a-z-]+@\d+\s+", "", disks)  # job.sh's xl command
+            disks = re.sub(r"^action=[a-z0-9:@,-]+\s+", "", disks)  # job.sh's xl commands
             specs = []
             for d in disks.split(";"):
                 spec = {"flags": set()}
@@ -363,9 +363,13 @@ def check_config(c, name, mode, specs, attempts):
     stalls = [ln for ln in lines if ln.startswith("xenblk-stall ")]
     verifies = [fields(ln) for ln in lines if ln.startswith("xenblk-verify ")]
     by_vdev = {d.get("vdev"): d for d in disks}
+    # disks the operator detached while the guest ran (job.sh ACTION): gone
+    # from xenstore by the time of the dump
+    detached = {vdev_number(a.get("arg", "")) for a in actions_of(cfg)
+                if a.get("cmd") == "block-detach" and a.get("rc") == "0"}
     fe_vdevs = sorted({m.group(1) for k in xs
                        for m in [re.match(r"^/local/domain/\d+/device/vbd/(\d+)/", k)] if m})
-    c.check(fe_vdevs and sorted(by_vdev) == fe_vdevs,
+    c.check(fe_vdevs and sorted(set(by_vdev) - detached) == fe_vdevs,
             f"{p} one xenblk-disk line per frontend device (lines {sorted(by_vdev)}, "
             f"xenstore {fe_vdevs})")
     geo = {g.get("vdev"): g for g in (fields("x " + ln) for ln in cfg["sections"].get("geometry", [])
@@ -378,6 +382,12 @@ def check_config(c, name, mode, specs, attempts):
     for spec in specs:
         v = vdev_number(spec.get("vdev", ""))
         d = by_vdev.get(v)
+        if v in detached:
+            r = checks.get(f"{v}/hold-detached")
+            c.check(d is not None and d.get("connected") == "yes" and r is not None and r[0] == "ok",
+                    f"{name}: {spec.get('vdev')} connected, then detached by the operator: "
+                    f"{'no hold-detached check' if r is None else r[0] + ' ' + r[1]}")
+            continue
         if check_disk(c, name, spec, v, d, xs, stalls, cfg):
             check_geometry(c, f"{name}: {spec.get('vdev')}", spec, d, xs, geo.get(v))
             if mode == "verify" and cfg["status"] == "ok" and is_writable(d, xs):
@@ -389,7 +399,7 @@ def check_config(c, name, mode, specs, attempts):
     if mode == "hold" and cfg["status"] == "ok":
         check_hold(c, p, cfg, lines)
     if mode in ("verify", "hold") and cfg["status"] == "ok":
-        writable = {v for v, d in by_vdev.items() if is_writable(d, xs)
+        writable = {v for v, d in by_vdev.items() if v not in detached and is_writable(d, xs)
                     and d.get("connected", "yes") == "yes"}
         c.check(writable <= {v.get("vdev") for v in verifies},
                 f"{p} xenblk-verify regions for every writable disk "
@@ -599,17 +609,25 @@ def check_verify_disk(c, p, v, d, checks, verifies):
                     f"{ss}-byte sectors")
 
 
-def check_hold(c, p, cfg, lines):
-    """hold: the operator's xl command (job.sh ACTION) returned 0, and the
-    guest acknowledged the request, drained, flushed and read back every
-    writable disk (its hold-* checks, counted in the closing line) before
-    it went; the regions' cksums are checked by the verify part."""
-    acts = [fields("x " + ln) for ln in cfg["sections"].get("action", [])
+def actions_of(cfg):
+    """The operator's xl commands job.sh ran (ACTION): LAB-ACTION fields."""
+    return [fields("x " + ln) for ln in cfg["sections"].get("action", [])
             if ln.startswith("LAB-ACTION ")]
-    c.check(len(acts) == 1 and acts[0].get("rc") == "0",
-            f"{p} the operator's xl {acts[0].get('cmd') if acts else '?'} -w returned 0 "
-            f"({[(a.get('rc'), a.get('seconds')) for a in acts] or 'no LAB-ACTION line'})")
-    want = acts[0].get("cmd") if acts else None
+
+
+def check_hold(c, p, cfg, lines):
+    """hold: every xl command of the operator (job.sh ACTION) returned 0,
+    and the guest acknowledged the shutdown request, drained, flushed and
+    read back every writable disk still attached (its hold-* checks,
+    counted in the closing line) before it went; the regions' cksums are
+    checked by the verify part, a detached disk by the per-disk part."""
+    acts = actions_of(cfg)
+    c.check(bool(acts), f"{p} the operator's xl commands ran ({len(acts)})")
+    for a in acts:
+        c.check(a.get("rc") == "0",
+                f"{p} the operator's xl {a.get('cmd')} {a.get('arg')} at {a.get('at')} s "
+                f"returned {a.get('rc')} after {a.get('seconds')} s")
+    want = next((a.get("cmd") for a in acts if a.get("cmd") in ("shutdown", "reboot")), None)
     word = {"shutdown": "poweroff", "reboot": "reboot"}.get(want)
     acked = [ln for ln in lines if ln.startswith("xenblk-control request=")]
     c.check(word is not None and len(acked) == 1 and

@@ -220,6 +220,7 @@ run_config() {
     status=timeout
     closed=
     acted=
+    : >"$WORK/action.out"
     tw=$(now)
     log=/var/log/xen/console/guest-$dom.log
     if [ "$rc" != 0 ] || [ -z "$domid" ]; then
@@ -237,18 +238,30 @@ run_config() {
             ???s??) status=shutdown-${st#????}; break ;;
             esac
             el=$(since "$tw")
-            # ACTION=<cmd>@<s>: `xl <cmd> -w` on the running guest after <s>
-            # seconds, in the background (bounded), as an operator would
-            if [ -n "$ACTION" ] && [ -z "$acted" ] &&
-                awk -v e="$el" -v s="${ACTION#*@}" 'BEGIN { exit !(e >= s) }'; then
-                acted=1
+            # ACTION=<cmd>[:<arg>]@<s>,...: each after <s> seconds, in the
+            # background (bounded), as an operator would: `xl shutdown -w`,
+            # `xl block-detach <dom> <arg>`
+            for a in $(echo "$ACTION" | tr ',' ' '); do
+                case " $acted " in *" $a "*) continue ;; esac
+                awk -v e="$el" -v s="${a#*@}" 'BEGIN { exit !(e >= s) }' || continue
+                acted="$acted $a"
+                c=${a%@*} arg=
+                case $c in *:*) arg=${c#*:} c=${c%%:*} ;; esac
+                # (no set --: run_config's own $1 and $2 are still needed)
+                case $c in
+                block-detach | block-attach) xl_args="$c $dom $arg" ;;
+                *) xl_args="$c -w $dom" ;;
+                esac
                 (
                     ta=$(now)
-                    timeout 120 xl "${ACTION%@*}" -w "$dom" >"$WORK/action.out" 2>&1
-                    echo "LAB-ACTION cmd=${ACTION%@*} at=${ACTION#*@} rc=$? seconds=$(since "$ta")" >>"$WORK/action.out"
-                ) &
-                echo "LAB $dom: xl ${ACTION%@*} -w after $el s"
-            fi
+                    # shellcheck disable=SC2086 # words without spaces
+                    timeout 120 xl $xl_args >"$WORK/action.$c.out" 2>&1
+                    rc=$?
+                    sed "s/^/LAB-ACTION-OUT /" "$WORK/action.$c.out"
+                    echo "LAB-ACTION cmd=$c arg=${arg:--} at=${a#*@} rc=$rc seconds=$(since "$ta")"
+                ) >>"$WORK/action.out" &
+                echo "LAB $dom: xl $xl_args after $el s"
+            done
             if [ -z "$closed" ] && [ -n "$(closing_line "$log")" ]; then
                 closed=$el
             fi

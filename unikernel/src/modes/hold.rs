@@ -15,6 +15,12 @@
 //! at any moment. Without a request, it ends after `secs=` seconds
 //! (default 120) as if asked to power off.
 //!
+//! A disk whose backend goes away meanwhile (`xl block-detach`: seen by
+//! `BlockFront::poll`, its writes in flight fail with `Aborted` at once) is
+//! written no more: `xenblk-hold vdev=<n>: the backend went away ...` and
+//! at the end `xenblk-check <vdev>/hold-detached` (nothing left in flight,
+//! no other error, the device disconnected).
+//!
 //! When it goes, per disk: `xenblk-check <vdev>/hold-drain` (every write
 //! in flight completed), `<vdev>/hold-flush`, `<vdev>/hold-readback` (the
 //! region read back equals what the completed writes left), and the line
@@ -28,6 +34,7 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use xenblk::blkfront::{BackendEvent, DeviceState, IoError};
 use xenblk::control::{Control, ControlRequest};
 use xenblk::hal::Hal;
 use xenblk::pvh::Xen;
@@ -78,7 +85,11 @@ struct Writer {
     pass: u32,
     in_flight: usize,
     writes: u64,
-    failed: Option<xenblk::blkfront::IoError>,
+    /// Writes that completed with `Aborted` when the backend went away.
+    aborted: u64,
+    /// The backend went away (`xl block-detach`): no more writes.
+    detached: bool,
+    failed: Option<IoError>,
     free: Vec<Vec<u8>>,
     /// In flight: (token, chunk, pass).
     pending: Vec<(u64, u64, u32)>,
@@ -135,6 +146,8 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
                 pass: 0,
                 in_flight: 0,
                 writes: 0,
+                aborted: 0,
+                detached: false,
                 failed: None,
                 free: (0..DEPTH).map(|_| vec![0u8; CHUNK_BYTES]).collect(),
                 pending: Vec::new(),
@@ -212,7 +225,7 @@ pub fn run(ctx: &Context<'_>) -> Outcome {
 fn step(w: &mut Writer, d: &mut Disk<'_>, submitting: bool) -> bool {
     let mut progress = false;
     let spc = CHUNK_BYTES as u64 / u64::from(d.sector_size());
-    while submitting && w.failed.is_none() && w.in_flight < DEPTH {
+    while submitting && !w.detached && w.failed.is_none() && w.in_flight < DEPTH {
         let Some(mut buf) = w.free.pop() else { break };
         let chunk = w.next_chunk;
         pattern(w.vdev, chunk, w.pass, &mut buf);
@@ -248,11 +261,22 @@ fn step(w: &mut Writer, d: &mut Disk<'_>, submitting: bool) -> bool {
                     *slot = Some(pass);
                 }
             }
+            Err(IoError::Aborted) if w.detached || d.state() == DeviceState::Disconnected => {
+                w.aborted += 1;
+            }
             Err(e) => {
                 w.failed.get_or_insert(e);
             }
         }
         w.free.push(c.buf.unwrap_or_else(|| vec![0u8; CHUNK_BYTES]));
+    }
+    if !w.detached && d.take_backend_event() == Some(BackendEvent::Closed) {
+        w.detached = true;
+        progress = true;
+        crate::out!(
+            "xenblk-hold vdev={}: the backend went away (xl block-detach?) after {} write(s); the rest of it is left alone",
+            w.vdev, w.writes
+        );
     }
     progress
 }
@@ -260,6 +284,19 @@ fn step(w: &mut Writer, d: &mut Disk<'_>, submitting: bool) -> bool {
 /// Drains, flushes, reads the region back and prints its verify line.
 fn finish(xen: &Xen, w: &mut Writer, d: &mut Disk<'_>, io_timeout_ns: u64, outcome: &mut Outcome) {
     let vdev = w.vdev;
+    if w.detached {
+        // In flight when it went: failed at once with Aborted (nothing may
+        // be waited for on a disk that is gone).
+        outcome.report(
+            &format!("{vdev}/hold-detached"),
+            w.in_flight == 0 && w.failed.is_none() && d.state() == DeviceState::Disconnected,
+            &format!(
+                "{} write(s) completed, {} aborted when the backend went, {} in flight, device {:?}, first other error {:?}",
+                w.writes, w.aborted, w.in_flight, d.state(), w.failed
+            ),
+        );
+        return;
+    }
     let t0 = xen.now_ns();
     while w.in_flight > 0 && xen.now_ns().saturating_sub(t0) < io_timeout_ns {
         if !step(w, d, false) {
