@@ -19,6 +19,7 @@
 use alloc::string::String;
 
 use crate::blkfront::SharedStore;
+use crate::error::XsErrno;
 use crate::hal::XsTransport;
 use crate::xenstore::XsError;
 
@@ -51,6 +52,9 @@ pub struct Control<'s, T: XsTransport> {
     store: &'s SharedStore<T>,
     /// A look at the key is due (set by the watch, and at the start).
     due: bool,
+    /// The connection's count of watch events dropped from its full queue,
+    /// at the last look: a rise may have dropped this watch's event.
+    dropped: u64,
 }
 
 impl<T: XsTransport> core::fmt::Debug for Control<'_, T> {
@@ -78,7 +82,12 @@ impl<'s, T: XsTransport> Control<'s, T> {
             }
         }
         xs.watch(SHUTDOWN_KEY, TOKEN)?;
-        Ok(Control { store, due: true })
+        let dropped = xs.dropped_events();
+        Ok(Control {
+            store,
+            due: true,
+            dropped,
+        })
     }
 
     /// A request, if the toolstack made one since the last call:
@@ -88,31 +97,53 @@ impl<'s, T: XsTransport> Control<'s, T> {
     /// # Errors
     ///
     /// xenstore errors; the request, if any, stays in the key and is seen
-    /// by the next call.
+    /// when the key next changes (after transactions that kept
+    /// conflicting: by the next call). A request in a key the guest may
+    /// read but not write is returned all the same, unacknowledged.
     pub fn poll(&mut self) -> Result<Option<ControlRequest>, XsError> {
         let mut xs = self.store.lock();
         while xs.take_watch_event_for(TOKEN)?.is_some() {
             self.due = true;
         }
+        // Other watches' events (a disk's) may have filled the queue and
+        // pushed this watch's out: look then too.
+        let dropped = xs.dropped_events();
+        if dropped != self.dropped {
+            self.dropped = dropped;
+            self.due = true;
+        }
         if !self.due {
             return Ok(None);
         }
-        let got = xs.transaction(
-            RETRIES,
-            |xs, tx| -> Result<Option<ControlRequest>, XsError> {
-                let word = xs.read_opt_tx(tx, SHUTDOWN_KEY)?.unwrap_or_default();
-                let req = match word.as_str() {
-                    "" => return Ok(None),
-                    "poweroff" | "halt" => ControlRequest::Poweroff,
-                    "reboot" => ControlRequest::Reboot,
-                    _ => return Ok(Some(ControlRequest::Unsupported(word))),
-                };
-                xs.write_tx(tx, SHUTDOWN_KEY, "")?;
-                Ok(Some(req))
-            },
-        )?;
-        self.due = false;
-        Ok(got)
+        let got = xs.transaction(RETRIES, |xs, tx| {
+            let word = xs.read_opt_tx(tx, SHUTDOWN_KEY)?.unwrap_or_default();
+            let req = match word.as_str() {
+                "" => return Ok(None),
+                "poweroff" | "halt" => ControlRequest::Poweroff,
+                "reboot" => ControlRequest::Reboot,
+                _ => return Ok(Some(ControlRequest::Unsupported(word))),
+            };
+            match xs.write_tx(tx, SHUTDOWN_KEY, "") {
+                Ok(()) => {}
+                // A key the toolstack made read-only for the guest (or
+                // recreated under `control/`, which is): carry the request
+                // out anyway, as Xen's guests do; the toolstack sees the
+                // domain go instead of the empty key.
+                Err(XsError::Errno(XsErrno::EACCES)) => {
+                    log::warn!(
+                        "control: {SHUTDOWN_KEY} is read-only here; {word} not acknowledged"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(Some(req))
+        });
+        // Looked: not due again until the key changes, unless the look
+        // only lost to conflicting transactions (a key the guest may not
+        // read fails the same way every time: not worth a transaction per
+        // poll).
+        self.due = got == Err(XsError::RetriesExhausted);
+        got
     }
 }
 

@@ -216,11 +216,7 @@ extern "C" fn xenblk_pvh_rt_entry(start_info_paddr: u32) -> ! {
         start: addr_of!(__image_end) as u64,
         end: IDENTITY_MAP_END,
     };
-    heap::set_plan(memmap::plan(
-        loader.map().iter().copied(),
-        reach,
-        loader.in_use(),
-    ));
+    heap::set_plan(memmap::plan(loader.map(), reach, loader.in_use()));
     #[cfg(feature = "heap")]
     // SAFETY: first and only call, after set_plan, before any allocation.
     unsafe {

@@ -91,16 +91,14 @@ fn align_down(x: u64) -> u64 {
 /// the loader gave them), cut to `reach` (what is mapped and not the
 /// image's: from the image's end to the top of the identity map), with
 /// every range of `in_use` cut out (the start info, the map itself, the
-/// command line, modules: whatever the loader placed), each piece shrunk
-/// inward to whole pages. An entry whose end would pass `u64::MAX` is
-/// skipped.
-pub fn plan(
-    map: impl IntoIterator<Item = (u64, u64, u32)>,
-    reach: Region,
-    in_use: &[Region],
-) -> Plan {
+/// command line, modules: whatever the loader placed), and every entry of
+/// another type too (reserved wins over RAM, as in Linux's e820
+/// clean-up), and what an earlier entry already gave (overlapping or
+/// repeated entries count once); each piece shrunk inward to whole pages.
+/// An entry whose end would pass `u64::MAX` is skipped.
+pub fn plan(map: &[(u64, u64, u32)], reach: Region, in_use: &[Region]) -> Plan {
     let mut out = Plan::EMPTY;
-    for (addr, size, ty) in map {
+    for &(addr, size, ty) in map {
         if ty != RAM {
             continue;
         }
@@ -114,18 +112,43 @@ pub fn plan(
         if r.start >= r.end {
             continue;
         }
-        cut(r, in_use, &mut out);
+        let before = out;
+        let ex = Exclude {
+            in_use,
+            planned: before.regions(),
+            map,
+        };
+        cut(r, &ex, &mut out);
     }
     out
 }
 
-/// Pushes what is left of `r` once every range of `in_use` is cut out.
-fn cut(r: Region, in_use: &[Region], out: &mut Plan) {
-    // the first range of in_use that overlaps r, if any, splits it in two
-    let hit = in_use
-        .iter()
-        .find(|u| !u.is_empty() && u.start < r.end && u.end > r.start);
-    match hit {
+/// What a RAM entry must not give: the loader's ranges, other entries'
+/// non-RAM ranges, regions already planned.
+struct Exclude<'a> {
+    in_use: &'a [Region],
+    planned: &'a [Region],
+    map: &'a [(u64, u64, u32)],
+}
+
+impl Exclude<'_> {
+    /// The first excluded range that overlaps `r`, if any.
+    fn hit(&self, r: Region) -> Option<Region> {
+        let overlaps = |u: &Region| !u.is_empty() && u.start < r.end && u.end > r.start;
+        if let Some(u) = self.in_use.iter().chain(self.planned).find(|u| overlaps(u)) {
+            return Some(*u);
+        }
+        self.map
+            .iter()
+            .filter(|e| e.2 != RAM)
+            .filter_map(|&(a, n, _)| Region::at(a, n))
+            .find(overlaps)
+    }
+}
+
+/// Pushes what is left of `r` once every excluded range is cut out.
+fn cut(r: Region, ex: &Exclude<'_>, out: &mut Plan) {
+    match ex.hit(r) {
         None => {
             if let Some(start) = align_up(r.start) {
                 let end = align_down(r.end);
@@ -141,7 +164,7 @@ fn cut(r: Region, in_use: &[Region], out: &mut Plan) {
                         start: r.start,
                         end: u.start,
                     },
-                    in_use,
+                    ex,
                     out,
                 );
             }
@@ -151,7 +174,7 @@ fn cut(r: Region, in_use: &[Region], out: &mut Plan) {
                         start: u.end,
                         end: r.end,
                     },
-                    in_use,
+                    ex,
                     out,
                 );
             }
@@ -179,7 +202,7 @@ mod tests {
             (0x100000, 15 * MIB, RAM),
             (0xfc000000, 0x1000000, 2),
         ];
-        let p = plan(map, reach(0x1a1000), &[]);
+        let p = plan(&map, reach(0x1a1000), &[]);
         assert_eq!(
             p.regions(),
             &[Region {
@@ -196,7 +219,7 @@ mod tests {
         let start_info = Region::at(0x200010, 56).unwrap();
         let cmdline = Region::at(0x200100, 30).unwrap();
         let module = Region::at(40 * MIB + 5, 3 * PAGE).unwrap();
-        let p = plan(map, reach(0x1a1000), &[start_info, cmdline, module]);
+        let p = plan(&map, reach(0x1a1000), &[start_info, cmdline, module]);
         assert_eq!(
             p.regions(),
             &[
@@ -229,14 +252,14 @@ mod tests {
         let map = [
             (0x100000, 8 * GIB4, RAM),        // clipped at 4 GiB
             (u64::MAX - PAGE, 2 * PAGE, RAM), // overflows: skipped
-            (2 * MIB, MIB, 2),                // reserved
+            (2 * MIB, MIB, 2),                // reserved, inside the RAM: it wins
             (5 * GIB4, GIB4, RAM),            // entirely above
         ];
-        let p = plan(map, reach(2 * MIB), &[]);
+        let p = plan(&map, reach(2 * MIB), &[]);
         assert_eq!(
             p.regions(),
             &[Region {
-                start: 2 * MIB,
+                start: 3 * MIB,
                 end: GIB4
             }]
         );
@@ -244,17 +267,114 @@ mod tests {
 
     #[test]
     fn no_ram_no_region_and_tiny_pieces_vanish() {
-        assert_eq!(plan([], reach(MIB), &[]).regions(), &[]);
-        let p = plan([(MIB, 100, RAM), (3 * MIB + 1, PAGE, RAM)], reach(0), &[]);
+        assert_eq!(plan(&[], reach(MIB), &[]).regions(), &[]);
+        let p = plan(&[(MIB, 100, RAM), (3 * MIB + 1, PAGE, RAM)], reach(0), &[]);
         assert_eq!(p.regions(), &[], "less than one whole page each");
         assert!(p.largest().is_none());
+    }
+
+    #[test]
+    fn overlapping_or_repeated_ram_entries_count_once_and_reserved_wins() {
+        let map = [
+            (MIB, 8 * MIB, RAM),
+            (4 * MIB, 8 * MIB, RAM), // overlaps the first
+            (MIB, 8 * MIB, RAM),     // repeats it
+            (6 * MIB, MIB, 2),       // reserved inside both
+        ];
+        let p = plan(&map, reach(MIB), &[]);
+        assert_eq!(
+            p.regions(),
+            &[
+                Region {
+                    start: MIB,
+                    end: 6 * MIB
+                },
+                Region {
+                    start: 7 * MIB,
+                    end: 9 * MIB
+                },
+                Region {
+                    start: 9 * MIB,
+                    end: 12 * MIB
+                },
+            ]
+        );
+        assert_eq!(p.total(), 10 * MIB);
+        for (i, a) in p.regions().iter().enumerate() {
+            for b in &p.regions()[i + 1..] {
+                assert!(a.end <= b.start || b.end <= a.start, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    /// Random maps (overlapping, repeated, unsorted, reserved inside RAM)
+    /// and loader ranges: every region is page-aligned, inside the reach
+    /// and some RAM entry, disjoint from the others, from every loader
+    /// range and from every non-RAM entry.
+    #[test]
+    fn random_maps_keep_every_invariant() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..5000 {
+            let mut map = [(0u64, 0u64, 0u32); 6];
+            for e in map.iter_mut() {
+                *e = (
+                    rnd(64) * MIB / 4 + rnd(3) * 100,
+                    rnd(32) * MIB / 2 + rnd(2) * 7,
+                    if rnd(4) == 0 { 2 } else { RAM },
+                );
+            }
+            let in_use = [Region::at(rnd(64) * MIB / 4, rnd(4) * PAGE + rnd(100)).unwrap(); 2];
+            let reach = Region {
+                start: rnd(8) * MIB / 2 + 3,
+                end: (40 + rnd(30)) * MIB,
+            };
+            let p = plan(&map, reach, &in_use);
+            let rs = p.regions();
+            for (i, r) in rs.iter().enumerate() {
+                assert!(
+                    r.start < r.end && r.start % PAGE == 0 && r.end % PAGE == 0,
+                    "{r:?}"
+                );
+                assert!(
+                    r.start >= reach.start && r.end <= reach.end,
+                    "{r:?} outside {reach:?}"
+                );
+                let over = |a: u64, b: u64| a < r.end && b > r.start;
+                assert!(
+                    map.iter()
+                        .any(|&(a, n, t)| t == RAM && a <= r.start && a + n >= r.end),
+                    "{r:?} in no RAM entry of {map:?}"
+                );
+                for &(a, n, t) in &map {
+                    assert!(
+                        t == RAM || n == 0 || !over(a, a + n),
+                        "{r:?} overlaps reserved {a:#x}+{n:#x}"
+                    );
+                }
+                for u in &in_use {
+                    assert!(
+                        u.is_empty() || !over(u.start, u.end),
+                        "{r:?} overlaps {u:?}"
+                    );
+                }
+                for q in &rs[i + 1..] {
+                    assert!(!over(q.start, q.end), "{r:?} overlaps {q:?}");
+                }
+            }
+        }
     }
 
     #[test]
     fn a_map_of_many_entries_keeps_the_first_max_regions() {
         let map: [(u64, u64, u32); MAX_REGIONS + 4] =
             core::array::from_fn(|i| ((i as u64 + 1) * MIB, PAGE, RAM));
-        let p = plan(map, reach(0), &[]);
+        let p = plan(&map, reach(0), &[]);
         assert_eq!(p.regions().len(), MAX_REGIONS);
         assert_eq!(p.regions()[0].start, MIB);
     }
