@@ -29,12 +29,14 @@ fn drain(tb: &Testbed, disk: &mut SimDisk<'_>) -> (Vec<Result<(), IoError>>, u64
     (done, tb.hal().now_ns() - t0)
 }
 
+/// Submits `N` writes to a backend slowed down to answer each after 50 ms,
+/// and lets it take some but not all of them.
 fn writes_in_flight(tb: &Testbed, disk: &mut SimDisk<'_>) {
+    tb.backend(0).update_faults(|f| f.delay_ns = 50_000_000);
     for i in 0..N as u64 {
         disk.submit_write(i * 64, pattern(i, 32 << 10)).unwrap();
     }
     disk.kick();
-    // the backend takes some but not all (it is slowed down)
     let _ = tb
         .xen()
         .wait_until(Some(tb.hal().now_ns() + 1_000_000), || false);
@@ -53,7 +55,6 @@ fn block_detach_under_the_non_blocking_api_fails_what_is_in_flight_and_disconnec
     let be = tb.backend(0);
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
-    be.update_faults(|f| f.delay_ns = 50_000_000);
     writes_in_flight(&tb, &mut disk);
     be.close_backend(); // xl block-detach
     let (done, ns) = drain(&tb, &mut disk);
@@ -86,7 +87,6 @@ fn a_vanished_backend_directory_fails_what_is_in_flight_at_once_and_close_succee
     let be = tb.backend(0);
     let guest = tb.guest();
     let mut disk = guest.probe(0, Config::default()).expect("probe");
-    be.update_faults(|f| f.delay_ns = 50_000_000);
     writes_in_flight(&tb, &mut disk);
     // xl block-detach -f: both directories go
     tb.xenstored().rm(DomId(0), &be.backend_path()).unwrap();

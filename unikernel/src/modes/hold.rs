@@ -10,9 +10,9 @@
 //! ([`xenblk::control::Control`]). Then, on every writable disk at once,
 //! passes over the first [`REGION_BYTES`] (or the whole disk, if smaller)
 //! in [`CHUNK_BYTES`] writes, [`DEPTH`] in flight per disk, each chunk
-//! holding a pattern of (disk, chunk, pass); the guest keeps, per chunk,
-//! the pass of its last completed write, so it knows what the disk holds
-//! at any moment. Without a request, it ends after `secs=` seconds
+//! holding `verify`'s pattern with the pass as its generation; the guest
+//! keeps, per chunk, the pass of its last completed write, so it knows
+//! what the disk holds at any moment. Without a request, it ends after `secs=` seconds
 //! (default 120) as if asked to power off.
 //!
 //! A disk whose backend goes away meanwhile (`xl block-detach`: seen by
@@ -40,6 +40,7 @@ use xenblk::hal::Hal;
 use xenblk::pvh::Xen;
 
 use super::info::{self, Disk, Platform};
+use super::verify;
 use super::{Context, Outcome};
 use crate::cksum::Cksum;
 
@@ -56,21 +57,10 @@ const WAIT_SLICE_NS: u64 = 10_000_000;
 const DEFAULT_SECS: u64 = 120;
 const MAX_SECS: u64 = 3600;
 
-/// The pattern of `chunk` at `pass` on disk `vdev`: a header naming the
-/// three, then pseudo-random bytes seeded by them.
+/// The pattern of `chunk` at `pass` on disk `vdev`: `verify`'s, each
+/// 512-byte sector naming itself (disk, sector, pass as its generation).
 fn pattern(vdev: u32, chunk: u64, pass: u32, out: &mut [u8]) {
-    let mut x = (u64::from(vdev) << 40) ^ (chunk << 8) ^ u64::from(pass) ^ 0x9e37_79b9_7f4a_7c15;
-    for w in out.chunks_mut(8) {
-        // xorshift64
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        w.copy_from_slice(&b[..w.len()]);
-    }
-    let head = format!("xenblk-hold vdev={vdev} chunk={chunk} pass={pass} ");
-    let n = head.len().min(out.len());
-    out[..n].copy_from_slice(&head.as_bytes()[..n]);
+    verify::fill(vdev, chunk * (CHUNK_BYTES as u64 / 512), pass, out);
 }
 
 /// One writable disk's job.

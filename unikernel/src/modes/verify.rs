@@ -539,7 +539,7 @@ fn batch_pieces(ss: u64, start: u64) -> Vec<Region> {
 
 /// Fills `buf` with the pattern of generation `gen`, its first byte being
 /// 512-byte sector `first512` of disk `vdev`.
-fn fill(vdev: u32, first512: u64, gen: u32, buf: &mut [u8]) {
+pub(super) fn fill(vdev: u32, first512: u64, gen: u32, buf: &mut [u8]) {
     for (i, chunk) in buf.chunks_mut(512).enumerate() {
         let s = first512 + i as u64;
         let mut x = mix((u64::from(vdev) << 40) ^ (s << 8) ^ u64::from(gen));
