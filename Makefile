@@ -51,12 +51,14 @@ msrv: setup
 	cd examples/minimal && CARGO_TARGET_DIR=$(CURDIR)/target/msrv-guest $(CARGO) +$(MSRV) check
 	cd unikernel && CARGO_TARGET_DIR=$(CURDIR)/target/msrv-guest $(CARGO) +$(MSRV) check
 
-# (Unpacked outside the repository, where no workspace claims it.)
+# (Unpacked outside the repository, where no workspace claims it, and built
+# in a target directory of its own: one shared between runs reused a stale
+# library, because each run unpacks to a new path.)
 package: setup
 	$(CARGO) package --allow-dirty --no-verify -p xenblk
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
 	    tar -xzf target/package/xenblk-$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -1).crate -C "$$d" && \
-	    cd "$$d"/xenblk-* && CARGO_TARGET_DIR=$(CURDIR)/target/package/target \
+	    cd "$$d"/xenblk-* && CARGO_TARGET_DIR="$$d/target" \
 	    $(CARGO) test --features $(HOST_FEATURES) --no-run
 
 # ABI layouts checked against /usr/include/xen from Debian's libxen-dev.
