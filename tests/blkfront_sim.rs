@@ -8,7 +8,7 @@ use common::pattern;
 
 use xenblk::blkfront::{
     BackendEvent, BackendKind, BlockFront, Broken, Config, DeviceState, DirectIoSafe, FlushMethod,
-    IoError, SectorsUnit, StallCause,
+    IoError, Recovery, SectorsUnit, StallCause,
 };
 use xenblk::error::{Error, Feature, Violation};
 use xenblk::hal::{DomId, HalError};
@@ -852,12 +852,19 @@ fn a_dead_backend_times_out_within_the_bound() {
     assert_eq!(disk.state(), DeviceState::Broken(Broken::Timeout));
 }
 
+/// Requests in flight fail with `Aborted` when the backend closes
+/// (`Recovery::Abort`; tests/replay.rs has the default, `Replay`).
+const ABORT: Config = Config {
+    recovery: Recovery::Abort,
+    ..Config::DEFAULT
+};
+
 #[test]
 fn backend_closing_mid_io_aborts_and_closes_cleanly() {
     let tb = Testbed::new([small(BackendConfig::blkback())]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).expect("probe");
+    let mut disk = guest.probe(0, ABORT).expect("probe");
     be.update_faults(|f| f.closing_after = Some(2));
     let mut tokens = Vec::new();
     for i in 0..6u64 {
@@ -894,7 +901,7 @@ fn reconnect_after_the_backend_returns_picks_up_a_new_size() {
     let tb = Testbed::new([small(BackendConfig::blkback())]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).expect("probe");
+    let mut disk = guest.probe(0, ABORT).expect("probe");
     disk.write(0, &pattern(1, 4096)).unwrap();
     be.update_faults(|f| f.closing_after = Some(0));
     let mut probe = vec![0; 512];

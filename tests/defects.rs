@@ -12,7 +12,7 @@ use common::pattern;
 
 use xenblk::abi::blkif::BLKIF_RSP_EOPNOTSUPP;
 use xenblk::blkfront::{
-    BackendEvent, Broken, Completion, Config, DeviceState, IoError, RequestToken,
+    BackendEvent, Broken, Completion, Config, DeviceState, IoError, Recovery, RequestToken,
 };
 use xenblk::error::{Error, Violation};
 use xenblk::gnttab::GrantError;
@@ -294,7 +294,12 @@ fn d02_a_failed_blocking_read_leaves_the_buffer_unchanged() {
     let tb = Testbed::new([blkback()]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, one_queue()).expect("probe");
+    // Aborted, not replayed: the read must fail for the test to look.
+    let cfg = Config {
+        recovery: Recovery::Abort,
+        ..one_queue()
+    };
+    let mut disk = guest.probe(0, cfg).expect("probe");
     let len = 2 << 20;
     be.disk_write(0, &pattern(2, len)).unwrap();
     // The first chunk (the ring's 32 requests) completes; the backend goes

@@ -8,7 +8,7 @@
 #![cfg(feature = "sim")]
 
 use xenblk::abi::blkif::{BlkifResponse, BLKIF_OP_READ, BLKIF_RSP_OKAY};
-use xenblk::blkfront::{BackendEvent, Broken, Config, DeviceState, IoError};
+use xenblk::blkfront::{BackendEvent, Broken, Config, DeviceState, IoError, Recovery};
 use xenblk::error::{Error, Violation};
 use xenblk::hal::DomId;
 use xenblk::sim::blkback::BackendConfig;
@@ -100,7 +100,11 @@ fn backend_closing_mid_io_aborts_then_reconnects() {
     let tb = Testbed::new([backend(true)]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, one_queue()).unwrap();
+    let cfg = Config {
+        recovery: Recovery::Abort,
+        ..one_queue()
+    };
+    let mut disk = guest.probe(0, cfg).unwrap();
     be.update_faults(|f| f.closing_after = Some(3));
     let tokens: Vec<_> = (0..8u64)
         .map(|i| disk.submit_write(i * 8, pattern(i, 4096)).unwrap())

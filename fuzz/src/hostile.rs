@@ -66,7 +66,7 @@ use xenblk::abi::blkif::{
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use xenblk::blkfront::{
-    BackendEvent, BackendInfo, Completion, Config, DeviceState, Endpoints, IoError,
+    BackendEvent, BackendInfo, Completion, Config, DeviceState, Endpoints, IoError, Recovery,
 };
 use xenblk::error::{Error, Feature};
 use xenblk::hal::DomId;
@@ -1319,6 +1319,14 @@ fn setup(inp: &mut Input<'_>) -> Setup {
     if ext & 0x10 != 0 {
         cfg.max_indirect_segments = 256;
     }
+    // Parked and replayed when the backend closes, or aborted (what inputs
+    // from before replay existed meant).
+    cfg.recovery = if ext & 0x20 != 0 {
+        Recovery::Replay
+    } else {
+        Recovery::Abort
+    };
+    cfg.replay_timeout_ns = 2_000_000_000;
     let mut hotplug_ns = 0;
     if ext & 4 != 0 {
         // A slow hotplug script against short connect bounds.

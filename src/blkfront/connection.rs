@@ -101,10 +101,18 @@ fn is_protocol_key(name: &str) -> bool {
 pub(super) enum Change {
     /// Nothing that matters.
     None,
-    /// The backend left Connected.
-    Left,
+    /// The backend left Connected. `for_good`: its directory is gone, or
+    /// the toolstack set `online` to 0 (`xl block-detach`), so it will not
+    /// come back.
+    Left { for_good: bool },
     /// The backend is in InitWait again: it can be reconnected.
     Back,
+    /// The backend is Closed and still online: it comes back (InitWait)
+    /// when the frontend asks, by going Initialising.
+    Closed,
+    /// The backend's directory is gone, or it went offline: it will not
+    /// come back.
+    Gone,
     /// The backend published a new `sectors` value, meaning this many
     /// bytes.
     Resized(u64),
@@ -696,18 +704,40 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             }
             Err(e) => return Err(e.into()),
         };
-        if connected && s != XenbusState::Connected {
-            log::warn!("xenblk {}: backend left Connected ({s})", self.ends.vdev);
+        if connected && s == XenbusState::Connected {
+            return self.check_size();
+        }
+        // Only a toolstack that takes the device away writes `online` 0
+        // (libxl's device removal); any other value, or none, leaves the
+        // door open, and waiting for a backend that never returns is
+        // bounded by the caller.
+        let offline = s == XenbusState::Unknown
+            || matches!(
+                self.store
+                    .lock()
+                    .read_opt(&format!("{}/online", self.ends.backend)),
+                Ok(Some(v)) if v.trim() == "0"
+            );
+        if connected {
+            log::warn!(
+                "xenblk {}: backend left Connected ({s}{})",
+                self.ends.vdev,
+                if offline { ", going away" } else { "" }
+            );
             self.info.state = s;
-            return Ok(Change::Left);
+            return Ok(Change::Left { for_good: offline });
         }
-        if !connected {
-            return Ok(if s == XenbusState::InitWait {
-                Change::Back
-            } else {
-                Change::None
-            });
-        }
+        self.info.state = s;
+        Ok(match s {
+            _ if offline => Change::Gone,
+            XenbusState::InitWait => Change::Back,
+            XenbusState::Closed => Change::Closed,
+            _ => Change::None,
+        })
+    }
+
+    /// A new `sectors` value of a connected backend.
+    fn check_size(&mut self) -> Result<Change> {
         let Some(v) = self
             .store
             .lock()
@@ -741,6 +771,16 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
             moved = true;
         }
         moved
+    }
+
+    /// Watches the backend's state again after a teardown (which stops
+    /// watching), so that a disconnected device learns when it returns.
+    ///
+    /// # Errors
+    ///
+    /// xenstore errors.
+    pub(super) fn keep_watching(&mut self) -> Result<()> {
+        self.watch_token().map(drop)
     }
 
     /// Asks a closed backend to come back (frontend Initialising).

@@ -116,12 +116,77 @@ impl<'a, H: Hal> Io<'a, H> {
         }
     }
 
-    /// Takes over the rings of a new connection.
-    pub(super) fn attach(&mut self, queues: Vec<Queue<'a, H>>, limits: Limits) {
+    /// Takes over the rings of a new connection. Requests parked by
+    /// [`park_all`](Self::park_all) are replayed on them: each is checked
+    /// again under the new `limits` (the backend may differ in sector size,
+    /// capacity, read-only, flush and discard), those that no longer fit
+    /// fail with the error their submission would now get, and the rest
+    /// wait to be cut into parts afresh, in token order.
+    pub(super) fn attach(&mut self, queues: Vec<Queue<'a, H>>, limits: Limits) -> Replayed {
+        let old = self.limits;
         self.queues = queues;
         self.limits = limits;
         self.next_queue = 0;
         self.state = DeviceState::Connected;
+        let mut r = Replayed::default();
+        if self.waiting.is_empty() {
+            return r;
+        }
+        for id in core::mem::take(&mut self.waiting) {
+            let Some(p) = self.pending.get_mut(id) else {
+                continue;
+            };
+            match rebase(p, &old, &limits) {
+                Ok(true) => {
+                    r.requests += 1;
+                    self.waiting.push_back(id);
+                }
+                Ok(false) => {
+                    // A discard with no whole unit of the new granularity
+                    // left inside: nothing to send, done.
+                    p.pushed = p.total();
+                    r.requests += 1;
+                    self.complete_if_finished(id);
+                }
+                Err(e) => {
+                    p.fail(e);
+                    r.failed += 1;
+                    self.complete_if_finished(id);
+                }
+            }
+        }
+        self.refill();
+        r
+    }
+
+    /// Takes every request not yet completed off the rings, to be replayed
+    /// by the next [`attach`](Self::attach): their slots are retired (grants
+    /// ended, pages the backend still maps quarantined), what parts of them
+    /// completed is forgotten (each is sent again whole), and they wait in
+    /// token order. A request one of whose parts already failed completes
+    /// now with that error. Returns the rings, to be torn down, and how many
+    /// requests wait.
+    pub(super) fn park_all(&mut self) -> (Vec<Queue<'a, H>>, usize) {
+        for q in &mut self.queues {
+            q.abort_all(|_| {});
+        }
+        self.staging.clear();
+        self.waiting.clear();
+        self.state = DeviceState::Disconnected;
+        for id in self.pending.ids_sorted() {
+            let Some(p) = self.pending.get_mut(id) else {
+                continue;
+            };
+            p.in_flight = 0;
+            if p.error.is_some() {
+                p.pushed = p.total();
+                self.complete(id);
+            } else {
+                p.pushed = 0;
+                self.waiting.push_back(id);
+            }
+        }
+        (core::mem::take(&mut self.queues), self.waiting.len())
     }
 
     /// Gives up the rings (to be torn down by the connection), failing what
@@ -129,6 +194,16 @@ impl<'a, H: Hal> Io<'a, H> {
     pub(super) fn detach(&mut self, err: IoError) -> Vec<Queue<'a, H>> {
         self.abort_all(err);
         core::mem::take(&mut self.queues)
+    }
+
+    /// Requests waiting for a reconnect to be replayed (none while
+    /// connected).
+    pub(super) fn parked(&self) -> usize {
+        if self.state == DeviceState::Disconnected {
+            self.pending.len()
+        } else {
+            0
+        }
     }
 
     pub(super) fn state(&self) -> DeviceState {
@@ -288,6 +363,7 @@ impl<'a, H: Hal> Io<'a, H> {
             in_flight: 0,
             error: None,
             direct,
+            private,
         });
         match self.admit(id) {
             Ok(()) => Ok(token),
@@ -377,6 +453,7 @@ impl<'a, H: Hal> Io<'a, H> {
             in_flight: 0,
             error: None,
             direct: true,
+            private: false,
         });
         match self.admit(id) {
             Ok(()) => Ok(token),
@@ -766,6 +843,93 @@ impl<'a, H: Hal> Io<'a, H> {
         let i = self.done.iter().position(|c| c.token == token)?;
         self.done.remove(i)
     }
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Replayed {
+    /// Requests sent again (or found to need nothing sent).
+    pub(super) requests: usize,
+    /// Requests that the new connection could not take, failed with the
+    /// error their submission would now get.
+    pub(super) failed: usize,
+}
+
+/// Restates parked request `p`, made under `old`, for a connection with
+/// limits `new`: the same bytes of the disk in the new ring unit, the flush
+/// method the new backend offers, a discard shrunk to its granularity.
+/// `Ok(false)`: a discard left with no whole unit, nothing to send.
+///
+/// # Errors
+///
+/// What a submission would get now: [`IoError::ReadOnly`],
+/// [`IoError::Misaligned`] (a new sector size the request is not a
+/// multiple of), [`IoError::OutOfRange`] (a smaller disk),
+/// [`IoError::Unsupported`] (a feature the new backend does not offer).
+fn rebase(p: &mut Pending, old: &Limits, new: &Limits) -> Result<bool, IoError> {
+    let ou = u128::from(old.wire_unit.bytes());
+    let nu = u128::from(new.wire_unit.bytes());
+    let ss = new.sector_size;
+    let ssb = u128::from(ss.bytes());
+    let cap = u128::from(new.sectors) * ssb;
+    // The checks in the order a submission makes them.
+    let write = matches!(p.op, Op::Write { .. });
+    match &mut p.op {
+        Op::Read { sector } | Op::Write { sector } => {
+            if write && new.read_only {
+                return Err(IoError::ReadOnly);
+            }
+            let len = p.buf.as_ref().map_or(0, Vec::len);
+            let start = u128::from(sector.0) * ou;
+            if start % ssb != 0 || !ss.divides(len as u64) {
+                return Err(IoError::Misaligned);
+            }
+            if start + len as u128 > cap {
+                return Err(IoError::OutOfRange);
+            }
+            *sector = WireSector(u64::try_from(start / nu).map_err(|_| IoError::OutOfRange)?);
+            p.direct = p.private || len <= new.part_bytes;
+        }
+        Op::Flush { op } => {
+            *op = match new.flush {
+                Some(FlushMethod::FlushCache) => BLKIF_OP_FLUSH_DISKCACHE,
+                Some(FlushMethod::Barrier) => BLKIF_OP_WRITE_BARRIER,
+                None => return Err(IoError::Unsupported(Feature::FlushCache)),
+            };
+            if new.read_only {
+                return Err(IoError::ReadOnly);
+            }
+        }
+        Op::Discard {
+            sector,
+            count,
+            secure,
+        } => {
+            let d = new.discard.ok_or(IoError::Unsupported(Feature::Discard))?;
+            if *secure && !d.secure {
+                return Err(IoError::Unsupported(Feature::SecureDiscard));
+            }
+            if new.read_only {
+                return Err(IoError::ReadOnly);
+            }
+            let start = u128::from(sector.0) * ou;
+            let end = start + u128::from(count.0) * ou;
+            if end > cap {
+                return Err(IoError::OutOfRange);
+            }
+            // The whole logical sectors of the new size inside the range.
+            let (first, last) = (start.div_ceil(ssb), end / ssb);
+            if last <= first {
+                return Ok(false);
+            }
+            let (first, n) = (first as u64, (last - first) as u64);
+            match discard_range(first, n, ss, d.granularity, d.alignment, new.wire_unit) {
+                Some((s, c)) => (*sector, *count) = (s, c),
+                None => return Ok(false),
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The staging buffer of multi-part read `id` (made at its first completed

@@ -38,6 +38,7 @@ pub mod stall;
 pub mod units;
 pub mod wire;
 
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -123,21 +124,60 @@ pub struct Config {
     pub io_timeout_ns: u64,
     /// Times a xenstore transaction is retried on `EAGAIN`.
     pub transaction_retries: u32,
+    /// What becomes of requests in flight when the backend leaves
+    /// Connected but stays online (it may come back).
+    pub recovery: Recovery,
+    /// Bound on how long requests parked by [`Recovery::Replay`] wait for
+    /// the backend to return; past it they fail with [`IoError::Aborted`].
+    /// It is checked between attempts to reconnect, each of which may take
+    /// up to the connect and close bounds.
+    pub replay_timeout_ns: u64,
+}
+
+/// What the driver does with requests not yet completed when the backend
+/// leaves Connected (goes Closing or Closed) while staying online, as a
+/// backend does when it restarts, or after the guest was suspended and
+/// moved. A backend that goes away for good (its directory removed, or
+/// `online` set to 0 by the toolstack, as `xl block-detach` does) fails
+/// them with [`IoError::Aborted`] either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Keep them, reconnect by itself when the backend returns (frontend
+    /// Initialising once the backend is Closed, connect at its InitWait),
+    /// and send each again exactly once under the new connection's limits:
+    /// cut into parts afresh, with new grants, re-checked against the new
+    /// backend's sector size, capacity, read-only flag and features (what
+    /// no longer fits fails with the error its submission would now get).
+    /// The caller sees latency, not errors. Linux's `blkif_recover` does
+    /// the same.
+    Replay,
+    /// Fail them at once with [`IoError::Aborted`]; the device stays
+    /// Disconnected until [`BlockFront::check_backend`] sees the backend
+    /// in InitWait or the caller calls [`BlockFront::reconnect`].
+    Abort,
+}
+
+impl Config {
+    /// The defaults ([`Default`] gives the same), for `const` contexts:
+    /// `Config { max_queues: 1, ..Config::DEFAULT }`.
+    pub const DEFAULT: Config = Config {
+        max_ring_page_order: 4,
+        max_queues: 4,
+        max_indirect_segments: 256,
+        persistent_grants: true,
+        max_kept_pages: 4 * 1056,
+        connect_timeout_ns: 10_000_000_000,
+        close_timeout_ns: 5_000_000_000,
+        io_timeout_ns: 30_000_000_000,
+        transaction_retries: 16,
+        recovery: Recovery::Replay,
+        replay_timeout_ns: 60_000_000_000,
+    };
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            max_ring_page_order: 4,
-            max_queues: 4,
-            max_indirect_segments: 256,
-            persistent_grants: true,
-            max_kept_pages: 4 * 1056,
-            connect_timeout_ns: 10_000_000_000,
-            close_timeout_ns: 5_000_000_000,
-            io_timeout_ns: 30_000_000_000,
-            transaction_retries: 16,
-        }
+        Config::DEFAULT
     }
 }
 
@@ -146,8 +186,9 @@ impl Default for Config {
 pub enum DeviceState {
     /// Rings up, I/O accepted.
     Connected,
-    /// The backend closed; in-flight requests were aborted. The device
-    /// reconnects when the backend returns to InitWait.
+    /// The backend closed. Requests not yet completed wait to be replayed
+    /// ([`Recovery::Replay`]) or were aborted; the device reconnects when
+    /// the backend returns to InitWait.
     Disconnected,
     /// The backend broke the protocol (or stopped answering); no further
     /// I/O. Every request failed by the break carries the same cause
@@ -162,10 +203,25 @@ pub enum DeviceState {
 pub enum BackendEvent {
     /// Nothing changed.
     None,
-    /// The backend is closing or closed; in-flight I/O was aborted.
+    /// The backend is closing or closed, or went away for good;
+    /// requests not yet completed were failed with [`IoError::Aborted`].
     Closed,
+    /// The backend closed but stays online: it may come back. The device
+    /// gave up its rings; `parked` requests wait to be replayed
+    /// ([`Recovery::Replay`]).
+    Away {
+        /// Requests waiting to be replayed.
+        parked: usize,
+    },
     /// The backend came back and the device reconnected.
-    Reconnected,
+    Reconnected {
+        /// Requests sent again on the new connection.
+        replayed: usize,
+        /// Parked requests the new connection could not take (its sector
+        /// size, capacity, read-only flag or features differ), failed with
+        /// the error their submission would now get.
+        failed: usize,
+    },
     /// The backend published a new size.
     Resized {
         /// Old capacity in bytes.
@@ -174,6 +230,9 @@ pub enum BackendEvent {
         new_bytes: u64,
     },
 }
+
+/// Backend events kept for [`BlockFront::take_backend_event`].
+const MAX_EVENTS: usize = 16;
 
 /// How often, at most, an empty [`BlockFront::poll`] looks whether the
 /// backend's state changed (1 ms).
@@ -197,10 +256,13 @@ pub struct BlockFront<'a, H: Hal, T: XsTransport> {
     gt: &'a GrantTable<'a, H>,
     conn: Connection<'a, H, T>,
     io: Io<'a, H>,
-    /// What [`poll`](Self::poll) saw the backend do, until taken.
-    event: Option<BackendEvent>,
+    /// What the driver saw the backend do, oldest first, until taken (the
+    /// last [`MAX_EVENTS`]).
+    events: VecDeque<BackendEvent>,
     /// When an empty poll next looks at the backend's watch ([`Hal::now_ns`]).
     next_backend_look: u64,
+    /// When parked requests give up waiting for the backend.
+    parked_until: u64,
 }
 
 /// The device in brief: its number, state, geometry and requests held.
@@ -274,17 +336,26 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             gt,
             conn,
             io: Io::new(limits),
-            event: None,
+            events: VecDeque::new(),
             next_backend_look: 0,
+            parked_until: 0,
         };
         dev.connect().map_err(named)?;
         Ok(dev)
     }
 
-    fn connect(&mut self) -> core::result::Result<(), ProbeError> {
-        let (queues, limits) = self.conn.connect()?;
-        self.io.attach(queues, limits);
-        Ok(())
+    /// Connects, and replays what was parked.
+    fn connect(&mut self) -> core::result::Result<io::Replayed, ProbeError> {
+        match self.conn.connect() {
+            Ok((queues, limits)) => Ok(self.io.attach(queues, limits)),
+            Err(e) => {
+                if self.io.parked() > 0 {
+                    // Keep learning where the backend goes.
+                    let _ = self.conn.keep_watching();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// What the backend published and what was negotiated.
@@ -308,9 +379,16 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     }
 
     /// Requests submitted and not yet returned by [`poll`](Self::poll)
-    /// (in flight, waiting for room on a ring, or done).
+    /// (in flight, waiting for room on a ring or for the backend to return,
+    /// or done).
     pub fn outstanding(&self) -> usize {
         self.io.outstanding()
+    }
+
+    /// Requests waiting for the backend to come back, to be replayed
+    /// ([`Recovery::Replay`]); 0 while connected.
+    pub fn parked(&self) -> usize {
+        self.io.parked()
     }
 
     /// Ring slots in use across all queues.
@@ -345,6 +423,16 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     pub fn wait(&self, deadline: u64) -> Result<(), IoError> {
         if self.io.has_done() {
             return Ok(());
+        }
+        if self.io.parked() > 0 {
+            // No rings to wait on: sleep until the next look at the
+            // backend, which poll makes.
+            let until = deadline.min(self.hal.now_ns().saturating_add(BACKEND_LOOK_NS));
+            return match self.hal.evtchn_wait(&[], Some(until)) {
+                Err(HalError::Timeout) if until >= deadline => Err(IoError::Timeout),
+                Ok(()) | Err(HalError::Timeout) => Ok(()),
+                Err(e) => Err(IoError::Hal(e)),
+            };
         }
         // Nothing will arrive on a device that is not connected (a broken
         // one may still hold its rings): say why instead of sleeping.
@@ -463,16 +551,24 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// When it finds nothing on a connected device, it also looks (at most
     /// once a millisecond) whether the backend's `state` changed (an event
     /// of the device's xenstore watch: a look at the xenstore ring, no
-    /// request when nothing came) and if so reacts as [`check_backend`](Self::check_backend) does: a
-    /// backend going away (`xl block-detach`, or its directory removed)
-    /// fails what is in flight at once with [`IoError::Aborted`], which the
-    /// following polls return, and the device disconnects. What it saw is
-    /// kept for [`take_backend_event`](Self::take_backend_event).
+    /// request when nothing came) and if so reacts as
+    /// [`check_backend`](Self::check_backend) does: a backend going away
+    /// (`xl block-detach`, or its directory removed) fails what is in
+    /// flight at once with [`IoError::Aborted`], which the following polls
+    /// return, and the device disconnects; a backend that closes but stays
+    /// online has what is in flight parked, and a disconnected device with
+    /// parked requests keeps looking, reconnects when the backend returns,
+    /// and replays them ([`Recovery::Replay`]). What it saw is kept for
+    /// [`take_backend_event`](Self::take_backend_event).
     pub fn poll(&mut self) -> Option<Completion> {
         let c = self.io.poll();
         self.sync_turned_off();
-        if c.is_some() || self.io.state() != DeviceState::Connected {
+        if c.is_some() {
             return c;
+        }
+        let parked = self.io.parked() > 0;
+        if self.io.state() != DeviceState::Connected && !parked {
+            return None;
         }
         // At most once per BACKEND_LOOK_NS of empty polls: a caller that
         // polls between requests pays a clock read, not a look at the ring.
@@ -481,24 +577,49 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             return None;
         }
         self.next_backend_look = now.saturating_add(BACKEND_LOOK_NS);
+        self.look(now);
+        self.io.poll()
+    }
+
+    /// Gives up on parked requests past their bound; otherwise, if the
+    /// backend's watch fired, looks at the backend and keeps what it saw
+    /// for [`take_backend_event`](Self::take_backend_event).
+    fn look(&mut self, now: u64) {
+        if self.io.parked() > 0 && now >= self.parked_until {
+            log::warn!(
+                "xenblk {}: the backend did not come back in time; parked requests fail",
+                self.conn.info.vdev
+            );
+            self.io.abort_all(IoError::Aborted);
+            self.record(BackendEvent::Closed);
+            return;
+        }
         if !self.conn.backend_moved() {
-            return None;
+            return;
         }
         match self.check_backend() {
             Ok(BackendEvent::None) => {}
-            Ok(ev) => self.event = Some(ev),
+            Ok(ev) => self.record(ev),
             Err(e) => log::warn!(
                 "xenblk {}: looking at the backend after its state changed: {e}",
                 self.conn.info.vdev
             ),
         }
-        self.io.poll()
     }
 
-    /// What [`poll`](Self::poll) last saw the backend do (closing, a new
-    /// size), once; `None` when nothing happened since the last call.
+    /// The oldest thing the driver saw the backend do (closing, a new
+    /// size, a reconnect) that was not taken yet; `None` when nothing
+    /// happened since. [`poll`](Self::poll) and the blocking calls record
+    /// events; the last 16 are kept.
     pub fn take_backend_event(&mut self) -> Option<BackendEvent> {
-        self.event.take()
+        self.events.pop_front()
+    }
+
+    fn record(&mut self, ev: BackendEvent) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
     }
 
     /// Brings the report up to date with features the backend refused.
@@ -510,10 +631,8 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
 
     /// Waits until `token` completes, then returns its completion.
     fn wait_for(&mut self, token: RequestToken) -> Completion {
-        let deadline = self
-            .hal
-            .now_ns()
-            .saturating_add(self.conn.config().io_timeout_ns);
+        let bound = self.conn.config().io_timeout_ns;
+        let mut deadline = self.hal.now_ns().saturating_add(bound);
         loop {
             if self.io.state() == DeviceState::Connected {
                 self.io.progress();
@@ -521,6 +640,17 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             }
             if let Some(c) = self.io.take_done(token) {
                 return c;
+            }
+            let now = self.hal.now_ns();
+            if self.io.parked() > 0 {
+                // Waiting for the backend to come back: the I/O bound
+                // starts again once it has.
+                deadline = now.saturating_add(bound);
+                let slice = now.saturating_add(WAIT_SLICE_NS).min(self.parked_until);
+                let _ = self.hal.evtchn_wait(&[], Some(slice));
+                let now = self.hal.now_ns();
+                self.look(now);
+                continue;
             }
             if self.io.state() != DeviceState::Connected {
                 // Everything was failed when the device left Connected, so
@@ -531,7 +661,6 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                     buf: None,
                 };
             }
-            let now = self.hal.now_ns();
             if now >= deadline {
                 log::error!(
                     "xenblk {}: no response within the I/O bound",
@@ -542,9 +671,9 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             }
             let slice = now.saturating_add(WAIT_SLICE_NS).min(deadline);
             self.io.consume_idle_events();
-            if self.wait_events(slice).is_err() && self.conn.backend_moved() {
-                // Quiet for a while and the backend's state changed: look.
-                let _ = self.check_backend();
+            if self.wait_events(slice).is_err() {
+                // Quiet for a while: look whether the backend moved.
+                self.look(self.hal.now_ns());
             }
         }
     }
@@ -615,9 +744,17 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
         self.wait_for(t).result
     }
 
-    /// Looks at the backend's state and size and reacts: aborts in-flight
-    /// I/O and takes the rings down when it is closing, reconnects when it
-    /// is back in InitWait after closing, picks up a new `sectors` value.
+    /// Looks at the backend's state and size and reacts, picking up a new
+    /// `sectors` value while connected. A backend leaving Connected has the
+    /// rings taken down: requests not yet completed are parked for a replay
+    /// ([`BackendEvent::Away`]) when the backend stays online and
+    /// [`Config::recovery`] is [`Recovery::Replay`], and fail with
+    /// [`IoError::Aborted`] otherwise ([`BackendEvent::Closed`]). While
+    /// disconnected it asks a Closed backend to come back
+    /// ([`Recovery::Replay`] only), reconnects when the backend is in
+    /// InitWait ([`BackendEvent::Reconnected`], replaying what was
+    /// parked), and fails parked requests when the backend goes away for
+    /// good.
     /// Nothing else is re-read while connected: a backend that changes
     /// `sector-size` or its features under a live connection is ignored
     /// until the next connection (which reads every key again).
@@ -628,15 +765,35 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     /// that does not parse (nothing changes), and the errors of
     /// reconnecting.
     pub fn check_backend(&mut self) -> Result<BackendEvent> {
+        let replay = self.conn.config().recovery == Recovery::Replay;
         match self.io.state() {
             DeviceState::Connected => {
                 let old_bytes = self.conn.info.capacity_bytes;
                 match self.conn.check(true)? {
-                    Change::Left => {
+                    Change::Left { for_good } if for_good || !replay => {
                         let queues = self.io.detach(IoError::Aborted);
                         self.io.set_state(DeviceState::Disconnected);
                         self.conn.teardown(queues)?;
                         Ok(BackendEvent::Closed)
+                    }
+                    Change::Left { .. } => {
+                        let (queues, parked) = self.io.park_all();
+                        self.parked_until = self
+                            .hal
+                            .now_ns()
+                            .saturating_add(self.conn.config().replay_timeout_ns);
+                        log::info!(
+                            "xenblk {}: {parked} requests wait for the backend to return",
+                            self.conn.info.vdev
+                        );
+                        let r = self.conn.teardown(queues);
+                        self.conn.keep_watching()?;
+                        r?;
+                        // The backend may be Closed already: ask it back.
+                        if let Ok(Change::Closed) = self.conn.check(false) {
+                            self.conn.request_reconnect()?;
+                        }
+                        Ok(BackendEvent::Away { parked })
                     }
                     Change::Resized(new_bytes) => {
                         let ss = u64::from(self.io.limits().sector_size.bytes());
@@ -646,13 +803,34 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                             new_bytes,
                         })
                     }
-                    Change::None | Change::Back => Ok(BackendEvent::None),
+                    Change::None | Change::Back | Change::Closed | Change::Gone => {
+                        Ok(BackendEvent::None)
+                    }
                 }
             }
             DeviceState::Disconnected => match self.conn.check(false)? {
                 Change::Back => {
-                    self.connect().map_err(|e| e.error)?;
-                    Ok(BackendEvent::Reconnected)
+                    let r = self.connect().map_err(|e| e.error)?;
+                    if r.requests + r.failed > 0 {
+                        log::info!(
+                            "xenblk {}: reconnected; {} requests replayed, {} failed",
+                            self.conn.info.vdev,
+                            r.requests,
+                            r.failed
+                        );
+                    }
+                    Ok(BackendEvent::Reconnected {
+                        replayed: r.requests,
+                        failed: r.failed,
+                    })
+                }
+                Change::Closed if replay => {
+                    self.conn.request_reconnect()?;
+                    Ok(BackendEvent::None)
+                }
+                Change::Gone if self.io.parked() > 0 => {
+                    self.io.abort_all(IoError::Aborted);
+                    Ok(BackendEvent::Closed)
                 }
                 _ => Ok(BackendEvent::None),
             },
@@ -689,9 +867,9 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
     }
 
     /// Asks a closed backend to come back and reconnects (frontend
-    /// Initialising; blkback answers InitWait). Nothing in flight is
-    /// replayed: requests in flight when the backend closed completed with
-    /// [`IoError::Aborted`].
+    /// Initialising; blkback answers InitWait). Requests parked when the
+    /// backend closed ([`Recovery::Replay`]) are replayed; with
+    /// [`Recovery::Abort`] they completed with [`IoError::Aborted`].
     ///
     /// # Errors
     ///
@@ -713,7 +891,7 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
             }
         }
         self.conn.request_reconnect()?;
-        self.connect()
+        self.connect().map(drop)
     }
 
     /// A debugging name.

@@ -149,6 +149,9 @@ pub(super) struct Pending {
     /// part. Otherwise parts land in a staging buffer first, so that a
     /// failed read never writes into the caller's buffer.
     pub(super) direct: bool,
+    /// The buffer is the driver's own (a blocking call): read data may
+    /// always land in it directly, under any connection's limits.
+    pub(super) private: bool,
 }
 
 impl Pending {
@@ -243,6 +246,18 @@ impl PendingTable {
         self.len
     }
 
+    /// The ids of every entry, in token order (for a replay).
+    pub(super) fn ids_sorted(&self) -> Vec<PendingId> {
+        let mut ids: Vec<(RequestToken, PendingId)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (p.token, PendingId(i as u32))))
+            .collect();
+        ids.sort_unstable_by_key(|&(t, _)| t);
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Removes every entry, in token order.
     pub(super) fn drain_sorted(&mut self) -> Vec<Pending> {
         let mut all: Vec<Pending> = self.slots.iter_mut().filter_map(Option::take).collect();
@@ -269,6 +284,7 @@ mod tests {
             in_flight: 0,
             error: None,
             direct: true,
+            private: false,
         }
     }
 

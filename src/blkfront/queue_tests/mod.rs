@@ -48,6 +48,7 @@ fn pending_ids(n: u64) -> Vec<PendingId> {
                 in_flight: 0,
                 error: None,
                 direct: true,
+                private: false,
             })
         })
         .collect()

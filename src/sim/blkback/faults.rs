@@ -66,6 +66,9 @@ pub struct Stats {
     pub state: Option<XenbusState>,
     /// Times the backend reached Connected.
     pub connects: u64,
+    /// Times the backend was replaced by a restart
+    /// ([`restart_as`](super::SimBlkBackHandle::restart_as)).
+    pub restarts: u64,
     /// Requests taken off the rings, by kind.
     pub reads: u64,
     /// Write requests.

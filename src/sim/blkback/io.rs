@@ -282,7 +282,7 @@ impl SimBlkBack {
         self.faults.closing_after = None;
         self.stats.unanswered += q.pending.len() as u64;
         q.pending.clear();
-        self.set_state(XenbusState::Closing);
+        self.go_closing();
     }
 
     fn handle(&mut self, xen: &SimXen, q: &mut Queue, persistent: bool, slot: &RawSlot) {

@@ -60,7 +60,6 @@ use crate::hal::DomId;
 #[cfg(doc)]
 use crate::hal::HalError;
 use crate::sim::{DeviceHandle, DeviceId, SimDevice, SimXen};
-#[cfg(doc)]
 use crate::xenbus::XenbusError;
 use crate::xenbus::XenbusState;
 use crate::Result;
@@ -119,6 +118,9 @@ pub struct SimBlkBack {
     removed: bool,
     last_error: Option<String>,
     last_answered: Option<u64>,
+    /// The configuration of the backend that takes this one's place when
+    /// it next reaches Closed ([`SimBlkBackHandle::restart_as`]).
+    replacement: Option<BackendConfig>,
 }
 
 impl core::fmt::Debug for SimBlkBack {
@@ -194,6 +196,7 @@ impl SimBlkBack {
             removed: false,
             last_error: None,
             last_answered: None,
+            replacement: None,
         };
         Ok(SimBlkBackHandle {
             dev: xen.add_weak_device(dev),
@@ -378,6 +381,44 @@ impl SimBlkBackHandle {
         d.online = false;
         d.write_be("online", "0");
         d.set_state(XenbusState::Closing);
+    }
+
+    /// The backend restarts as one configured as `cfg`: another build of
+    /// blkback or QEMU, a driver domain that came back, the host a guest
+    /// moved to. It goes Closing now and stays online; once the frontend is
+    /// Closed it is replaced, on the same disk (its contents kept, resized
+    /// to `cfg.disk_bytes`), by a backend with `cfg`'s features, ring
+    /// limits, sector size and mode, which publishes its keys afresh and
+    /// goes InitWait.
+    ///
+    /// # Errors
+    ///
+    /// As for [`replace_on_close`](Self::replace_on_close).
+    pub fn restart_as(&self, cfg: BackendConfig) -> Result<()> {
+        self.replace_on_close(cfg)?;
+        let mut d = self.dev.lock();
+        if d.state != XenbusState::Closed {
+            d.go_closing();
+        }
+        Ok(())
+    }
+
+    /// As [`restart_as`](Self::restart_as), but the backend goes on until
+    /// something else closes it (a fault such as `closing_after`, or the
+    /// frontend).
+    ///
+    /// # Errors
+    ///
+    /// [`XenbusError::MalformedKey`] for an inconsistent `cfg`, or one of
+    /// another personality (`type`: its directory would move).
+    pub fn replace_on_close(&self, cfg: BackendConfig) -> Result<()> {
+        cfg.validate()?;
+        let mut d = self.dev.lock();
+        if cfg.personality != d.cfg.personality {
+            return Err(XenbusError::MalformedKey("type").into());
+        }
+        d.replacement = Some(cfg);
+        Ok(())
     }
 
     /// Unmaps the grants kept by the `keep_grants_mapped` fault. Returns

@@ -13,7 +13,7 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use super::config::{connected_keys, initwait_keys, Personality};
+use super::config::{connected_keys, initwait_keys, toolstack_backend_keys, Personality};
 use super::io::Queue;
 use super::{Conn, SimBlkBack};
 use crate::hal::{DomId, GrantRef, Port, PAGE_SIZE};
@@ -72,6 +72,14 @@ impl SimBlkBack {
     pub(super) fn set_state(&mut self, s: XenbusState) {
         self.state = s;
         self.write_be("state", s.as_str());
+    }
+
+    /// Goes Closing on its own (a fault, a restart). QEMU reruns its
+    /// connect only when the frontend's state watch fires: its own write
+    /// of `state` is no reason to.
+    pub(super) fn go_closing(&mut self) {
+        self.set_state(XenbusState::Closing);
+        self.qdisk_tried_at = self.store.mutations();
     }
 
     /// `xenbus_dev_fatal`: writes `error/<nodename>/error` under dom0's home
@@ -191,6 +199,8 @@ impl SimBlkBack {
                 self.set_state(XenbusState::Closed);
                 if !self.online {
                     self.removed = true;
+                } else if self.replacement.is_some() {
+                    self.replace();
                 }
             }
             XenbusState::Unknown => {
@@ -231,10 +241,54 @@ impl SimBlkBack {
                 self.set_state(XenbusState::Closed);
                 if !self.online {
                     self.removed = true;
+                } else if fe == XenbusState::Closed && self.replacement.is_some() {
+                    self.replace();
                 }
             }
             _ => {}
         }
+    }
+
+    /// The backend restarted ([`restart_as`](super::SimBlkBackHandle::restart_as)):
+    /// the old one's keys go, the new one's toolstack keys (mode, type,
+    /// direct-io-safe, ...) and InitWait keys are written, and it waits in
+    /// InitWait on the same disk.
+    fn replace(&mut self) {
+        let Some(cfg) = self.replacement.take() else {
+            return;
+        };
+        let len = self.disk.len();
+        let old: Vec<String> = initwait_keys(&self.cfg, len)
+            .into_iter()
+            .chain(connected_keys(&self.cfg, len))
+            .map(|(k, _)| k)
+            .chain(["direct-io-safe".into()])
+            .collect();
+        for k in old {
+            let _ = self.store.rm(&format!("{}/{k}", self.be_path));
+        }
+        if cfg.disk_bytes != len {
+            if let Err(e) = self.disk.resize(cfg.disk_bytes) {
+                log::warn!("sim blkback {}: resizing at restart: {e}", self.name);
+            }
+        }
+        self.cfg = cfg;
+        let vdev = self
+            .be_path
+            .rsplit('/')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for (k, v) in toolstack_backend_keys(&self.cfg, &self.fe_path, self.fe, vdev) {
+            if !matches!(k.as_str(), "state" | "online" | "frontend" | "frontend-id") {
+                self.write_be(&k, &v);
+            }
+        }
+        for (k, v) in initwait_keys(&self.cfg, self.disk.len()) {
+            self.write_be(&k, &v);
+        }
+        self.stats.restarts += 1;
+        self.set_state(XenbusState::InitWait);
     }
 
     /// `xen_update_blkif_status` + `connect`: once the rings are mapped and
