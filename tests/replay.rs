@@ -1,4 +1,4 @@
-//! Replay (`Recovery::Replay`, the default): requests not yet completed
+//! Replay (`Recovery::Replay`, opt-in): requests not yet completed
 //! when the backend closes while staying online (a restart, a backend
 //! rebuilt elsewhere) are parked, the device reconnects by itself when the
 //! backend returns, and each request is sent again exactly once under the
@@ -15,13 +15,18 @@ use common::pattern;
 
 use std::collections::BTreeMap;
 
-use xenblk::blkfront::{BackendEvent, Config, DeviceState, IoError, RequestToken};
+use xenblk::blkfront::{BackendEvent, Config, DeviceState, IoError, Recovery, RequestToken};
 use xenblk::error::Feature;
 use xenblk::hal::{DomId, Hal};
 use xenblk::sim::blkback::{BackendConfig, Offer};
 use xenblk::sim::{SimDisk, Testbed};
 
 const MIB: u64 = 1 << 20;
+/// The defaults, with replay.
+const REPLAY: Config = Config {
+    recovery: Recovery::Replay,
+    ..Config::DEFAULT
+};
 /// What the disk holds where nothing was written.
 const BACKGROUND: u64 = 99;
 /// What a read's buffer holds until data lands in it.
@@ -293,11 +298,11 @@ fn restart_case(name: &str, old: BackendConfig, new: BackendConfig, fe: Config) 
 
 #[test]
 fn a_restart_with_the_same_features_replays_everything_once() {
-    restart_case("same", blkback1(), blkback1(), Config::default());
+    restart_case("same", blkback1(), blkback1(), REPLAY);
     // Two queues: what the other queue had may be answered before the
     // close; the rest is replayed.
     let two = base(BackendConfig::blkback());
-    restart_case("two queues", two.clone(), two, Config::default());
+    restart_case("two queues", two.clone(), two, REPLAY);
 }
 
 #[test]
@@ -314,41 +319,21 @@ fn a_restart_under_other_ring_limits_cuts_requests_afresh() {
         max_queues: Some(4),
         ..blkback1()
     };
-    restart_case(
-        "indirect -> none",
-        blkback1(),
-        no_indirect.clone(),
-        Config::default(),
-    );
-    restart_case(
-        "none -> indirect",
-        no_indirect.clone(),
-        blkback1(),
-        Config::default(),
-    );
-    restart_case(
-        "order 4 -> 0",
-        blkback1(),
-        order0.clone(),
-        Config::default(),
-    );
-    restart_case("order 0 -> 4", order0, four.clone(), Config::default());
-    restart_case(
-        "1 -> 4 queues",
-        no_indirect,
-        four.clone(),
-        Config::default(),
-    );
+    restart_case("indirect -> none", blkback1(), no_indirect.clone(), REPLAY);
+    restart_case("none -> indirect", no_indirect.clone(), blkback1(), REPLAY);
+    restart_case("order 4 -> 0", blkback1(), order0.clone(), REPLAY);
+    restart_case("order 0 -> 4", order0, four.clone(), REPLAY);
+    restart_case("1 -> 4 queues", no_indirect, four.clone(), REPLAY);
     restart_case(
         "4 -> 1 queues",
         base(BackendConfig::blkback()),
         blkback1(),
-        Config::default(),
+        REPLAY,
     );
     let small_ring = Config {
         max_ring_page_order: 0,
         max_indirect_segments: 0,
-        ..Config::default()
+        ..REPLAY
     };
     restart_case("frontend's own small ring", blkback1(), four, small_ring);
 }
@@ -363,14 +348,9 @@ fn a_restart_that_changes_persistent_grants_replays_with_new_grants() {
         "persistent -> none",
         blkback1(),
         no_persistent.clone(),
-        Config::default(),
+        REPLAY,
     );
-    restart_case(
-        "none -> persistent",
-        no_persistent,
-        blkback1(),
-        Config::default(),
-    );
+    restart_case("none -> persistent", no_persistent, blkback1(), REPLAY);
 }
 
 #[test]
@@ -392,16 +372,11 @@ fn a_restart_that_drops_features_fails_only_what_needs_them() {
         discard_granularity: 1 << 20,
         ..blkback1()
     };
-    restart_case(
-        "flush -> barrier",
-        blkback1(),
-        barrier_only,
-        Config::default(),
-    );
-    restart_case("flush -> none", blkback1(), no_flush, Config::default());
-    restart_case("discard -> none", blkback1(), no_discard, Config::default());
+    restart_case("flush -> barrier", blkback1(), barrier_only, REPLAY);
+    restart_case("flush -> none", blkback1(), no_flush, REPLAY);
+    restart_case("discard -> none", blkback1(), no_discard, REPLAY);
     // 64 KiB holds no whole 1 MiB unit: nothing to send, done.
-    restart_case("discard 1 MiB units", blkback1(), coarse, Config::default());
+    restart_case("discard 1 MiB units", blkback1(), coarse, REPLAY);
 }
 
 #[test]
@@ -419,21 +394,21 @@ fn a_restart_that_changes_the_disk_fails_what_no_longer_fits() {
         disk_bytes: 8 * MIB,
         ..blkback1()
     };
-    restart_case("read-only", blkback1(), ro, Config::default());
+    restart_case("read-only", blkback1(), ro, REPLAY);
     restart_case(
         "512 -> 4096 sectors",
         blkback1(),
         big_sectors.clone(),
-        Config::default(),
+        REPLAY,
     );
-    restart_case("16 -> 8 MiB", blkback1(), smaller, Config::default());
+    restart_case("16 -> 8 MiB", blkback1(), smaller, REPLAY);
     // The 512-byte write is refused at submission on a 4096-byte disk:
     // the rest of the workload, from 4096 to 512.
     let tb = Testbed::new([big_sectors.clone()]);
     let be = tb.backend(0);
     prepare(&be);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let mut disk = guest.probe(0, REPLAY).unwrap();
     be.update_faults(|f| f.closing_after = Some(1));
     be.replace_on_close(blkback1()).unwrap();
     let t = disk.submit_write(2, pattern(7, 8192)).unwrap();
@@ -453,13 +428,8 @@ fn a_qdisk_restart_replays_a_request_cut_into_many_slots() {
         ..base(BackendConfig::qdisk())
     };
     let q4 = base(BackendConfig::qdisk());
-    restart_case(
-        "qdisk order 0 -> 4",
-        q.clone(),
-        q4.clone(),
-        Config::default(),
-    );
-    restart_case("qdisk order 4 -> 0", q4, q, Config::default());
+    restart_case("qdisk order 0 -> 4", q.clone(), q4.clone(), REPLAY);
+    restart_case("qdisk order 4 -> 0", q4, q, REPLAY);
 }
 
 /// A request cut into parts, some answered before the backend closed: it
@@ -474,7 +444,7 @@ fn a_split_request_half_answered_completes_once_after_the_replay() {
     let be = tb.backend(0);
     prepare(&be);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let mut disk = guest.probe(0, REPLAY).unwrap();
     // 1 MiB in 44 KiB parts: four answered, then Closing.
     be.update_faults(|f| f.closing_after = Some(5));
     be.replace_on_close(blkback1()).unwrap();
@@ -505,7 +475,7 @@ fn a_blocking_read_rides_out_a_backend_that_closes_and_returns() {
     let be = tb.backend(0);
     prepare(&be);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let mut disk = guest.probe(0, REPLAY).unwrap();
     be.update_faults(|f| f.closing_after = Some(1));
     let mut buf = vec![0; 1 << 20];
     disk.read(8 * MIB / 512, &mut buf).expect("replayed read");
@@ -536,7 +506,7 @@ fn parked_requests_fail_when_the_backend_goes_for_good() {
     let tb = Testbed::new([blkback1()]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let mut disk = guest.probe(0, REPLAY).unwrap();
     // The backend closes, and is replaced by one that never leaves
     // InitWait... because its directory is removed first.
     be.update_faults(|f| f.closing_after = Some(1));
@@ -575,7 +545,7 @@ fn a_detach_aborts_instead_of_parking() {
     let tb = Testbed::new([blkback1()]);
     let be = tb.backend(0);
     let guest = tb.guest();
-    let mut disk = guest.probe(0, Config::default()).unwrap();
+    let mut disk = guest.probe(0, REPLAY).unwrap();
     be.update_faults(|f| f.swallow_requests = true);
     let t = disk.submit_write(0, pattern(1, 4096)).unwrap();
     disk.kick();
@@ -603,7 +573,7 @@ fn parked_requests_give_up_after_the_replay_bound() {
         replay_timeout_ns: 2_000_000_000,
         connect_timeout_ns: 500_000_000,
         close_timeout_ns: 250_000_000,
-        ..Config::default()
+        ..REPLAY
     };
     let mut disk = guest.probe(0, cfg).unwrap();
     be.update_faults(|f| f.closing_after = Some(1));
