@@ -718,16 +718,15 @@ impl<'a, H: Hal, T: XsTransport> Connection<'a, H, T> {
                     .read_opt(&format!("{}/online", self.ends.backend)),
                 Ok(Some(v)) if v.trim() == "0"
             );
+        self.info.state = s;
         if connected {
             log::warn!(
                 "xenblk {}: backend left Connected ({s}{})",
                 self.ends.vdev,
                 if offline { ", going away" } else { "" }
             );
-            self.info.state = s;
             return Ok(Change::Left { for_good: offline });
         }
-        self.info.state = s;
         Ok(match s {
             _ if offline => Change::Gone,
             XenbusState::InitWait => Change::Back,

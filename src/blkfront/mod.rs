@@ -788,12 +788,10 @@ impl<'a, H: Hal, T: XsTransport> BlockFront<'a, H, T> {
                             self.conn.info.vdev
                         );
                         let r = self.conn.teardown(queues);
+                        // A new watch fires at once: the next look finds the
+                        // backend wherever it went (Closed: asked back).
                         self.conn.keep_watching()?;
                         r?;
-                        // The backend may be Closed already: ask it back.
-                        if let Ok(Change::Closed) = self.conn.check(false) {
-                            self.conn.request_reconnect()?;
-                        }
                         Ok(BackendEvent::Away { parked })
                     }
                     Change::Resized(new_bytes) => {
